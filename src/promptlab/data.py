@@ -15,6 +15,7 @@ from promptlab.errors import ConfigError
 from promptlab.prompts import build_messages, encode_prompt, template_fields
 
 EVAL_SUBSET_SEED = 0  # eval_limit takes the same examples for every run, so runs stay comparable
+DEV_SPLIT_SEED = 1234  # eval_split=dev: the same dev carve-out for every run
 
 
 @dataclass
@@ -41,7 +42,8 @@ class Task:
 def load_task(cfg: DictConfig, data_root: str | None) -> Task:
     """Load and validate a ``data/`` config's task; every check here runs before any model loads."""
     templates = list(cfg.templates)
-    if not 0 <= cfg.template < len(templates):
+    t = cfg.template
+    if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < len(templates):
         raise ConfigError(
             f"data.template={cfg.template} but {cfg.name} has {len(templates)} templates (ids 0..{len(templates) - 1})",
             f"pick data.template between 0 and {len(templates) - 1}",
@@ -52,7 +54,14 @@ def load_task(cfg: DictConfig, data_root: str | None) -> Task:
             "give one verbalizer word per label, in label-id order",
         )
     splits = {"train": cfg.train_split, "eval": cfg.eval_split}
-    rows = {key: _read_split(cfg, split, data_root) for key, split in splits.items()}
+    rows = {"train": _read_split(cfg, cfg.train_split, data_root)}
+    if cfg.eval_split == "dev":  # for tuning: carve a fixed dev set out of train, disjoint from training
+        order = np.random.default_rng(DEV_SPLIT_SEED).permutation(len(rows["train"]))
+        n_dev = int(cfg.get("dev_size") or 200)
+        rows["eval"] = [rows["train"][i] for i in order[:n_dev]]
+        rows["train"] = [rows["train"][i] for i in sorted(order[n_dev:])]
+    else:
+        rows["eval"] = _read_split(cfg, cfg.eval_split, data_root)
     task = Task(
         name=cfg.name, text_columns=list(cfg.text_columns), label_column=cfg.label_column,
         label_names=list(cfg.label_names), verbalizer=list(cfg.verbalizer), template=templates[cfg.template],
@@ -114,7 +123,11 @@ def validate_rows(rows: list[dict], task: Task, where: str) -> None:
             f"{where} lacks column(s) {missing}; it has {sorted(rows[0])}",
             "fix data.text_columns / data.label_column / the template, or the data file",
         )
+    text_fields = sorted((set(task.text_columns) | template_fields(task.template)) - {task.label_column})
     for i, row in enumerate(rows):
+        empty = [c for c in text_fields if row.get(c) is None]
+        if empty:
+            raise ConfigError(f"{where} row {i}: no value for column(s) {empty}", "fix or drop the row")
         label = row.get(task.label_column)
         if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < task.num_classes:
             raise ConfigError(
@@ -127,6 +140,11 @@ def validate_rows(rows: list[dict], task: Task, where: str) -> None:
 def sample_k_shot(labels: list[int], k: int, num_classes: int, seed: int) -> list[int]:
     """Indices of exactly k examples per class, drawn with the seed, in a seeded shuffled order."""
     rng = np.random.default_rng(seed)
+    if k < 1:
+        raise ConfigError(
+            f"k_shot={k} is not a positive number of examples per class",
+            "use data.k_shot >= 1 (or data.k_shot=null to use data.train_size / everything)",
+        )
     labels_arr = np.asarray(labels)
     chosen = []
     for c in range(num_classes):

@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 
 NO_LOGITS = torch.empty(0, dtype=torch.long)  # logits_to_keep=[] makes the LM head compute nothing
 

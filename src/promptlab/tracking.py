@@ -167,6 +167,16 @@ class RunRecord:
         self.write()
 
 
+def completed_record(run_dir: str | os.PathLike, cfg: DictConfig) -> dict | None:
+    """The run's result.json if it completed with this exact config (same hash), else None."""
+    try:
+        record = json.loads((Path(run_dir) / "result.json").read_text())
+    except (OSError, ValueError):
+        return None
+    same = record.get("status") == "completed" and record.get("config_hash") == config_hash(cfg)
+    return record if same else None
+
+
 def wandb_mode(requested: str) -> str:
     """``auto`` means online when credentials exist, offline otherwise: wandb never prompts or hangs."""
     if os.environ.get("WANDB_MODE"):

@@ -11,6 +11,7 @@ import math
 import sys
 import time
 import uuid
+import warnings
 from pathlib import Path
 
 import hydra
@@ -18,7 +19,7 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from promptlab.data import PromptDataModule, load_task, sample_demos, training_subset
 from promptlab.errors import ConfigError
@@ -28,12 +29,29 @@ from promptlab.models import load_backbone
 from promptlab.module import PromptClassifier
 from promptlab.prompts import encode_verbalizer
 from promptlab.scoring import LabelScorer
-from promptlab.tracking import PeakMemory, RunRecord, dir_bytes, finish_wandb, make_loggers, new_run_id, write_jsonl_atomic
+from promptlab.tracking import (
+    PeakMemory,
+    RunRecord,
+    completed_record,
+    dir_bytes,
+    finish_wandb,
+    make_loggers,
+    new_run_id,
+    write_jsonl_atomic,
+)
 
 log = logging.getLogger("promptlab")
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
 # ${uid:} in run directory names: unique even when jobs start in the same second.
-OmegaConf.register_new_resolver("uid", lambda: uuid.uuid4().hex[:6], replace=True)
+OmegaConf.register_new_resolver("uid", lambda: uuid.uuid4().hex[:6], use_cache=True, replace=True)
+
+
+def quiet_third_party_noise() -> None:
+    """Silence library chatter that says nothing about the run (tips, deprecations inside libraries)."""
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    for pattern in (".*LeafSpec.*", ".*is_gradient_checkpointing.*", ".*anonymous setting.*",
+                    ".*smaller than the logging interval.*", ".*does not have many workers.*"):
+        warnings.filterwarnings("ignore", message=pattern)
 
 
 def run(cfg: DictConfig, run_dir: str | Path) -> dict:
@@ -41,6 +59,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
     run_dir = Path(run_dir)
     run_id = new_run_id(cfg.method.name, cfg.data.name, cfg.seed)
     record = RunRecord(run_dir, cfg, run_id)
+    quiet_third_party_noise()
     memory = PeakMemory()
     memory.reset()
     loggers, costs = [], {}
@@ -109,6 +128,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
         })
         for lg in loggers:
             lg.log_metrics({f"eval/{k}": v for k, v in metrics.items()}, step=trainer.global_step)
+            lg.save()  # the CSV logger only writes on save()
         record.complete(metrics, costs, num_train_examples=len(trained_rows), num_demos=len(demos),
                         eval_split=cfg.data.eval_split, checkpoint="checkpoint" if checkpoint else None)
         finish_wandb(loggers, metrics, costs, checkpoint, "completed")
@@ -132,9 +152,19 @@ def _write_predictions(path: Path, idx, labels, preds, scores, label_names) -> N
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> float:
     """Hydra task: returns the accuracy so sweepers (e.g. Optuna) can optimise it."""
-    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    previous = completed_record(run_dir, cfg) if cfg.skip_completed else None
+    if previous:  # re-running a sweep in the same directory finishes it instead of restarting it
+        log.info("skipped %s: already completed with config hash %s (skip_completed=false redoes it)",
+                 run_dir, previous["config_hash"])
+        return previous["metrics"]["accuracy"]
+    if multirun and cfg.logger.get("wandb") and not cfg.logger.wandb.get("group"):
+        with open_dict(cfg):
+            cfg.logger.wandb.group = Path(hydra_cfg.sweep.dir).name  # one wandb group per sweep
     try:
-        result = run(cfg, HydraConfig.get().runtime.output_dir)
+        result = run(cfg, run_dir)
     except ConfigError as err:
         print(f"promptlab: error: {err.problem}\n  fix: {err.fix}", file=sys.stderr)
         if multirun:  # the run is recorded as failed; the rest of the sweep goes on

