@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml
 
 demo: install
 	$(BIN)/promptlab-train experiment=demo
-	$(BIN)/promptlab-report "$$(ls -d runs/demo/*/ | tail -n 1)"
+	$(BIN)/promptlab-report "$${PROMPTLAB_RUNS:-runs}/demo"
 
 test: install
 	$(BIN)/pytest -q

@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 # Parts of the config that do not change what a run computes: left out of the config hash.
-NON_SEMANTIC_KEYS = ("paths", "logger", "hydra", "tags", "skip_completed")
+NON_SEMANTIC_KEYS = ("paths", "logger", "hydra", "tags", "skip_completed", "num_threads")
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -65,6 +65,8 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
     loggers, costs = [], {}
     try:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
+        if cfg.get("num_threads"):
+            torch.set_num_threads(cfg.num_threads)
         method = get_method(cfg.method.name)
         method.validate(cfg.method)
         # All data checks run before the (slow) model load.

@@ -1,0 +1,91 @@
+"""Sweep machinery: shipped experiment/launcher configs compose, re-runs skip completed members, a failing
+member does not stop the sweep, and all members of a sweep share one directory and one wandb group."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import compose_config, read_result, subprocess_env
+from omegaconf import OmegaConf
+
+from promptlab.data import load_task
+
+
+@pytest.mark.parametrize("experiment", ["demo", "compare_methods", "budget_curve", "tune_prompt_tuning"])
+def test_experiment_configs_compose(experiment, tmp_path):
+    cfg = compose_config([f"experiment={experiment}", f"paths.data_root={tmp_path}"], return_hydra_config=True)
+    assert cfg.hydra.mode.name == "MULTIRUN"
+    assert cfg.hydra.sweeper.params  # every shipped experiment is a sweep
+    OmegaConf.to_container(cfg, resolve=False)
+
+
+def test_compare_methods_grid():
+    cfg = compose_config(["experiment=compare_methods"], return_hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    assert params.method.split(",") == ["zero_shot", "few_shot", "prompt_tuning", "full_finetune"]
+    assert params.data.split(",") == ["sst2", "rte"] and params.seed.split(",") == ["1", "2", "3"]
+    assert cfg.hydra.launcher._target_.endswith("JoblibLauncher")
+    assert cfg.data.k_shot == 16
+
+
+def test_slurm_launcher_composes():
+    cfg = compose_config(["hydra/launcher=slurm"], return_hydra_config=True)
+    assert "submitit" in cfg.hydra.launcher._target_.lower()
+    assert cfg.hydra.launcher.gpus_per_node == 1
+
+
+def test_dev_split_is_carved_from_train_and_disjoint(data_root):
+    cfg = compose_config([f"paths.data_root={data_root}", "data.eval_split=dev", "data.dev_size=4"])
+    task = load_task(cfg.data, cfg.paths.data_root)
+    assert len(task.eval) == 4 and len(task.train) == 12 - 4
+    assert not {r["idx"] for r in task.eval} & {r["idx"] for r in task.train}
+    again = load_task(cfg.data, cfg.paths.data_root)
+    assert [r["idx"] for r in again.eval] == [r["idx"] for r in task.eval]  # fixed, seed-independent
+
+
+def _multirun(tmp_path, data_root, *overrides, timeout=300):
+    cmd = [sys.executable, "-m", "promptlab.train", "-m", "model=tiny_random", "logger=none",
+           f"paths.data_root={data_root}", f"paths.cache_dir={tmp_path / 'cache'}",
+           f"hydra.sweep.dir={tmp_path / 'sweep'}", *overrides]
+    return subprocess.run(cmd, env=subprocess_env(), stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_rerun_skips_completed_members_and_force_redoes(tmp_path, data_root):
+    first = _multirun(tmp_path, data_root, "seed=1,2")
+    assert first.returncode == 0, first.stderr[-2000:]
+    jobs = sorted((tmp_path / "sweep").glob("*_zero_shot_sst2_s*"))
+    assert len(jobs) == 2
+    ids = [read_result(j)["run_id"] for j in jobs]
+
+    again = _multirun(tmp_path, data_root, "seed=1,2")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.count("skipped") + again.stderr.count("skipped") == 2
+    assert [read_result(j)["run_id"] for j in jobs] == ids  # untouched
+
+    forced = _multirun(tmp_path, data_root, "seed=1,2", "skip_completed=false")
+    assert forced.returncode == 0, forced.stderr[-2000:]
+    assert all(read_result(j)["run_id"] not in ids for j in jobs)
+
+
+def test_failing_member_is_recorded_and_sweep_continues(tmp_path, data_root):
+    # k_shot=100 is more than the 6 examples per class the tiny data has: members fail, the sweep goes on.
+    proc = _multirun(tmp_path, data_root, "method=few_shot", "data.k_shot=2,100")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    records = {json.loads(p.read_text())["k_shot"]: json.loads(p.read_text())
+               for p in (tmp_path / "sweep").glob("*/result.json")}
+    assert records[2]["status"] == "completed"
+    assert records[100]["status"] == "failed" and "k_shot=100" in records[100]["error"]
+    assert "Traceback" not in proc.stderr
+
+
+def test_sweep_members_share_dir_and_wandb_group(tmp_path, data_root):
+    proc = _multirun(tmp_path, data_root, "seed=1,2", "logger=wandb")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    jobs = sorted((tmp_path / "sweep").glob("*_zero_shot_sst2_s*"))
+    assert len(jobs) == 2
+    groups = {OmegaConf.load(j / "config.yaml").logger.wandb.group for j in jobs}
+    assert groups == {"sweep"}  # the sweep directory's name
