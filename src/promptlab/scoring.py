@@ -70,7 +70,7 @@ class LabelScorer:
         seqs = [list(p) + lab for p in prompts for lab in self.label_token_ids]
         ids, mask = pad(seqs, self.pad_id, device)
         hidden = final_hidden_states(model, ids, mask)
-        rows, cols, targets, owner = [], [], [], []
+        rows, cols, targets = [], [], []
         for i, p in enumerate(prompts):
             for c, lab in enumerate(self.label_token_ids):
                 s = i * n_cls + c
@@ -78,11 +78,10 @@ class LabelScorer:
                     rows.append(s)
                     cols.append(len(p) - 1 + j)  # the position that predicts label token j
                     targets.append(tok)
-                    owner.append(s)
         answer = hidden[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]
         token_logp = head(answer).float().log_softmax(-1)  # full vocabulary, answer positions only
         token_logp = token_logp.gather(1, torch.tensor(targets, device=device)[:, None]).squeeze(1)
-        seq_logp = torch.zeros(len(seqs), device=device).index_add(0, torch.tensor(owner, device=device), token_logp)
+        seq_logp = torch.zeros(len(seqs), device=device).index_add(0, torch.tensor(rows, device=device), token_logp)
         return seq_logp.view(len(prompts), n_cls).log_softmax(-1)
 
 
