@@ -48,7 +48,7 @@ from promptlab.methods import count_parameters, full_finetune, prompt_tuning
 from promptlab.models import load_backbone
 from promptlab.prompts import encode_verbalizer
 from promptlab.scoring import LabelScorer, pad
-from promptlab.tracking import PeakMemory, git_commit, versions, write_json_atomic
+from promptlab.tracking import PeakMemory, git_commit, proc_status_mb, versions, write_json_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -128,16 +128,6 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def rss_mb() -> float | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
 def release_memory() -> None:
     """Collect garbage and hand freed heap back to the OS, so the next phase's peak starts low."""
     gc.collect()
@@ -164,7 +154,7 @@ class Phase:
         print(f"[{time.strftime('%H:%M:%S')}] {self.name} ...", flush=True)
         self.record["loadavg_start"] = loadavg()
         self.memory.reset()
-        self.record["start_rss_mb"] = _round(rss_mb())
+        self.record["start_rss_mb"] = _round(proc_status_mb("VmRSS"))
         self.start = time.perf_counter()
         return self
 

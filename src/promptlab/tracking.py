@@ -80,6 +80,17 @@ def dir_bytes(path: str | os.PathLike) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
 
 
+def proc_status_mb(field: str) -> float | None:
+    """A memory field of /proc/self/status (e.g. VmRSS, VmHWM) in MB; None where there is no /proc."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 class PeakMemory:
     """Peak resident memory of this process since ``reset()`` (Linux: VmHWM, reset via clear_refs).
 
@@ -101,13 +112,8 @@ class PeakMemory:
 
     @staticmethod
     def peak_rss_mb() -> float:
-        try:
-            for line in Path("/proc/self/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-        except OSError:
-            pass
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak = proc_status_mb("VmHWM")
+        return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     @staticmethod
     def peak_gpu_mb() -> float | None:

@@ -13,7 +13,7 @@ def validate(cfg: DictConfig) -> None:
 
 
 def prepare(backbone, cfg: DictConfig, task):
-    return backbone.model.requires_grad_(True)
+    return backbone.model.requires_grad_(True).train()  # from_pretrained returns eval mode
 
 
 def save(model, directory) -> None:

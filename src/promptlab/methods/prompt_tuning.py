@@ -43,7 +43,8 @@ def peft_config(cfg: DictConfig, init_text: str, tokenizer_path: str):
 def prepare(backbone, cfg: DictConfig, task):
     from peft import get_peft_model
 
-    return get_peft_model(backbone.model, peft_config(cfg, task.prompt_init_text, backbone.path))
+    model = get_peft_model(backbone.model, peft_config(cfg, task.prompt_init_text, backbone.path))
+    return model.train()  # from_pretrained returns eval mode; Lightning keeps submodules' modes
 
 
 def save(model, directory) -> None:
