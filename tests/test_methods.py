@@ -206,3 +206,14 @@ def test_config_errors_fail_before_model_load(make_cfg, run_dir, monkeypatch, me
     with pytest.raises(ConfigError, match=match):
         promptlab.train.run(make_cfg(override, method=method), run_dir)
     assert read_result(run_dir)["status"] == "failed"
+
+
+def test_hub_model_offline_is_a_clear_error(tmp_path):
+    from omegaconf import OmegaConf
+
+    from promptlab.errors import ConfigError
+    from promptlab.models import load_backbone
+
+    cfg = OmegaConf.create({"name": "x", "source": "hub", "hub_id": "no-such-org/no-such-model", "revision": None})
+    with pytest.raises(ConfigError, match="cannot be reached"):
+        load_backbone(cfg, tmp_path)

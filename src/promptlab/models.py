@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     LlamaConfig,
@@ -114,19 +115,19 @@ def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
 
 
 def _from_hub(hub_id: str, revision: str | None, dtype: torch.dtype):
-    try:  # a model already in the local HF cache loads without network
-        return (
-            AutoModelForCausalLM.from_pretrained(hub_id, revision=revision, dtype=dtype, local_files_only=True),
-            AutoTokenizer.from_pretrained(hub_id, revision=revision, local_files_only=True),
-        )
-    except OSError:
-        pass
     if not hub_reachable():
-        raise ConfigError(
-            f"model '{hub_id}' is not in the local Hugging Face cache and the Hub cannot be reached",
-            "use model=smollm2_135m (bundled, offline), point model.hub_id at a local directory, "
-            "or run where huggingface.co is reachable",
-        )
+        # Say we are offline, or transformers retries the Hub for ~25 s even with local_files_only=True.
+        import huggingface_hub.constants
+
+        huggingface_hub.constants.HF_HUB_OFFLINE = True
+        try:  # a model already in the local HF cache loads without network
+            AutoConfig.from_pretrained(hub_id, revision=revision, local_files_only=True)
+        except OSError:
+            raise ConfigError(
+                f"model '{hub_id}' is not in the local Hugging Face cache and the Hub cannot be reached",
+                "use model=smollm2_135m (bundled, offline), point model.hub_id at a local directory, "
+                "or run where huggingface.co is reachable",
+            ) from None
     return (
         AutoModelForCausalLM.from_pretrained(hub_id, revision=revision, dtype=dtype),
         AutoTokenizer.from_pretrained(hub_id, revision=revision),
