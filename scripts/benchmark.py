@@ -4,14 +4,15 @@
 For one backbone (default: the bundled SmolLM2-135M) it measures
 
 * model load time: first load (GGUF conversion, forced with a fresh temporary cache) and cached load;
-* training examples/s for soft prompt tuning (PEFT) and full fine-tuning: ``LabelScorer`` +
-  cross-entropy + AdamW step, versus the model's own loss on prompt+label
+* training examples/s for soft prompt tuning (PEFT) and full fine-tuning: ``ChoiceReadout.loss`` (NLL of
+  the class-normalised choice scores, as ``PromptModule.training_step``) + AdamW step, versus the model's own loss on prompt+label
   (``model(input_ids=prompt+label, labels=label tokens only).loss``: full logits at every position);
-* evaluation examples/s (inference mode): ``LabelScorer`` versus full logits at every position,
+* evaluation examples/s (inference mode): ``ChoiceReadout.scores`` versus full logits at every position,
   log-softmax over the vocabulary, then picking the label tokens (as ``brute_force_scores``, batched);
 * peak resident memory (VmHWM, reset before each phase) for each of these phases.
 
-Prompts are real SST-2 examples rendered with promptlab's own code (template 0, chat template).
+Prompts are real SST-2 examples rendered with promptlab's own code (``prompts.Encoder``: template 0, chat
+template); the answer choices are the task's ``choices`` (negative/positive), the same for every example.
 Each training run (method x scoring) starts from a freshly loaded backbone (cached: fast).
 
     python scripts/benchmark.py --data-root /path/to/data            # full run (~5 min on 2 idle cores)
@@ -40,27 +41,28 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from promptlab.data import PromptDataModule, load_task, training_subset
-from promptlab.methods import count_parameters, full_finetune, prompt_tuning
+from promptlab.data import PromptDataModule
+from promptlab.methods import build_method, count_parameters
 from promptlab.models import load_backbone
-from promptlab.prompts import encode_verbalizer
-from promptlab.scoring import LabelScorer, pad
+from promptlab.prompts import Encoder, encode_answer
+from promptlab.readout import ChoiceReadout
+from promptlab.readout.model import pad
+from promptlab.tasks import TaskSpec, load_task, training_subset
 from promptlab.tracking import PeakMemory, git_commit, proc_status_mb, versions, write_json_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
-METHODS = {"prompt_tuning": prompt_tuning, "full_finetune": full_finetune}
+METHODS = ("prompt_tuning", "full_finetune")  # conf/method/<name>.yaml
 METHOD_TITLES = {"prompt_tuning": "prompt tuning", "full_finetune": "full fine-tuning"}
 VARIANTS = ("restricted", "naive")
 DEFINITIONS = {
-    "restricted_train": "promptlab.scoring.LabelScorer class log-probs (no LM head over the vocabulary), "
-                        "F.nll_loss against the gold class, backward, AdamW step",
+    "restricted_train": "promptlab.readout.ChoiceReadout.loss: F.nll_loss of the class-normalised choice "
+                        "log-probs (no LM head over the vocabulary) against the gold class, backward, AdamW step",
     "naive_train": "model(input_ids=prompt+gold label tokens, labels=-100 except the label tokens).loss: "
                    "full-vocabulary logits at every position, backward, AdamW step",
-    "restricted_eval": "LabelScorer under torch.inference_mode",
+    "restricted_eval": "promptlab.readout.ChoiceReadout.scores under torch.inference_mode",
     "naive_eval": "model(prompt).logits at every position, log_softmax over the vocabulary, label tokens picked, "
                   "normalised over classes (multi-token labels: one sequence per class); torch.inference_mode",
     "examples_per_second": "timed examples / summed step (batch) wall time, warm-up excluded",
@@ -187,39 +189,44 @@ def progress(iterable, total: int, desc: str, enabled: bool):
 # The two ways of computing the loss and the scores
 
 
-def restricted_loss(model, scorer: LabelScorer, prompts: list[list[int]], labels: torch.Tensor) -> torch.Tensor:
-    """promptlab's objective (module.PromptClassifier.training_step): NLL of class-normalised label scores."""
-    return F.nll_loss(scorer(model, prompts), labels)
+def restricted_loss(model, readout: ChoiceReadout, batch: dict) -> torch.Tensor:
+    """promptlab's objective (``PromptModule.training_step``): NLL of the class-normalised choice scores."""
+    return readout.loss(model, batch)
 
 
-def naive_loss(model, label_ids: list[list[int]], pad_id: int, prompts: list[list[int]], labels: torch.Tensor):
-    """The model's own LM loss on prompt + gold label word: full-vocabulary logits at every position."""
-    seqs = [list(p) + label_ids[int(y)] for p, y in zip(prompts, labels, strict=True)]
+def naive_loss(model, pad_id: int, batch: dict) -> torch.Tensor:
+    """The model's own LM loss on prompt + gold answer tokens: full-vocabulary logits at every position."""
+    prompts = batch["prompt_ids"]
+    answers = [list(cs[int(y)]) for cs, y in zip(batch["choice_ids"], batch["labels"], strict=True)]
+    seqs = [list(p) + a for p, a in zip(prompts, answers, strict=True)]
     ids, mask = pad(seqs, pad_id, torch.device("cpu"))
     targets = torch.full_like(ids, -100)
-    for i, (p, y) in enumerate(zip(prompts, labels, strict=True)):
-        lab = label_ids[int(y)]
-        targets[i, len(p): len(p) + len(lab)] = torch.tensor(lab)
+    for i, (p, a) in enumerate(zip(prompts, answers, strict=True)):
+        targets[i, len(p): len(p) + len(a)] = torch.tensor(a)
     return model(input_ids=ids, attention_mask=mask, labels=targets, use_cache=False).loss
 
 
-def naive_scores(model, label_ids: list[list[int]], pad_id: int, prompts: list[list[int]]) -> torch.Tensor:
-    """Class log-probs from full logits at every position (``brute_force_scores``, batched and padded)."""
-    single = all(len(t) == 1 for t in label_ids)
-    n_cls = len(label_ids)
-    seqs = [list(p) for p in prompts] if single else [list(p) + lab for p in prompts for lab in label_ids]
+def naive_scores(model, pad_id: int, prompts: Sequence[Sequence[int]],
+                 choices: Sequence[Sequence[Sequence[int]]]) -> torch.Tensor:
+    """Choice log-probs from full logits at every position (``brute_force_scores``, batched and padded).
+
+    Shared single-token choices (SST-2): one sequence per example. Otherwise one sequence per (example,
+    choice); shorter choice lists are padded with -inf, as ``ChoiceReadout.scores`` does.
+    """
+    shared = all(list(c) == list(choices[0]) for c in choices)
+    single = shared and all(len(t) == 1 for t in choices[0])
+    pairs = [(i, c) for i, cs in enumerate(choices) for c in range(len(cs))]
+    seqs = [list(p) for p in prompts] if single else [list(prompts[i]) + list(choices[i][c]) for i, c in pairs]
     ids, mask = pad(seqs, pad_id, torch.device("cpu"))
     logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
     logp = logits[:, -ids.shape[1]:].float().log_softmax(-1)  # PEFT prompt tuning prepends virtual positions
     if single:
         last = torch.tensor([len(p) - 1 for p in prompts])
-        rows = torch.tensor([t[0] for t in label_ids])
+        rows = torch.tensor([t[0] for t in choices[0]])
         return logp[torch.arange(len(prompts)), last][:, rows].log_softmax(-1)
-    out = torch.zeros(len(prompts), n_cls)
-    for i, p in enumerate(prompts):
-        for c, lab in enumerate(label_ids):
-            s = i * n_cls + c
-            out[i, c] = sum(logp[s, len(p) - 1 + j, tok] for j, tok in enumerate(lab))
+    out = torch.full((len(prompts), max(len(cs) for cs in choices)), -torch.inf)
+    for s, (i, c) in enumerate(pairs):
+        out[i, c] = sum(logp[s, len(prompts[i]) - 1 + j, tok] for j, tok in enumerate(choices[i][c]))
     return out.log_softmax(-1)
 
 
@@ -227,18 +234,19 @@ def naive_scores(model, label_ids: list[list[int]], pad_id: int, prompts: list[l
 # Phases
 
 
-def train_phase(name: str, model, step_loss: Callable, batches: list[dict], warmup: int, method_cfg,
+def train_phase(name: str, model, step_loss: Callable, batches: list[dict], warmup: int, optim,
                 show_progress: bool, results: list[dict]) -> dict:
     """Warm-up steps, then timed steps of forward + cross-entropy + backward + AdamW, on fixed batches."""
     params = [p for p in model.parameters() if p.requires_grad]
     with Phase(name, results) as ph:
         model.train()
-        optimizer = torch.optim.AdamW(params, lr=method_cfg.lr, weight_decay=method_cfg.weight_decay)
+        # Constant lr (no warm-up/decay schedule): the method's lr and weight decay, as before.
+        optimizer = torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay)
         step_seconds, losses = [], []
         for i, batch in enumerate(progress(batches, len(batches), name, show_progress)):
             start = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
-            loss = step_loss(model, batch["prompt_ids"], batch["labels"])
+            loss = step_loss(model, batch)
             loss.backward()
             optimizer.step()
             elapsed = time.perf_counter() - start
@@ -269,10 +277,10 @@ def eval_phase(name: str, model, score: Callable, batches: list[dict], warmup: i
         scores, batch_seconds = [], []
         with torch.inference_mode():
             for batch in batches[:warmup]:
-                score(model, batch["prompt_ids"])
+                score(model, batch)
             for batch in progress(batches, len(batches), name, show_progress):
                 start = time.perf_counter()
-                scores.append(score(model, batch["prompt_ids"]).float())
+                scores.append(score(model, batch).float())
                 batch_seconds.append(time.perf_counter() - start)
         examples = sum(len(b["labels"]) for b in batches)
         tokens = sum(len(p) for b in batches for p in b["prompt_ids"])
@@ -311,9 +319,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     n_train = args.batch_size * (args.warmup + args.steps)
     data_cfg.merge_with({"source": "local", "template": 0, "k_shot": None, "train_size": n_train,
                          "eval_limit": args.eval_examples})
-    method_cfgs = {m: OmegaConf.load(CONF / "method" / f"{m}.yaml") for m in args.methods}
-    for m in args.methods:
-        METHODS[m].validate(method_cfgs[m])
+    spec = TaskSpec.from_config(data_cfg)
+    methods = {m: build_method(OmegaConf.load(CONF / "method" / f"{m}.yaml")) for m in args.methods}
+    for method in methods.values():
+        method.validate(spec)
 
     meta = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -326,8 +335,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "git_commit": git_commit(REPO),
         "platform": platform.platform(),
         "args": {k: v for k, v in vars(args).items() if k != "data_root"},
-        "data": {"dataset": "sst2", "template": 0, "train_split": data_cfg.train_split,
-                 "eval_split": data_cfg.eval_split},
+        "data": {"dataset": "sst2", "template": 0, "train_split": spec.train_split,
+                 "eval_split": spec.eval_split},
         "loadavg_start": loadavg(),
     }
     print(f"promptlab benchmark: {args.model} on {meta['cpu_model']} ({meta['cpu_count']} CPUs), "
@@ -342,8 +351,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     try:
         # Data first: every data check runs before any model loads (as promptlab.train does).
         start = time.perf_counter()
-        task = load_task(data_cfg, str(Path(args.data_root).expanduser()))
-        train_rows = training_subset(task, data_cfg, args.seed)
+        task = load_task(spec, str(Path(args.data_root).expanduser()))
+        train_rows = training_subset(task, args.seed)
         meta["data"]["task_load_seconds"] = round(time.perf_counter() - start, 3)
 
         # 1. Model load: the first load converts the GGUF into the fresh cache; the second reads that cache.
@@ -358,47 +367,51 @@ def main(argv: Sequence[str] | None = None) -> dict:
         _, total_params = count_parameters(backbone.model)
         del backbone
 
-        # Prompts with promptlab's own code: the DataModule renders template 0 through the chat template.
-        label_ids = encode_verbalizer(tokenizer, task.verbalizer)
+        # Prompts with promptlab's own code: the Encoder renders template 0 through the chat template (no
+        # demonstrations) and encodes each example's choices; the batches carry prompt_ids, choice_ids, labels.
+        label_ids = [encode_answer(tokenizer, c) for c in spec.choices]  # what every item's choice_ids holds
         pad_id = tokenizer.pad_token_id
-        scorer = LabelScorer(label_ids, pad_id)
-        dm = PromptDataModule(task, tokenizer, train_rows, [], args.batch_size, args.eval_batch_size, args.seed,
-                              data_cfg.max_prompt_tokens)
+        readout = ChoiceReadout(pad_id)
+        encoder = Encoder(tokenizer, spec)
+        dm = PromptDataModule(encoder, train_rows, task.eval, args.batch_size, args.eval_batch_size, args.seed)
         dm.setup("fit")
         train_batches = list(dm.train_dataloader())[: args.warmup + args.steps]
         eval_batches = list(dm.predict_dataloader())
         meta["data"].update({
-            "template_text": task.template, "system_prompt": task.system_prompt,
-            "verbalizer": list(task.verbalizer), "label_token_ids": label_ids,
-            "single_token_labels": scorer.single_token, "train_examples": len(train_rows),
+            "template_text": spec.prompt_template, "system_prompt": spec.system_prompt,
+            "verbalizer": list(spec.choices), "label_token_ids": label_ids,  # key kept: the task's choices
+            "single_token_labels": all(len(t) == 1 for t in label_ids), "train_examples": len(train_rows),
             "eval_examples": sum(len(b["labels"]) for b in eval_batches),
             "mean_train_prompt_tokens": round(
                 sum(len(x["prompt_ids"]) for x in dm.train_items) / len(dm.train_items), 1),
             "mean_eval_prompt_tokens": round(
                 sum(len(x["prompt_ids"]) for x in dm.eval_items) / len(dm.eval_items), 1),
-            "truncated_prompts": dm.truncated,
+            "truncated_prompts": encoder.truncated,
         })
 
         losses = {
-            "restricted": lambda model, prompts, labels: restricted_loss(model, scorer, prompts, labels),
-            "naive": lambda model, prompts, labels: naive_loss(model, label_ids, pad_id, prompts, labels),
+            "restricted": lambda model, batch: restricted_loss(model, readout, batch),
+            "naive": lambda model, batch: naive_loss(model, pad_id, batch),
         }
-        scorers = {"restricted": scorer, "naive": lambda model, prompts: naive_scores(model, label_ids, pad_id, prompts)}
+        scorers = {
+            "restricted": lambda model, batch: readout.scores(model, batch["prompt_ids"], batch["choice_ids"]),
+            "naive": lambda model, batch: naive_scores(model, pad_id, batch["prompt_ids"], batch["choice_ids"]),
+        }
         checks: dict[str, dict] = {}
         params: dict[str, dict] = {}
 
         # 2. Per method: fresh backbone -> train (restricted), then evaluate both ways on that model;
         #    fresh backbone again -> train (naive). Each training run starts from the same weights.
         for m in args.methods:
-            method, mcfg = METHODS[m], method_cfgs[m]
+            method = methods[m]
             for variant in VARIANTS:
                 release_memory()
                 torch.manual_seed(args.seed)
                 backbone = load_backbone(model_cfg, cache_dir)
-                model = method.prepare(backbone, mcfg, task)
+                model = method.prepare(backbone, spec)
                 trainable, total = count_parameters(model)
                 params[m] = {"trainable": trainable, "total": total}
-                rec = train_phase(f"{m} train {variant}", model, losses[variant], train_batches, args.warmup, mcfg,
+                rec = train_phase(f"{m} train {variant}", model, losses[variant], train_batches, args.warmup, method.optim(),
                                   show_progress, phases)
                 rec.update(method=m, variant=variant, backbone_reload_seconds=round(backbone.load_seconds, 3))
                 if variant == "restricted":
@@ -407,7 +420,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                         rec, scores[ev] = eval_phase(f"{m} eval {ev}", model, scorers[ev], eval_batches,
                                                      args.eval_warmup, show_progress, phases)
                         rec.update(method=m, variant=ev)
-                    diff = (scores["restricted"] - scores["naive"]).abs().max().item()
+                    real = scores["restricted"].isfinite() | scores["naive"].isfinite()  # -inf: padded choices
+                    diff = (scores["restricted"] - scores["naive"])[real].abs().max().item()
                     agree = (scores["restricted"].argmax(-1) == scores["naive"].argmax(-1)).float().mean().item()
                     checks[m] = {"max_abs_diff_class_logprob": diff, "argmax_agreement": agree}
                     print(f"    check: restricted vs naive class log-probs max |diff| {diff:.2e}, "

@@ -33,6 +33,10 @@ SESSION_ENV = {
     "HF_HOME": os.path.join(_SESSION_TMP, "hf-home"),
     "HF_DATASETS_CACHE": os.path.join(_SESSION_TMP, "hf-datasets"),
     "TOKENIZERS_PARALLELISM": "false",
+    # One thread, here and in every `python -m promptlab.train` child: the tiny model gains nothing from more,
+    # and on a busy 2-core machine two OpenMP threads made its matmuls ~100x slower (measured at load 4).
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
 }
 os.environ.update(SESSION_ENV)
 os.environ.pop("PROMPTLAB_DATA", None)
@@ -45,13 +49,14 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+torch.set_num_threads(1)
 
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 import promptlab.train  # noqa: E402
 from promptlab.models import Backbone, load_backbone, tiny_tokenizer  # noqa: E402
+from promptlab.tasks import TaskSpec  # noqa: E402
 
 # Short sentences made of words the tiny BPE knows, so prompts stay a few dozen tokens long.
 POSITIVE = ["great fun movie", "a good film", "love this movie", "great and fun", "a good review",
@@ -129,7 +134,22 @@ def compose_config(overrides: Iterable[str] = (), return_hydra_config: bool = Fa
         return compose(config_name="train", overrides=list(overrides), return_hydra_config=return_hydra_config)
 
 
-TRAINED_METHODS = ("prompt_tuning", "full_finetune")
+TRAINED_METHODS = ("prompt_tuning", "full_finetune")  # test_configs checks this against build_method().trains
+
+
+def config_names(group: str) -> list[str]:
+    """Every option of a config group (the YAMLs under ``conf/<group>/``), e.g. ``config_names("data")``."""
+    return sorted(p.stem for p in (promptlab.train.CONFIG_DIR / group).glob("*.yaml"))
+
+
+def data_cfg(dataset: str = "sst2", *overrides: str) -> DictConfig:
+    """A composed ``data/`` config: ``data_cfg("sst2", "k_shot=3")`` (overrides are under ``data.``)."""
+    return compose_config([f"data={dataset}", *(f"data.{o}" for o in overrides)]).data
+
+
+def task_spec(dataset: str = "sst2", *overrides: str) -> TaskSpec:
+    """The validated TaskSpec of a shipped data config, with ``data.`` overrides."""
+    return TaskSpec.from_config(data_cfg(dataset, *overrides))
 
 
 @pytest.fixture

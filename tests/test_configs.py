@@ -3,13 +3,28 @@
 from __future__ import annotations
 
 import pytest
-from conftest import compose_config
+from conftest import TRAINED_METHODS, compose_config, config_names
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-METHODS = ["zero_shot", "few_shot", "prompt_tuning", "full_finetune"]
-DATASETS = ["sst2", "rte"]
+from promptlab.errors import ConfigError
+from promptlab.methods import REGISTRY, TrainedMethod, build_method
+from promptlab.tasks import TaskSpec
+
+METHODS = config_names("method")
+DATASETS = config_names("data")
+# Method x task combinations that are invalid by design; each must fail validation with this message.
+INVALID = {
+    # few_shot_cot.yaml: "Generate tasks only" -- a choice task's demos have a label, not a worked solution
+    ("few_shot_cot", "choice"): "few-shot chain-of-thought needs worked solutions",
+}
+
+
+def test_globs_find_the_shipped_configs():
+    assert {"zero_shot", "few_shot", "zero_shot_cot", "few_shot_cot", *TRAINED_METHODS} <= set(METHODS)
+    assert {"sst2", "rte"} <= set(DATASETS)
+    assert {method for method, _ in INVALID} <= set(METHODS)  # INVALID does not name a method that is gone
 
 
 @pytest.mark.parametrize("dataset", DATASETS)
@@ -18,14 +33,57 @@ def test_method_x_dataset_composes(method, dataset, tmp_path):
     cfg = compose_config([f"method={method}", f"data={dataset}", f"paths.data_root={tmp_path}"])
     assert cfg.method.name == method
     assert cfg.data.name == dataset
-    assert cfg.method.trains == (method in ("prompt_tuning", "full_finetune"))
-    assert (cfg.method.num_demos > 0) == (method == "few_shot")
-    assert len(cfg.data.verbalizer) == len(cfg.data.label_names) == 2
-    assert 0 <= cfg.data.template < len(cfg.data.templates)
+    OmegaConf.to_container(cfg, resolve=True)  # everything resolves
+    assert cfg.paths.data_root == str(tmp_path)
     # the trainer's step budget follows the method's
     assert cfg.trainer.max_steps == cfg.method.get("max_steps", 0)
-    assert cfg.paths.data_root == str(tmp_path)
-    OmegaConf.to_container(cfg, resolve=True)  # everything resolves
+
+    spec = TaskSpec.from_config(cfg.data)  # validates the task: keys, templates, choices/target, metrics
+    assert spec.name == dataset
+    assert 0 <= spec.template < len(spec.templates)
+    assert spec.primary_metric in spec.metrics
+    if spec.output_type == "choice":
+        assert spec.num_choices >= 2
+        assert len(spec.class_names) == spec.num_choices
+        assert spec.chance == (1 / spec.num_choices if spec.primary_metric == "accuracy" else None)
+    else:
+        assert spec.output_type == "generate" and spec.target and spec.chance is None
+
+    m = build_method(cfg.method)
+    assert type(m) is REGISTRY[cfg.method.type]
+    assert m.trains == (method in TRAINED_METHODS), "update conftest.TRAINED_METHODS (make_cfg's fast settings)"
+    assert m.trains == isinstance(m, TrainedMethod)
+    if m.trains:
+        assert "num_demos" not in cfg.method and m.num_demos == 0
+    info = m.info()
+    assert (info.name, info.type, info.trains) == (method, cfg.method.type, m.trains)
+    assert info.display_name == cfg.method.display_name and info.display_name.strip()
+    assert info.modifies == cfg.method.modifies and info.modifies.strip()
+
+    invalid = INVALID.get((method, spec.output_type))
+    if invalid:
+        with pytest.raises(ConfigError, match=invalid):
+            m.validate(spec)
+    else:
+        m.validate(spec)
+
+
+@pytest.mark.parametrize(("method", "demos"), [("zero_shot", False), ("few_shot", True), ("zero_shot_cot", False),
+                                               ("few_shot_cot", True), *((m, False) for m in TRAINED_METHODS)])
+def test_which_methods_show_demonstrations(method, demos):
+    m = build_method(compose_config([f"method={method}"]).method)
+    assert (m.num_demos > 0) == demos
+
+
+def test_every_registered_type_has_a_method_config():
+    types = {compose_config([f"method={m}"]).method.type for m in METHODS}
+    assert types == set(REGISTRY)
+
+
+def test_unregistered_method_type_is_a_config_error():
+    cfg = compose_config(["method.type=nope"]).method
+    with pytest.raises(ConfigError, match="not registered"):
+        build_method(cfg)
 
 
 def test_defaults():
@@ -94,11 +152,12 @@ def test_loggers(logger, wandb, csv):
         assert cfg.logger.wandb.project == "promptlab"
 
 
-def test_experiment_demo_sweeps_all_methods():
+def test_experiment_demo_sweeps_the_four_methods():
     cfg = compose_config(["experiment=demo"], return_hydra_config=True)
     assert cfg.hydra.mode == RunMode.MULTIRUN
     swept = {m.strip() for m in str(cfg.hydra.sweeper.params.method).split(",")}
-    assert swept == set(METHODS)
+    assert swept == {"zero_shot", "few_shot", *TRAINED_METHODS}  # demo.yaml: "four methods on SST-2"
+    assert swept <= set(METHODS)
     assert cfg.model.name == "smollm2_135m"
     assert cfg.data.name == "sst2"
     assert cfg.data.k_shot >= 1 and cfg.data.eval_limit >= 1  # sized for a quick demo

@@ -1,4 +1,4 @@
-"""Loading and validating local JSONL tasks; seeded, balanced sampling."""
+"""Loading and validating local JSONL tasks; seeded, balanced sampling; the data module."""
 
 from __future__ import annotations
 
@@ -7,14 +7,13 @@ import socket
 from collections import Counter
 
 import pytest
-from conftest import compose_config, rte_rows, sst2_rows, write_jsonl
+from conftest import compose_config, data_cfg, rte_rows, sst2_rows, task_spec, write_jsonl
 
-from promptlab.data import PromptDataModule, load_task, sample_demos, sample_k_shot, training_subset
+from promptlab.data import PromptDataModule, collate
 from promptlab.errors import ConfigError
-
-
-def data_cfg(dataset="sst2", *overrides):
-    return compose_config([f"data={dataset}", *(f"data.{o}" for o in overrides)]).data
+from promptlab.prompts import Encoder, encode_answer
+from promptlab.tasks import TaskSpec, load_task, sample_demos, training_subset
+from promptlab.tasks.sampling import sample_k_shot
 
 
 def write_task(root, dataset="sst2", train=None, validation=None):
@@ -27,60 +26,74 @@ def write_task(root, dataset="sst2", train=None, validation=None):
 # --------------------------------------------------------------------------------------------- loading
 
 
+def load(root, dataset="sst2", *overrides):
+    """load_task on a shipped data config (validated as a run validates it), with ``data.`` overrides."""
+    return load_task(task_spec(dataset, *overrides), str(root) if root is not None else None)
+
+
 @pytest.mark.parametrize("dataset", ["sst2", "rte"])
 def test_load_local_jsonl(tmp_path, dataset):
     root = write_task(tmp_path, dataset)
-    task = load_task(data_cfg(dataset), str(root))
+    task = load(root, dataset)
     expected_train = (sst2_rows if dataset == "sst2" else rte_rows)(6)
     assert task.train == expected_train
     assert len(task.eval) == 10
-    assert task.num_classes == 2
-    assert task.name == dataset
-    assert task.template == data_cfg(dataset).templates[0]
-    assert task.template_id == 0
-    assert task.verbalizer == list(data_cfg(dataset).verbalizer)
+    assert task.dev == []  # eval_split=validation: nothing carved out of train
+    spec = task.spec
+    assert spec.num_choices == 2
+    assert task.name == spec.name == dataset
+    assert spec.prompt_template == data_cfg(dataset).templates[0]
+    assert spec.template == 0
+    assert spec.choices == list(data_cfg(dataset).choices)
+    assert spec.class_names == list(data_cfg(dataset).get("label_names") or data_cfg(dataset).choices)
+
+
+def test_rows_without_idx_get_their_position(tmp_path):
+    rows = [{k: v for k, v in r.items() if k != "idx"} for r in sst2_rows(3)]
+    task = load(write_task(tmp_path, train=rows), "sst2")
+    assert [r["idx"] for r in task.train] == list(range(6))
+    assert [{k: v for k, v in r.items() if k != "idx"} for r in task.train] == rows
 
 
 def test_template_choice(tmp_path):
     root = write_task(tmp_path)
     cfg = data_cfg("sst2", "template=2")
-    task = load_task(cfg, str(root))
-    assert task.template == cfg.templates[2] and task.template_id == 2
+    task = load_task(TaskSpec.from_config(cfg), str(root))
+    assert task.spec.prompt_template == cfg.templates[2] and task.spec.template == 2
 
 
 @pytest.mark.parametrize("template", [3, -1, 99])
-def test_template_out_of_range(tmp_path, template):
-    root = write_task(tmp_path)
+def test_template_out_of_range(template):
     with pytest.raises(ConfigError, match="data.template"):
-        load_task(data_cfg("sst2", f"template={template}"), str(root))
+        task_spec("sst2", f"template={template}")
 
 
 @pytest.mark.parametrize("template", ["abc", 1.5])
-def test_template_not_an_integer(tmp_path, template):
+def test_template_not_an_integer(template):
     """A user mistake must be a ConfigError (clean CLI message), not a TypeError traceback."""
-    root = write_task(tmp_path)
     with pytest.raises(ConfigError, match="data.template"):
-        load_task(data_cfg("sst2", f"template={template}"), str(root))
+        task_spec("sst2", f"template={template}")
 
 
 def test_missing_file_names_the_path(tmp_path):
     root = tmp_path / "data"
     write_jsonl(root / "sst2" / "train.jsonl", sst2_rows(4))  # validation.jsonl is missing
     with pytest.raises(ConfigError) as info:
-        load_task(data_cfg("sst2", "source=local"), str(root))
-    assert str(root / "sst2" / "validation.jsonl") in str(info.value)
+        load(root, "sst2", "source=local")
+    # the file it looked for, with every extension it accepts
+    assert f"{root / 'sst2' / 'validation'}.{{jsonl," in str(info.value)
 
 
 def test_source_local_without_data_root():
     with pytest.raises(ConfigError, match="data root"):
-        load_task(data_cfg("sst2", "source=local"), None)
+        load(None, "sst2", "source=local")
 
 
 def test_missing_column(tmp_path):
     rows = [{"idx": r["idx"], "text": r["sentence"], "label": r["label"]} for r in sst2_rows(4)]
     root = write_task(tmp_path, train=rows)
     with pytest.raises(ConfigError, match="sentence") as info:
-        load_task(data_cfg(), str(root))
+        load(root)
     assert "sst2/train" in str(info.value)
 
 
@@ -88,7 +101,7 @@ def test_missing_rte_column(tmp_path):
     rows = [{k: v for k, v in r.items() if k != "sentence2"} for r in rte_rows(4)]
     root = write_task(tmp_path, "rte", validation=rows)
     with pytest.raises(ConfigError, match="sentence2"):
-        load_task(data_cfg("rte"), str(root))
+        load(root, "rte")
 
 
 @pytest.mark.parametrize("bad_label", [2, -1, 7])
@@ -97,7 +110,7 @@ def test_label_out_of_range(tmp_path, bad_label):
     rows[3]["label"] = bad_label
     root = write_task(tmp_path, train=rows)
     with pytest.raises(ConfigError, match=f"label {bad_label}"):
-        load_task(data_cfg(), str(root))
+        load(root)
 
 
 @pytest.mark.parametrize("bad_label", ["positive", 0.5, None])
@@ -105,7 +118,7 @@ def test_label_not_int(tmp_path, bad_label):
     rows = [{**r, "label": bad_label} for r in sst2_rows(4)]  # whole column, so the JSON parses
     root = write_task(tmp_path, validation=rows)
     with pytest.raises(ConfigError, match="not an integer"):
-        load_task(data_cfg(), str(root))
+        load(root)
 
 
 @pytest.mark.parametrize("drop", ["null", "absent"])
@@ -118,20 +131,20 @@ def test_missing_text_value(tmp_path, drop):
         del rows[3]["sentence"]
     root = write_task(tmp_path, train=rows)
     with pytest.raises(ConfigError, match="row 3"):
-        load_task(data_cfg(), str(root))
+        load(root)
 
 
 def test_malformed_json(tmp_path):
     root = write_task(tmp_path)
     (root / "sst2" / "validation.jsonl").write_text('{"idx": 0, "sentence": "a", "label": 1}\n{not json\n')
     with pytest.raises(ConfigError):
-        load_task(data_cfg(), str(root))
+        load(root)
 
 
 def test_empty_file(tmp_path):
     root = write_task(tmp_path, validation=[])
     with pytest.raises(ConfigError):
-        load_task(data_cfg(), str(root))
+        load(root)
 
 
 def test_hub_source_offline_fails_fast(tmp_path, monkeypatch):
@@ -145,10 +158,10 @@ def test_hub_source_offline_fails_fast(tmp_path, monkeypatch):
     monkeypatch.setattr(socket, "create_connection", never)
     monkeypatch.setattr(datasets, "load_dataset", never)
     with pytest.raises(ConfigError, match="Hub") as info:
-        load_task(data_cfg("sst2", "source=hub"), str(write_task(tmp_path)))
+        load(write_task(tmp_path), "sst2", "source=hub")
     assert "stanfordnlp/sst2" in str(info.value)
     with pytest.raises(ConfigError, match="PROMPTLAB_DATA"):
-        load_task(data_cfg("rte"), None)  # auto with no data root: the Hub, which is unreachable
+        load(None, "rte")  # auto with no data root: the Hub, which is unreachable
 
 
 # -------------------------------------------------------------------------------------------- sampling
@@ -179,41 +192,45 @@ def test_sample_k_shot_too_large():
 
 
 def test_training_subset_k_shot(tmp_path):
-    task = load_task(data_cfg(), str(write_task(tmp_path)))
-    rows = training_subset(task, data_cfg("sst2", "k_shot=3"), seed=0)
+    root = write_task(tmp_path)
+    task = load(root, "sst2", "k_shot=3")
+    rows = training_subset(task, seed=0)
     assert Counter(r["label"] for r in rows) == {0: 3, 1: 3}
-    assert rows == training_subset(task, data_cfg("sst2", "k_shot=3"), seed=0)
+    assert all(r in task.train for r in rows)
+    assert rows == training_subset(task, seed=0)
+    assert rows != training_subset(task, seed=1)
     with pytest.raises(ConfigError, match="k_shot=7"):
-        training_subset(task, data_cfg("sst2", "k_shot=7"), seed=0)  # 6 per class
+        training_subset(load(root, "sst2", "k_shot=7"), seed=0)  # 6 per class
 
 
-def test_training_subset_negative_k_shot(tmp_path):
-    task = load_task(data_cfg(), str(write_task(tmp_path)))
+@pytest.mark.parametrize("k_shot", [-1, 0])
+def test_training_subset_non_positive_k_shot(tmp_path, k_shot):
+    task = load(write_task(tmp_path), "sst2", f"k_shot={k_shot}")
     with pytest.raises(ConfigError, match="k_shot"):
-        training_subset(task, data_cfg("sst2", "k_shot=-1"), seed=0)
+        training_subset(task, seed=0)
 
 
 def test_training_subset_train_size(tmp_path):
-    task = load_task(data_cfg(), str(write_task(tmp_path)))
-    cfg = data_cfg("sst2", "k_shot=null", "train_size=5")
-    rows = training_subset(task, cfg, seed=3)
+    root = write_task(tmp_path)
+    task = load(root, "sst2", "k_shot=null", "train_size=5")
+    rows = training_subset(task, seed=3)
     assert len(rows) == 5
     assert len({r["idx"] for r in rows}) == 5
     assert all(r in task.train for r in rows)
-    assert rows == training_subset(task, cfg, seed=3)
-    assert [r["idx"] for r in rows] != [r["idx"] for r in training_subset(task, cfg, seed=4)]
+    assert rows == training_subset(task, seed=3)
+    assert [r["idx"] for r in rows] != [r["idx"] for r in training_subset(task, seed=4)]
     with pytest.raises(ConfigError, match="train_size=13"):
-        training_subset(task, data_cfg("sst2", "k_shot=null", "train_size=13"), seed=0)
+        training_subset(load(root, "sst2", "k_shot=null", "train_size=13"), seed=0)
 
 
 def test_training_subset_everything(tmp_path):
-    task = load_task(data_cfg(), str(write_task(tmp_path)))
-    assert training_subset(task, data_cfg("sst2", "k_shot=null"), seed=0) == task.train
+    task = load(write_task(tmp_path), "sst2", "k_shot=null")
+    assert training_subset(task, seed=0) == task.train
 
 
 def test_sample_demos_balanced(tmp_path):
-    task = load_task(data_cfg(), str(write_task(tmp_path)))
-    pool = training_subset(task, data_cfg("sst2", "k_shot=4"), seed=0)
+    task = load(write_task(tmp_path), "sst2", "k_shot=4")
+    pool = training_subset(task, seed=0)
     for n in (2, 4, 6):
         demos = sample_demos(pool, task, n, seed=0)
         assert len(demos) == n
@@ -227,7 +244,7 @@ def test_sample_demos_balanced(tmp_path):
 
 
 def test_sample_demos_odd_count_and_unbalanced_pool(tmp_path):
-    task = load_task(data_cfg(), str(write_task(tmp_path)))
+    task = load(write_task(tmp_path))
     pool = [r for r in task.train if r["label"] == 1][:4] + [r for r in task.train if r["label"] == 0][:1]
     demos = sample_demos(pool, task, 4, seed=0)
     assert Counter(d["label"] for d in demos) == {1: 3, 0: 1}  # as balanced as the pool allows
@@ -240,8 +257,8 @@ def test_eval_limit_same_subset_for_every_seed(tmp_path):
     subsets = []
     for seed in (0, 1, 2):
         cfg = compose_config(["data.eval_limit=7", "data.k_shot=2", f"seed={seed}"])
-        task = load_task(cfg.data, str(root))
-        training_subset(task, cfg.data, cfg.seed)
+        task = load_task(TaskSpec.from_config(cfg.data), str(root))
+        training_subset(task, cfg.seed)
         subsets.append([r["idx"] for r in task.eval])
     assert len(subsets[0]) == 7 == len(set(subsets[0]))
     assert subsets[0] == subsets[1] == subsets[2]
@@ -250,22 +267,113 @@ def test_eval_limit_same_subset_for_every_seed(tmp_path):
 
 
 def test_eval_limit_larger_than_split(tmp_path):
-    task = load_task(data_cfg("sst2", "eval_limit=1000"), str(write_task(tmp_path)))
+    task = load(write_task(tmp_path), "sst2", "eval_limit=1000")
     assert len(task.eval) == 10
+
+
+@pytest.mark.parametrize("limit", [0, -3])
+def test_eval_limit_not_positive(tmp_path, limit):
+    with pytest.raises(ConfigError, match="eval_limit"):
+        load(write_task(tmp_path), "sst2", f"eval_limit={limit}")
 
 
 # ---------------------------------------------------------------------------------------- data module
 
 
 def test_datamodule_encodes_and_truncates(tmp_path, tiny_tok):
-    task = load_task(data_cfg(), str(write_task(tmp_path)))
-    train = training_subset(task, data_cfg("sst2", "k_shot=2"), seed=0)
-    dm = PromptDataModule(task, tiny_tok, train, [], batch_size=2, eval_batch_size=4, seed=0, max_prompt_tokens=12)
+    root = write_task(tmp_path)
+    task = load(root, "sst2", "k_shot=2", "max_prompt_tokens=12")
+    train = training_subset(task, seed=0)
+    encoder = Encoder(tiny_tok, task.spec)
+    dm = PromptDataModule(encoder, train, task.eval, batch_size=2, eval_batch_size=4, seed=0)
     dm.setup("fit")
     assert len(dm.train_items) == 4 and len(dm.eval_items) == 10
     assert all(len(x["prompt_ids"]) <= 12 for x in dm.train_items + dm.eval_items)
-    assert dm.truncated == 14
+    assert encoder.truncated == 14
+    dm.setup("predict")  # encoded once: a second setup neither re-encodes nor re-counts
+    assert encoder.truncated == 14
+    # every item carries its answers: the choice words and their token ids as written after the prompt
+    choice_ids = [encode_answer(tiny_tok, c) for c in task.spec.choices]
+    for item, row in zip(dm.train_items, train, strict=True):
+        assert item["idx"] == row["idx"] and item["label"] == row["label"]
+        assert item["choices"] == ["negative", "positive"] and item["choice_ids"] == choice_ids
     batch = next(iter(dm.predict_dataloader()))
     assert batch["labels"].tolist() == [x["label"] for x in dm.eval_items[:4]]
+    assert batch["prompt_ids"] == [x["prompt_ids"] for x in dm.eval_items[:4]]  # ragged: readouts pad
     assert sorted(int(i) for b in dm.predict_dataloader() for i in b["idx"]) == list(range(10))
     json.dumps(dm.eval_items)  # plain python data
+
+
+def test_datamodule_untruncated_prompts_and_eval_order(tmp_path, tiny_tok):
+    task = load(write_task(tmp_path), "sst2", "k_shot=2")
+    encoder = Encoder(tiny_tok, task.spec)
+    dm = PromptDataModule(encoder, [], task.eval, batch_size=2, eval_batch_size=4, seed=0)
+    dm.setup("predict")
+    assert encoder.truncated == 0
+    lengths = [len(x["prompt_ids"]) for x in dm.eval_items]
+    assert lengths == sorted(lengths, reverse=True)  # longest first
+    by_idx = {x["idx"]: x for x in dm.eval_items}
+    for row in task.eval:  # the untruncated prompt is exactly the encoder's prompt for that row
+        assert by_idx[row["idx"]]["prompt_ids"] == encoder.prompt_ids(row)
+
+
+def test_train_loader_is_shuffled_with_the_seed(tmp_path, tiny_tok):
+    task = load(write_task(tmp_path), "sst2", "k_shot=null")
+
+    def order(seed):
+        dm = PromptDataModule(Encoder(tiny_tok, task.spec), task.train, [], batch_size=4, eval_batch_size=4, seed=seed)
+        dm.setup("fit")
+        return [int(i) for b in dm.train_dataloader() for i in b["idx"]]
+
+    assert sorted(order(0)) == [r["idx"] for r in task.train]
+    assert order(0) == order(0)
+    assert order(0) != order(1)
+
+
+def test_collate_keeps_lists_and_stacks_labels():
+    items = [{"idx": 3, "prompt_ids": [1, 2, 3], "label": 1, "choice_ids": [[4], [5, 6]]},
+             {"idx": 7, "prompt_ids": [1], "label": 0, "choice_ids": [[4], [5, 6]]}]
+    batch = collate(items)
+    assert set(batch) == {"idx", "prompt_ids", "labels", "choice_ids"}
+    assert batch["labels"].tolist() == [1, 0]
+    assert batch["idx"] == [3, 7] and batch["prompt_ids"] == [[1, 2, 3], [1]]
+    assert batch["choice_ids"] == [[[4], [5, 6]], [[4], [5, 6]]]
+
+
+# ------------------------------------------------------------------------------ per-example choices (COPA)
+
+
+def copa_rows(n: int) -> list[dict]:
+    return [{"idx": i, "premise": f"the film was long {i}", "question": "effect", "choice1": "we left early",
+             "choice2": "we stayed for more", "label": i % 2} for i in range(n)]
+
+
+def write_copa(root, validation=None):
+    for split in ("train", "dev32"):
+        write_jsonl(root / "copa" / f"{split}.jsonl", copa_rows(6))
+    write_jsonl(root / "copa" / "validation.jsonl", copa_rows(4) if validation is None else validation)
+    return root
+
+
+def test_per_example_choices_load_and_encode(tmp_path, tiny_tok):
+    task = load(write_copa(tmp_path), "copa")
+    assert task.spec.num_choices == 2 and task.dev == [] and len(task.eval) == 4  # dev32 read only when used
+    assert len(load_task(task.spec, str(tmp_path), eval_split="dev").eval) == 6
+    item = Encoder(tiny_tok, task.spec).item(task.eval[1], train=False)
+    assert item["choices"] == ["we left early", "we stayed for more"] and item["label"] == 1
+    assert item["choice_ids"] == [encode_answer(tiny_tok, c) for c in item["choices"]]
+
+
+def test_per_example_choice_column_missing(tmp_path):
+    rows = [{k: v for k, v in r.items() if k != "choice2"} for r in copa_rows(4)]
+    with pytest.raises(ConfigError, match="choice2"):
+        load(write_copa(tmp_path, validation=rows), "copa")
+
+
+@pytest.mark.parametrize("empty", ["", "   "])
+def test_per_example_choice_that_is_empty_is_a_config_error(tmp_path, empty):
+    """The port of the old 'verbalizer word tokenises to nothing' check to per-example answers."""
+    rows = copa_rows(4)
+    rows[2]["choice2"] = empty
+    with pytest.raises(ConfigError, match="row 2"):
+        load(write_copa(tmp_path, validation=rows), "copa")

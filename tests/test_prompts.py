@@ -5,9 +5,12 @@ from __future__ import annotations
 import copy
 
 import pytest
+from conftest import compose_config, data_cfg, task_spec
 
 from promptlab.errors import ConfigError
-from promptlab.prompts import build_messages, encode_prompt, encode_verbalizer, render, template_fields
+from promptlab.methods import build_method
+from promptlab.prompts import Encoder, build_messages, encode_answer, encode_prompt, render, template_fields
+from promptlab.tasks import TaskSpec
 
 SST2_TEMPLATE = "Review: {sentence}\nIs the sentiment of this review positive or negative?"
 RTE_TEMPLATE = "{sentence1}\nQuestion: does this imply that \"{sentence2}\"? Answer yes or no."
@@ -18,6 +21,8 @@ DEMOS = [
     {"idx": 2, "sentence": "terrible movie", "label": 0},
     {"idx": 3, "sentence": "love this film", "label": 1},
 ]
+# The demos as chat turns: the rendered question and the label's answer word
+DEMO_TURNS = [(render(SST2_TEMPLATE, d), VERBALIZER[d["label"]]) for d in DEMOS]
 
 
 @pytest.fixture
@@ -25,6 +30,13 @@ def plain_tok(tiny_tok):
     tok = copy.deepcopy(tiny_tok)
     tok.chat_template = None
     return tok
+
+
+def sst2_spec(*overrides: str) -> TaskSpec:
+    """sst2 with template 1 (SST2_TEMPLATE)."""
+    spec = task_spec("sst2", "template=1", *overrides)
+    assert spec.prompt_template == SST2_TEMPLATE
+    return spec
 
 
 def test_template_fields():
@@ -39,11 +51,12 @@ def test_render_strips_values_and_ignores_extra_columns():
 
 
 def test_build_messages_zero_shot():
-    assert build_messages(SST2_TEMPLATE, QUERY) == [{"role": "user", "content": render(SST2_TEMPLATE, QUERY)}]
+    query = render(SST2_TEMPLATE, QUERY)
+    assert build_messages(query) == [{"role": "user", "content": query}]
 
 
 def test_build_messages_demos_in_order_then_query():
-    messages = build_messages(SST2_TEMPLATE, QUERY, DEMOS, VERBALIZER, "label", system_prompt="Be brief.")
+    messages = build_messages(render(SST2_TEMPLATE, QUERY), DEMO_TURNS, system_prompt="Be brief.")
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "user", "assistant", "user",
                                              "assistant", "user"]
     assert messages[0]["content"] == "Be brief."
@@ -53,9 +66,20 @@ def test_build_messages_demos_in_order_then_query():
     assert messages[-1]["content"] == render(SST2_TEMPLATE, QUERY)
 
 
+@pytest.mark.parametrize("method", ["few_shot", "zero_shot"])
+def test_prompting_demo_is_the_question_and_the_label_word(method):
+    """A demonstration row becomes (rendered template, the label's choice word) -- the verbalizer."""
+    m = build_method(compose_config([f"method={method}"]).method)
+    spec = sst2_spec()
+    assert [m.demo(spec, d) for d in DEMOS] == DEMO_TURNS
+    rte = task_spec("rte")
+    row = {"idx": 0, "sentence1": "It rains. ", "sentence2": "It is wet.", "label": 1}
+    assert m.demo(rte, row) == (render(rte.prompt_template, row), "no")  # rte: choices [yes, no]
+
+
 def test_chat_prompt_has_demos_as_earlier_turns(tiny_tok):
     assert tiny_tok.chat_template  # the tiny tokenizer exercises the chat path
-    messages = build_messages(SST2_TEMPLATE, QUERY, DEMOS, VERBALIZER, "label")
+    messages = build_messages(render(SST2_TEMPLATE, QUERY), DEMO_TURNS)
     ids = encode_prompt(tiny_tok, messages)
     text = tiny_tok.decode(ids)
     expected = "".join(
@@ -72,14 +96,14 @@ def test_chat_prompt_has_demos_as_earlier_turns(tiny_tok):
 
 
 def test_chat_prompt_zero_shot(tiny_tok):
-    ids = encode_prompt(tiny_tok, build_messages(SST2_TEMPLATE, QUERY))
+    ids = encode_prompt(tiny_tok, build_messages(render(SST2_TEMPLATE, QUERY)))
     assert tiny_tok.decode(ids) == f"<|im_start|>user\n{render(SST2_TEMPLATE, QUERY)}<|im_end|>\n<|im_start|>assistant\n"
 
 
 def test_plain_prompt_ends_with_answer(plain_tok):
-    zero = plain_tok.decode(encode_prompt(plain_tok, build_messages(SST2_TEMPLATE, QUERY)))
+    zero = plain_tok.decode(encode_prompt(plain_tok, build_messages(render(SST2_TEMPLATE, QUERY))))
     assert zero == render(SST2_TEMPLATE, QUERY) + "\nAnswer:"
-    few = plain_tok.decode(encode_prompt(plain_tok, build_messages(SST2_TEMPLATE, QUERY, DEMOS, VERBALIZER)))
+    few = plain_tok.decode(encode_prompt(plain_tok, build_messages(render(SST2_TEMPLATE, QUERY), DEMO_TURNS)))
     assert few.endswith(render(SST2_TEMPLATE, QUERY) + "\nAnswer:")
     assert "<|im_start|>" not in few
     for d in DEMOS:
@@ -88,22 +112,69 @@ def test_plain_prompt_ends_with_answer(plain_tok):
     assert positions == sorted(positions)
 
 
-def test_verbalizer_prefix_matches_prompt_style(tiny_tok, plain_tok):
+def test_plain_prompt_system_turn_comes_first(plain_tok):
+    messages = build_messages(render(SST2_TEMPLATE, QUERY), DEMO_TURNS[:1], system_prompt="Be brief.")
+    text = plain_tok.decode(encode_prompt(plain_tok, messages))
+    assert text == (f"Be brief.\n\n{DEMO_TURNS[0][0]}\nAnswer: {DEMO_TURNS[0][1]}\n\n"
+                    f"{render(SST2_TEMPLATE, QUERY)}\nAnswer:")
+
+
+def test_assistant_prefix_starts_the_answer(tiny_tok, plain_tok):
+    messages = build_messages(render(SST2_TEMPLATE, QUERY))
+    prefix = "Let's think step by step."
+    chat = tiny_tok.decode(encode_prompt(tiny_tok, messages, assistant_prefix=prefix))
+    assert chat == tiny_tok.decode(encode_prompt(tiny_tok, messages)) + prefix
+    plain = plain_tok.decode(encode_prompt(plain_tok, messages, assistant_prefix=prefix))
+    assert plain == render(SST2_TEMPLATE, QUERY) + f"\nAnswer: {prefix}"
+
+
+def test_answer_prefix_matches_prompt_style(tiny_tok, plain_tok):
     # chat: the answer starts a fresh line, no space; plain: it follows "Answer:", so a space
-    assert encode_verbalizer(tiny_tok, ["yes", "no"]) == [
+    assert [encode_answer(tiny_tok, w) for w in ("yes", "no")] == [
         tiny_tok("yes", add_special_tokens=False)["input_ids"], tiny_tok("no", add_special_tokens=False)["input_ids"]
     ]
-    assert encode_verbalizer(plain_tok, ["yes", "no"]) == [
+    assert [encode_answer(plain_tok, w) for w in ("yes", "no")] == [
         plain_tok(" yes", add_special_tokens=False)["input_ids"], plain_tok(" no", add_special_tokens=False)["input_ids"]
     ]
+    # after an assistant prefix (chain of thought) the answer follows a space on both paths
+    for tok in (tiny_tok, plain_tok):
+        assert encode_answer(tok, "yes", after_space=True) == tok(" yes", add_special_tokens=False)["input_ids"]
+    assert encode_answer(tiny_tok, "yes") != encode_answer(tiny_tok, "yes", after_space=True)
 
 
-@pytest.mark.parametrize("words", [["good", "good"], ["yes", "no", "yes"]])
-def test_verbalizer_rejects_duplicates(tiny_tok, words):
-    with pytest.raises(ConfigError, match="tokenise identically"):
-        encode_verbalizer(tiny_tok, words)
+@pytest.mark.parametrize("choices", [["", "no"], ["yes", "  "]])
+def test_choices_reject_empty_words(choices):
+    cfg = data_cfg("sst2")
+    cfg.choices = choices
+    with pytest.raises(ConfigError, match="empty answer word"):
+        TaskSpec.from_config(cfg)
 
 
-def test_verbalizer_rejects_empty(tiny_tok):
-    with pytest.raises(ConfigError, match="nothing"):
-        encode_verbalizer(tiny_tok, ["", "no"])
+@pytest.mark.parametrize("chat", [True, False])
+def test_encoder_item_is_the_prompt_and_the_answers(tiny_tok, plain_tok, chat):
+    tok = tiny_tok if chat else plain_tok
+    spec = sst2_spec()
+    encoder = Encoder(tok, spec, DEMO_TURNS)
+    item = encoder.item(QUERY, train=False)
+    messages = build_messages(render(SST2_TEMPLATE, QUERY), DEMO_TURNS, spec.system_prompt)
+    assert item == {"idx": 9, "prompt_ids": encode_prompt(tok, messages), "choices": VERBALIZER,
+                    "choice_ids": [encode_answer(tok, w) for w in VERBALIZER], "label": 0}
+    assert encoder.item(QUERY, train=True) == item  # a choice task trains on the same item
+    assert encoder.truncated == 0
+
+
+def test_encoder_truncation_keeps_the_end(tiny_tok):
+    full = Encoder(tiny_tok, sst2_spec()).prompt_ids(QUERY)
+    encoder = Encoder(tiny_tok, sst2_spec("max_prompt_tokens=10"))
+    assert encoder.prompt_ids(QUERY) == full[-10:]  # the query's end and the answer position survive
+    assert encoder.truncated == 1
+    assert Encoder(tiny_tok, sst2_spec(f"max_prompt_tokens={len(full)}")).prompt_ids(QUERY) == full
+
+
+@pytest.mark.parametrize("answers", [["good", "good"], ["good", ""]])
+def test_fixed_answers_must_tokenise_distinctly(tiny_tok, answers):
+    spec = TaskSpec.from_config({"name": "t", "output_type": "choice", "templates": ["{text}"], "label_column": "label",
+                                 "choices": ["good", "bad"], "metrics": ["accuracy"], "primary_metric": "accuracy"})
+    spec.choices = answers  # past the spec's own checks: the tokenizer-level check must still catch it
+    with pytest.raises(ConfigError, match="tokenise"):
+        Encoder(tiny_tok, spec)

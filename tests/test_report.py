@@ -1,5 +1,6 @@
-"""promptlab-report on synthetic run records: numbers checked by hand, non-completed runs, corrupt files,
-outputs, paired statistics, and the HTML dashboard rendered in headless Chromium."""
+"""promptlab-report on synthetic run records (schema 2, and schema 1 still read): numbers checked by hand,
+primary metrics other than accuracy, non-completed runs, corrupt files, outputs, paired statistics, and the
+HTML dashboard rendered in headless Chromium."""
 
 from __future__ import annotations
 
@@ -8,74 +9,137 @@ import logging
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from promptlab.report import (
     load_runs,
     main,
+    method_colors,
     paired_bootstrap,
     pareto_front,
-    plot_accuracy_vs_params,
+    plot_score_vs_params,
+    plot_score_vs_time,
     significance,
     summarize,
+    to_latex,
+    to_markdown,
     write_report,
 )
 from promptlab.report import records as records_mod
+from promptlab.report.tables import display_table
+from promptlab.schema import Machine, MethodInfo, RunResult
 
 N_EVAL = 100
-COSTS = {
-    "zero_shot": {"trainable_params": 0, "train_seconds": 0.0, "checkpoint_bytes": 0},
-    "few_shot": {"trainable_params": 0, "train_seconds": 0.0, "checkpoint_bytes": 0},
-    "prompt_tuning": {"trainable_params": 640, "train_seconds": 1.5, "checkpoint_bytes": 8404},
-    "full_finetune": {"trainable_params": 34080, "train_seconds": 4.0, "checkpoint_bytes": 140_000},
+CPU = "Intel Xeon Platinum 8375C"
+METHODS = {  # method_info, then costs of a completed run
+    "zero_shot": (MethodInfo("zero_shot", "prompting", "Zero-shot", "nothing (manual prompt)", False),
+                  {"trainable_params": 0, "train_seconds": 0.0, "checkpoint_bytes": 0}),
+    "few_shot": (MethodInfo("few_shot", "prompting", "Few-shot", "nothing (k demonstrations in context)",
+                            False),
+                 {"trainable_params": 0, "train_seconds": 0.0, "checkpoint_bytes": 0}),
+    "prompt_tuning": (MethodInfo("prompt_tuning", "prompt_tuning", "Prompt tuning",
+                                 "virtual token embeddings (backbone frozen)", True),
+                      {"trainable_params": 640, "train_seconds": 1.5, "checkpoint_bytes": 8404}),
+    "full_finetune": (MethodInfo("full_finetune", "full_finetune", "Full fine-tuning", "all weights", True),
+                      {"trainable_params": 34080, "train_seconds": 4.0, "checkpoint_bytes": 140_000}),
 }
+CHOICE_METRICS = {"accuracy", "macro_f1"}
 
 
-def write_run(root: Path, rel: str, method: str, seed: int, acc: float | None = None, *, status: str = "completed",
-              dataset: str = "sst2", k_shot: int = 16, template: int = 0, correct=None, shuffle: bool = False,
-              error: str | None = None) -> Path:
-    """A run directory like promptlab-train writes: result.json and (completed) predictions.jsonl.
+def make_record(rel: str, method: str, seed: int, *, status: str = "completed", dataset: str = "sst2",
+                metric: str = "accuracy", k_shot: int | None = 16, train_size: int | None = None,
+                template: int = 0, kind: str = "train", eval_split: str = "validation",
+                load: tuple[float, float] = (0.5, 0.7), info: MethodInfo | None = None) -> dict:
+    """A schema-2 result.json (no metrics or costs yet), built with the contract's own dataclasses."""
+    choice = metric in CHOICE_METRICS
+    return RunResult(
+        run_id=rel.replace("/", "-"), status=status, kind=kind, method=method,
+        method_info=info or METHODS[method][0], model="tiny_random", dataset=dataset,
+        output_type="choice" if choice else "generate", primary_metric=metric, higher_is_better=True,
+        chance=0.5 if metric == "accuracy" else None, seed=seed, k_shot=k_shot, train_size=train_size,
+        template_id=template, num_demos=4 if method == "few_shot" else 0, eval_split=eval_split,
+        config_hash="0" * 16, git_commit=None, versions={"promptlab": "0.2.0"},
+        machine=Machine("node1", CPU, 2, 2, None, [load[0], 0.4, 0.3], [load[1], 0.5, 0.3]),
+        started_at="2026-11-23T21:00:00", source_run="../train_run" if kind == "eval" else None,
+    ).to_dict()
 
-    ``acc`` makes the first round(acc * N_EVAL) examples correct; ``correct`` gives the 0/1 vector itself.
-    """
+
+def _predictions(metric: str, values: np.ndarray) -> list[dict]:
+    if metric in CHOICE_METRICS:
+        labels = np.arange(len(values)) % 2
+        return [{"idx": i, "label": int(y), "pred": int(y if c else 1 - y), "pred_name": "x",
+                 "log_probs": [-0.1, -2.3], "score": float(c)}
+                for i, (y, c) in enumerate(zip(labels, values, strict=True))]
+    return [{"idx": i, "generation": "text", "answer": "text", "references": ["ref"],
+             "scores": {metric: float(v)}, "score": float(v)} for i, v in enumerate(values)]
+
+
+def _scores(value: float, metric: str) -> np.ndarray:
+    """Choice: the first round(value * N_EVAL) examples right; generation: scores spread around value."""
+    if metric in CHOICE_METRICS:
+        return (np.arange(N_EVAL) < round(value * N_EVAL)).astype(float)
+    return value + np.linspace(-0.1, 0.1, N_EVAL)
+
+
+def write_run(root: Path, rel: str, method: str, seed: int, value: float | None = None, *, scores=None,
+              shuffle: bool = False, error: str | None = None, costs: dict | None = None,
+              gen_costs: bool = False, **record) -> Path:
+    """A run directory like promptlab-train writes: result.json (``make_record(**record)``) and, once
+    completed, predictions.jsonl with per-example ``scores`` (default: from ``value``)."""
     run_dir = root / rel
     run_dir.mkdir(parents=True)
-    rec = {"run_id": f"{rel.replace('/', '-')}", "status": status, "method": method, "model": "tiny_random",
-           "dataset": dataset, "seed": seed, "k_shot": k_shot, "train_size": None, "template_id": template,
-           "num_demos": 4 if method == "few_shot" else 0, "config_hash": "0" * 16, "git_commit": None,
-           "versions": {"promptlab": "0.1.0"}, "started_at": "2026-11-23T21:00:00", "metrics": {}, "costs": {}}
-    if status == "completed":
-        if correct is None:
-            correct = np.arange(N_EVAL) < round(acc * N_EVAL)
-        correct = np.asarray(correct, bool)
-        trained = COSTS[method]["trainable_params"] > 0
-        rec["metrics"] = {"accuracy": float(correct.mean()), "macro_f1": float(correct.mean()) - 0.05}
-        rec["costs"] = {**COSTS[method], "total_params": 34080,
-                        "trainable_fraction": COSTS[method]["trainable_params"] / 34080,
+    rec = make_record(rel, method, seed, **record)
+    if rec["status"] == "completed":
+        metric = rec["primary_metric"]
+        scores = np.asarray(_scores(value, metric) if scores is None else scores, float)
+        costs = costs or METHODS[method][1]
+        trained = costs["trainable_params"] > 0
+        rec["metrics"] = {metric: float(scores.mean())}
+        if metric in CHOICE_METRICS:
+            rec["metrics"]["macro_f1"] = float(scores.mean()) - 0.05
+        share = costs["trainable_params"] / 34080
+        rec["costs"] = {**costs, "total_params": 34080, "trainable_fraction": share,
                         "train_examples_per_second": 28.5 if trained else None, "eval_seconds": 0.5,
                         "eval_examples": N_EVAL, "peak_rss_mb": 650.0, "peak_rss_reset_per_run": True,
                         "peak_gpu_mb": None}
-        rec.update(num_train_examples=2 * k_shot if trained else 0, eval_split="validation",
-                   finished_at="2026-11-23T21:01:00")
-        labels = np.arange(N_EVAL) % 2
-        rows = [{"idx": i, "label": int(y), "pred": int(y if c else 1 - y), "pred_name": "x", "log_probs": [-0.1, -2.3]}
-                for i, (y, c) in enumerate(zip(labels, correct, strict=True))]
-        if shuffle:
-            rows = rows[::-1]
+        if gen_costs:
+            rec["costs"] |= {"generated_tokens": 3000, "generation_seconds": 12.0,
+                             "generated_tokens_per_second": 250.0}
+        rec.update(num_train_examples=32 if trained else 0, finished_at="2026-11-23T21:01:00")
+        rows = _predictions(metric, scores)[::-1 if shuffle else 1]
         (run_dir / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    elif status == "failed":
-        rec.update(error=error or "RuntimeError: boom", traceback="Traceback ...", finished_at="2026-11-23T21:01:00")
+    elif rec["status"] == "failed":
+        rec.update(error=error or "RuntimeError: boom", traceback="Traceback ...",
+                   finished_at="2026-11-23T21:01:00")
     (run_dir / "result.json").write_text(json.dumps(rec, indent=2))
+    return run_dir
+
+
+def write_schema1_run(root: Path, rel: str, status: str = "completed") -> Path:
+    """A record as promptlab wrote it before schema 2: accuracy only; no method_info, machine, kind or
+    primary_metric; eval_split only once completed; predictions without ``score``."""
+    run_dir = root / rel
+    run_dir.mkdir(parents=True)
+    rec = {"run_id": rel, "status": status, "method": "zero_shot", "model": "tiny_random", "dataset": "rte",
+           "seed": 0, "k_shot": 16, "train_size": None, "template_id": 0, "num_demos": 0, "metrics": {},
+           "costs": {}}
+    if status == "completed":
+        rec.update(metrics={"accuracy": 0.75, "macro_f1": 0.7}, eval_split="validation", num_train_examples=0,
+                   costs={"trainable_params": 0, "train_seconds": 0.0, "eval_examples": 4})
+        preds = [{"idx": i, "label": 1, "pred": int(i < 3), "pred_name": "x", "log_probs": [0, 0]}
+                 for i in range(4)]
+        (run_dir / "predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in preds))
+    (run_dir / "result.json").write_text(json.dumps(rec))
     return run_dir
 
 
 @pytest.fixture
 def runs(tmp_path: Path) -> Path:
-    """Four methods x three seeds, at mixed depths, one failed and one crashed run."""
+    """Four methods x three seeds, at mixed depths, one failed and one crashed run; loads 0.1 to 1.9."""
     root = tmp_path / "runs"
     accs = {"zero_shot": [0.5, 0.5, 0.5], "few_shot": [0.55, 0.6, 0.65], "prompt_tuning": [0.5, 0.6, 0.7],
             "full_finetune": [0.9, 0.92, 0.94]}
@@ -83,14 +147,25 @@ def runs(tmp_path: Path) -> Path:
         for seed, acc in enumerate(values):
             rel = (f"sweeps/2026-11-23_21-16-03_ab12cd/{seed}_{method}_sst2_s{seed}" if seed
                    else f"2026-11-23/21-16-03_{method}_sst2_s{seed}_abc123")
-            write_run(root, rel, method, seed, acc)
+            load = (0.1, 1.9) if method == "full_finetune" and seed == 2 else (0.5, 0.7)
+            write_run(root, rel, method, seed, acc, load=load)
     write_run(root, "sweeps/x/9_full_finetune_sst2_s3", "full_finetune", 3, status="failed",
               error="OutOfMemoryError: CUDA out of memory.\nTried to allocate 2 GiB")
     write_run(root, "sweeps/x/10_prompt_tuning_sst2_s3", "prompt_tuning", 3, status="running")
     return root
 
 
-def row(summary, method):
+def add_generation_dataset(root: Path) -> None:
+    """A generation task (ROUGE-L primary, no chance level) next to the choice one."""
+    for method, values in {"zero_shot": [0.2, 0.3], "full_finetune": [0.4, 0.5]}.items():
+        for seed, value in enumerate(values):
+            write_run(root, f"gen/{method}_s{seed}", method, seed, value, dataset="samsum", metric="rougeL",
+                      k_shot=None, train_size=64, gen_costs=True)
+
+
+def row(summary, method, **where):
+    for key, value in where.items():
+        summary = summary[summary[key] == value]
     rows = summary[summary["method"] == method]
     assert len(rows) == 1, rows
     return rows.iloc[0]
@@ -99,24 +174,30 @@ def row(summary, method):
 def test_load_runs_flattens_records_at_any_depth(runs):
     df = load_runs(runs)
     assert len(df) == 14
-    assert {"accuracy", "macro_f1", "trainable_params", "train_seconds", "peak_rss_mb", "run_dir"} <= set(df.columns)
+    assert {"score", "metric", "accuracy", "macro_f1", "trainable_params", "train_seconds", "peak_rss_mb",
+            "run_dir", "display_name", "modifies", "trains", "kind", "eval_split", "machine",
+            "load_start"} <= set(df.columns)
     assert set(df["status"]) == {"completed", "failed", "running"}
-    zero = df[df["method"] == "zero_shot"]
-    assert (zero["budget"] == "—").all()  # zero-shot reads no training data: no budget
+    assert (df["metric"] == "accuracy").all() and (df["kind"] == "train").all()
+    done = df[df["status"] == "completed"]
+    assert (done["score"] == done["accuracy"]).all()
+    assert (df.loc[df["method"] == "zero_shot", "budget"] == "—").all()  # trains nothing, no demos: no budget
+    assert (df.loc[df["method"] == "few_shot", "budget"] == "k=16").all()  # demos from the k-shot sample
     assert (df.loc[df["method"] == "prompt_tuning", "budget"] == "k=16").all()
+    assert set(df["machine"]) == {f"{CPU} (2 cores)"}
 
 
 def test_means_and_sample_stds_match_hand_computation(runs, tmp_path):
     summary = summarize(load_runs(runs))
     pt = row(summary, "prompt_tuning")  # accuracies 0.5, 0.6, 0.7
-    assert pt["n_seeds"] == 3
-    assert pt["accuracy_pct_mean"] == pytest.approx(60.0)
-    assert pt["accuracy_pct_std"] == pytest.approx(10.0)  # sample std, ddof=1
-    assert pt["macro_f1_pct_mean"] == pytest.approx(55.0)
+    assert pt["n_seeds"] == 3 and pt["metric"] == "accuracy"
+    assert pt["score_mean"] == pytest.approx(60.0)
+    assert pt["score_std"] == pytest.approx(10.0)  # sample std, ddof=1
+    assert pt["macro_f1_mean"] == pytest.approx(55.0)
     fs = row(summary, "few_shot")
-    assert fs["accuracy_pct_mean"] == pytest.approx(60.0)
-    assert fs["accuracy_pct_std"] == pytest.approx(5.0)
-    assert row(summary, "zero_shot")["accuracy_pct_std"] == pytest.approx(0.0)
+    assert fs["score_mean"] == pytest.approx(60.0)
+    assert fs["score_std"] == pytest.approx(5.0)
+    assert row(summary, "zero_shot")["score_std"] == pytest.approx(0.0)
 
     report = write_report(runs, tmp_path / "out")
     md = (tmp_path / "out" / "table.md").read_text()
@@ -128,14 +209,82 @@ def test_means_and_sample_stds_match_hand_computation(runs, tmp_path):
     assert "640" in report.stdout and "8.21 KB" in report.stdout  # trainable params, checkpoint size
 
 
+def test_rows_ordered_by_training_then_params_with_names_from_method_info(runs, tmp_path):
+    info = MethodInfo("lora", "lora", "LoRA (r=8)", "low-rank adapters on q, v", True)
+    for seed in range(2):
+        write_run(runs, f"lora/s{seed}", "lora", seed, 0.8, info=info,
+                  costs={"trainable_params": 2048, "train_seconds": 2.0, "checkpoint_bytes": 9000})
+    summary = summarize(load_runs(runs))
+    assert list(summary["method"]) == ["zero_shot", "few_shot", "prompt_tuning", "lora", "full_finetune"]
+    assert list(display_table(summary)["Method"]) == ["Zero-shot", "Few-shot", "Prompt tuning", "LoRA (r=8)",
+                                                      "Full fine-tuning"]
+    write_report(runs, tmp_path / "out")
+    qual = (tmp_path / "out" / "qualitative.md").read_text()
+    assert "low-rank adapters on q, v" in qual and "virtual token embeddings (backbone frozen)" in qual
+    assert "nothing (manual prompt)" in qual and "all weights" in qual
+
+
+def test_generation_dataset_next_to_a_choice_one(runs, tmp_path):
+    add_generation_dataset(runs)
+    summary = summarize(load_runs(runs))
+    ft = row(summary, "full_finetune", dataset="samsum")  # ROUGE-L 0.4, 0.5
+    assert ft["metric"] == "rougeL" and ft["budget"] == "n=64"
+    assert (ft["score_mean"], ft["score_std"]) == (pytest.approx(45.0), pytest.approx(7.0710678))
+    report = write_report(runs, tmp_path / "out")
+    md = (tmp_path / "out" / "table.md").read_text()
+    samsum, sst2 = md.split("## samsum")[1].split("## sst2")[0], md.split("## sst2")[1]
+    header = next(line for line in samsum.splitlines() if line.startswith("| Method"))
+    assert "ROUGE-L" in header and "Gen tok/s" in header and "Gen time" in header and "Macro-F1" not in header
+    assert "45.0 ± 7.1" in samsum and "250" in samsum and "12 s" in samsum
+    sst2_header = next(line for line in sst2.splitlines() if line.startswith("| Method"))
+    assert "Accuracy (%)" in sst2_header and "Macro-F1 (%)" in sst2_header and "Gen tok/s" not in sst2_header
+    assert "ROUGE-L ×100" in samsum and "Accuracy and macro-F1 in %" in sst2
+    assert (tmp_path / "out" / "figures" / "samsum_score_vs_params.png") in report.files
+    ax = plot_score_vs_params(load_runs(runs), dataset="samsum").axes[0]
+    assert ax.get_ylabel() == "ROUGE-L"
+    assert "chance" not in [t.get_text() for t in ax.get_legend().get_texts()]  # generation: no chance level
+
+
+def test_schema1_records_stay_readable(runs, tmp_path):
+    write_schema1_run(runs, "old/rte_zs_s0")
+    write_schema1_run(runs, "old/rte_zs_s1", status="failed")  # no eval_split: joins its completed sibling
+    df = load_runs(runs)
+    old = df[df["dataset"] == "rte"]
+    assert set(old["metric"]) == {"accuracy"} and set(old["kind"]) == {"train"}
+    assert set(old["eval_split"]) == {"validation"} and set(old["budget"]) == {"—"}
+    assert set(old["display_name"]) == {"Zero shot"} and set(old["modifies"]) == {"—"}
+    zs = row(summarize(df), "zero_shot", dataset="rte")
+    assert (zs["score_mean"], zs["n_seeds"], zs["n_failed"]) == (75.0, 1, 1)
+    sig = significance(df)
+    assert (sig["dataset"] == "rte").sum() == 0  # one method: nothing to pair
+    assert records_mod.read_record(runs / "old/rte_zs_s0/result.json")[1] is None
+    write_report(runs, tmp_path / "out")
+    assert "75.0" in (tmp_path / "out" / "table.md").read_text()
+
+
+def test_eval_record_is_not_merged_with_its_training_record(runs, tmp_path):
+    for seed in range(3):
+        write_run(runs, f"evals/pt_test_s{seed}", "prompt_tuning", seed, 0.8, kind="eval", eval_split="test")
+    df = load_runs(runs)
+    summary = summarize(df)
+    train = row(summary, "prompt_tuning", kind="train")
+    test = row(summary, "prompt_tuning", kind="eval")
+    assert (train["eval_split"], train["score_mean"], train["n_seeds"]) == ("validation", 60, 3)
+    assert (test["eval_split"], test["score_mean"], test["n_seeds"]) == ("test", pytest.approx(80.0), 3)
+    assert len(records_mod.latest_completed(df)) == 15  # 12 training runs + 3 eval runs
+    table = display_table(summary[summary["method"] == "prompt_tuning"])
+    assert list(table["Split"]) == ["validation", "test"] and list(table["Kind"]) == ["train", "eval"]
+    sig = significance(df)  # the eval row is compared with nothing scored on validation
+    assert not sig["method_a"].str.contains("test").any() and not sig["method_b"].str.contains("test").any()
+
+
 def test_failed_and_running_runs_are_counted_and_listed(runs, tmp_path):
     write_run(runs, "only_failed/rte_s0", "prompt_tuning", 0, status="failed", dataset="rte", error="ValueError: x")
     summary = summarize(load_runs(runs))
-    ff, pt = row(summary[summary["dataset"] == "sst2"], "full_finetune"), row(summary[summary["dataset"] == "sst2"],
-                                                                               "prompt_tuning")
+    ff, pt = row(summary, "full_finetune", dataset="sst2"), row(summary, "prompt_tuning", dataset="sst2")
     assert (ff["n_seeds"], ff["n_failed"], ff["n_running"]) == (3, 1, 0)
     assert (pt["n_seeds"], pt["n_failed"], pt["n_running"]) == (3, 0, 1)
-    rte = row(summary[summary["dataset"] == "rte"], "prompt_tuning")  # a group with no completed run is kept
+    rte = row(summary, "prompt_tuning", dataset="rte")  # a group with no completed run is kept
     assert (rte["n_seeds"], rte["n_failed"]) == (0, 1)
 
     report = write_report(runs, tmp_path / "out")
@@ -176,8 +325,8 @@ def test_all_output_files_exist(runs, tmp_path):
     report = write_report(runs, out)
     expected = ["table.md", "table.tex", "table.csv", "qualitative.md", "qualitative.tex", "qualitative.csv",
                 "significance.md", "significance.csv", "runs.csv", "index.html"]
-    expected += [f"figures/sst2_{name}.{ext}" for name in ("acc_vs_params", "acc_vs_time", "prompt_sensitivity")
-                 for ext in ("png", "svg")]
+    expected += [f"figures/sst2_{name}.{ext}" for ext in ("png", "svg")
+                 for name in ("score_vs_params", "score_vs_time", "prompt_sensitivity")]
     for name in expected:
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
         assert out / name in report.files
@@ -186,9 +335,35 @@ def test_all_output_files_exist(runs, tmp_path):
     for rule in (r"\toprule", r"\midrule", r"\bottomrule"):
         assert rule in tex
     assert r"Accuracy (\%)" in tex and r"$\pm$" in tex and "tiny\\_random" in tex
-    qual = (out / "qualitative.md").read_text()
-    assert "virtual token embeddings (backbone frozen)" in qual and "all weights" in qual
-    assert "nothing (manual prompt)" in qual and "nothing (k demonstrations in context)" in qual
+    assert r"\label{tab:promptlab-sst2}" in tex
+    assert r"\caption{sst2 · tiny\_random. Accuracy and macro-F1 in \%" in tex
+
+
+def test_latex_from_styler_escapes_cells_headers_and_caption():
+    import pandas as pd
+
+    table = pd.DataFrame({"Method": ["top_k 5% & more"], "Accuracy (%)": ["60.0 ± 10.0"], "Params": ["—"]})
+    tex = to_latex(table, "Costs_in 100% units", "tab:x")
+    assert r"\begin{tabular}{lrr}" in tex
+    assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex
+    assert r"top\_k 5\% \& more & 60.0 $\pm$ 10.0 & -- \\" in tex
+    assert r"Method & Accuracy (\%) & Params \\" in tex
+    assert r"\caption{Costs\_in 100\% units}" in tex and r"\label{tab:x}" in tex
+    md = to_markdown(table.assign(Note=["a|b"]))
+    lines = md.splitlines()
+    assert lines[0].startswith("| Method") and "Accuracy (%)" in lines[0] and "Params" in lines[0]
+    assert re.fullmatch(r"\|:-+\|-+:\|-+:\|:-+\|", lines[1])  # numbers right-aligned, text left
+    assert r"a\|b" in lines[2]
+
+
+def test_table_caption_and_time_figure_name_the_machine_and_load(runs, tmp_path):
+    note = f"{CPU} (2 cores), 1-min load 0.1–1.9"
+    write_report(runs, tmp_path / "out")
+    assert f"Timings measured on {note}." in (tmp_path / "out" / "table.md").read_text()
+    assert note in (tmp_path / "out" / "qualitative.md").read_text()
+    assert note in (tmp_path / "out" / "index.html").read_text()
+    ax = plot_score_vs_time(load_runs(runs)).axes[0]
+    assert note in ax.get_xlabel()
 
 
 def test_budget_curve_appears_with_two_budgets(runs, tmp_path):
@@ -207,53 +382,74 @@ def test_rerun_of_a_seed_replaces_the_earlier_run(tmp_path):
     (rerun / "result.json").write_text(json.dumps({**rec, "finished_at": "2026-11-24T09:00:00"}))
     pt = row(summarize(load_runs(tmp_path)), "prompt_tuning")
     assert (pt["n_seeds"], pt["n_runs"]) == (1, 2)
-    assert pt["accuracy_pct_mean"] == pytest.approx(70.0)
+    assert pt["score_mean"] == pytest.approx(70.0)
 
 
-def test_paired_bootstrap():
-    a = np.r_[np.ones(80), np.zeros(20)]
-    assert paired_bootstrap(a, a) == (0.0, 0.0, 0.0)
-    diff, lo, hi = paired_bootstrap(a, np.r_[np.ones(40), np.zeros(60)], n_resamples=1000, seed=0)
-    assert diff == pytest.approx(0.4) and 0 < lo < diff < hi
-    assert paired_bootstrap(a, a[::-1], seed=3) == paired_bootstrap(a, a[::-1], seed=3)  # fixed RNG seed
+def test_paired_bootstrap_is_scipys_and_covers_the_true_mean():
+    rng = np.random.default_rng(1)
+    a, b = rng.random(200) < 0.8, rng.random(200) < 0.4
+    diff, lo, hi = paired_bootstrap(a, b, n_resamples=2000, seed=0)
+    assert diff == pytest.approx(np.mean(a.astype(float) - b)) and lo < diff < hi
+    assert lo < 0.4 < hi  # the true mean difference of the generating process
+    ref = stats.bootstrap((a.astype(float), b.astype(float)), lambda x, y, axis: np.mean(x - y, axis=axis),
+                          paired=True, vectorized=True, method="percentile", n_resamples=2000,
+                          rng=np.random.default_rng(0))
+    assert (lo, hi) == pytest.approx((ref.confidence_interval.low, ref.confidence_interval.high))
+    same = np.r_[np.ones(80), np.zeros(20)]
+    assert paired_bootstrap(same, same) == (0.0, 0.0, 0.0)
+    assert paired_bootstrap(same, same[::-1], seed=3) == paired_bootstrap(same, same[::-1], seed=3)  # seeded
+    assert np.isnan(paired_bootstrap([], [])[0]) and np.isnan(paired_bootstrap([1.0], [0.0])[1])
 
 
 def test_significance_pairs_matched_by_seed_and_index(tmp_path):
     rng = np.random.default_rng(0)
     for seed in range(3):
         correct = rng.random(N_EVAL) < 0.6
-        write_run(tmp_path, f"zs{seed}", "zero_shot", seed, correct=correct)
+        write_run(tmp_path, f"zs{seed}", "zero_shot", seed, scores=correct)
         # few-shot: the very same predictions, written in another order: identical once matched by idx
-        write_run(tmp_path, f"fs{seed}", "few_shot", seed, correct=correct, shuffle=True)
-        write_run(tmp_path, f"ft{seed}", "full_finetune", seed, correct=rng.random(N_EVAL) < 0.95)
+        write_run(tmp_path, f"fs{seed}", "few_shot", seed, scores=correct, shuffle=True)
+        write_run(tmp_path, f"ft{seed}", "full_finetune", seed, scores=rng.random(N_EVAL) < 0.95)
     sig = significance(load_runs(tmp_path)).set_index(["method_a", "method_b"])
     same = sig.loc[("Zero-shot", "Few-shot")]
-    assert (same["diff_pct"], same["ci_low_pct"], same["ci_high_pct"]) == (0.0, 0.0, 0.0)
+    assert (same["diff"], same["ci_low"], same["ci_high"]) == (0.0, 0.0, 0.0)
     assert same["n_pairs"] == 3 * N_EVAL and same["n_seeds"] == 3
     better = sig.loc[("Zero-shot", "Full fine-tuning")]  # A worse than B: the whole CI is below 0
-    assert better["ci_high_pct"] < 0 and better["ci_excludes_0"]
+    assert better["ci_high"] < 0 and better["ci_excludes_0"]
     assert better["p_value"] < 0.05 and better["t"] < 0
 
 
-def test_ttest_skipped_with_note_without_scipy(tmp_path, monkeypatch):
+def test_significance_on_sentence_level_scores_of_a_corpus_metric(tmp_path):
+    task = {"dataset": "wmt", "metric": "chrf", "k_shot": None, "train_size": 64}
     for seed in range(2):
-        write_run(tmp_path, f"zs{seed}", "zero_shot", seed, 0.5 + 0.01 * seed)
-        write_run(tmp_path, f"ft{seed}", "full_finetune", seed, 0.9 - 0.02 * seed)
-    monkeypatch.setitem(sys.modules, "scipy.stats", None)  # import fails
+        write_run(tmp_path, f"zs{seed}", "zero_shot", seed, 0.3 + 0.01 * seed, **task)
+        write_run(tmp_path, f"ft{seed}", "full_finetune", seed, 0.5, **task)
     sig = significance(load_runs(tmp_path))
-    assert np.isnan(sig["p_value"].iloc[0]) and "scipy not installed" in sig["note"].iloc[0]
-    assert sig["ci_high_pct"].iloc[0] < 0  # the bootstrap still runs
+    assert len(sig) == 1 and sig["metric"].iloc[0] == "chrf"
+    assert sig["diff"].iloc[0] == pytest.approx(-19.5) and sig["ci_high"].iloc[0] < 0
+    write_report(tmp_path, tmp_path / "out")
+    text = (tmp_path / "out" / "significance.md").read_text()
+    assert "chrF are corpus-level metrics: their Δ and CI are over sentence-level scores" in text
+    assert "chrF: A / B" in text
 
 
-def test_pareto_front_and_zero_params_placement(runs):
+def test_figures_pareto_chance_line_value_labels_and_colours(runs):
     assert pareto_front([0, 0, 10, 1e8], [60, 65, 80, 78]).tolist() == [False, True, True, False]
-    fig = plot_accuracy_vs_params(load_runs(runs))
+    assert pareto_front([0, 0, 10], [60, 65, 50], higher_is_better=False).tolist() == [True, False, True]
+    fig = plot_score_vs_params(load_runs(runs))
     ax = fig.axes[0]
     fig.canvas.draw()
     ticks = [t.get_text() for t in ax.get_xticklabels()]
     assert ticks[0] == "0" and ax.get_xscale() == "log"
     assert ax.get_xticks()[0] < 640  # frozen methods sit left of the smallest trained one
-    assert "Pareto front" in [t.get_text() for t in ax.get_legend().get_texts()]
+    assert ax.get_ylabel() == "Accuracy (%)"
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "Pareto front" in legend and "chance" in legend
+    chance = next(line for line in ax.get_lines() if line.get_label() == "chance")
+    assert chance.get_linestyle() == ":" and chance.get_ydata()[0] == pytest.approx(50.0)
+    assert {"50.0", "60.0", "92.0"} <= {t.get_text() for t in ax.texts}  # each point's mean, one decimal
+    methods = list(METHODS)
+    colors = method_colors(methods)
+    assert len(set(colors.values())) == 4 and colors == method_colors(reversed(methods))
 
 
 def test_cli_prints_compact_table_and_writes_default_out(runs, capsys):
@@ -287,12 +483,17 @@ def test_cli_wandb_unreachable_is_one_line_error(runs, capsys, monkeypatch):
 def test_wandb_runs_become_rows(runs, monkeypatch):
     import wandb
 
+    record = make_record("remote", "prompt_tuning", 7, status="running", dataset="samsum", metric="rougeL",
+                         k_shot=None, train_size=64)
+
     class Run:
-        def __init__(self, run_id, seed, acc):
+        def __init__(self, run_id, seed, value, with_record):
             self.id, self.state, self.url = run_id, "finished", f"https://wandb.ai/team/p/runs/{run_id}"
             self.config = {"method": {"name": "prompt_tuning", "num_demos": 0}, "model": {"name": "tiny_random"},
                            "data": {"name": "sst2", "k_shot": 16, "train_size": None, "template": 0}, "seed": seed}
-            self.summary = {"eval/accuracy": acc, "eval/macro_f1": acc, "cost/trainable_params": 640,
+            if with_record:
+                self.config["record"] = record
+            self.summary = {"eval/accuracy": value, "eval/rougeL": value, "cost/trainable_params": 640,
                             "cost/train_seconds": 1.5, "status": "completed"}
 
     class Api:
@@ -301,13 +502,18 @@ def test_wandb_runs_become_rows(runs, monkeypatch):
 
         def runs(self, path):
             assert path == "team/p"
-            return [Run("remote-s7", 7, 0.8), Run(load_runs(runs)["run_id"].iloc[0], 0, 0.1)]  # 2nd: a local id
+            local = load_runs(runs)["run_id"].iloc[0]
+            return [Run("remote-s7", 7, 0.8, False), Run(local, 0, 0.1, False), Run("remote", 7, 0.4, True)]
 
     monkeypatch.setattr(wandb, "Api", Api)
     df = records_mod.load_runs(runs, wandb_project="team/p")
-    assert len(df) == 15
-    remote = df[df["run_id"] == "remote-s7"].iloc[0]
-    assert remote["source"] == "wandb" and remote["accuracy"] == 0.8 and remote["seed"] == 7
+    assert len(df) == 16  # the run that is also local is read once
+    old = df[df["run_id"] == "remote-s7"].iloc[0]  # no record in the config: the Hydra config, accuracy
+    assert (old["source"], old["score"], old["seed"], old["metric"]) == ("wandb", 0.8, 7, "accuracy")
+    new = df[df["run_id"] == "remote"].iloc[0]  # the record's fields win; status from the summary
+    assert (new["dataset"], new["metric"], new["score"]) == ("samsum", "rougeL", 0.4)
+    assert new["status"] == "completed"
+    assert new["display_name"] == "Prompt tuning" and new["machine"] == f"{CPU} (2 cores)"
 
 
 def test_dashboard_is_self_contained(runs, tmp_path):
@@ -330,7 +536,7 @@ def test_dashboard_renders_in_headless_chromium(runs, tmp_path):
 
     out = tmp_path / "out"
     write_report(runs, out)
-    # A copy of the page with a probe: after load, each image records the size the browser decoded.
+    # A copy of the page with a probe: after load, each image records the size the browser decoded and showed.
     probe = """<script>window.addEventListener("load", () => document.querySelectorAll("img").forEach(
       i => i.setAttribute("data-rendered", i.naturalWidth + "x" + i.naturalHeight + "/" + i.width)));</script>"""
     (out / "probe.html").write_text((out / "index.html").read_text().replace("</body>", probe + "</body>"))
@@ -340,11 +546,13 @@ def test_dashboard_renders_in_headless_chromium(runs, tmp_path):
         cmd = [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True)
 
-    dom = chromium("--virtual-time-budget=5000", "--dump-dom", (out / "probe.html").as_uri()).stdout
+    dom = chromium("--window-size=1280,1600", "--virtual-time-budget=5000", "--dump-dom",
+                   (out / "probe.html").as_uri()).stdout
     assert dom.count("<table") >= 3  # results, qualitative, significance (+ not completed)
     assert "Prompt tuning" in dom and "60.0 ± 10.0" in dom
     sizes = re.findall(r'<img src="data:image/png;base64,[^"]+"[^>]*data-rendered="(\d+)x(\d+)/(\d+)"', dom)
-    assert len(sizes) >= 2 and all(int(w) > 0 and int(h) > 0 and int(shown) > 0 for w, h, shown in sizes)
+    assert len(sizes) >= 2 and all(int(w) > 0 and int(h) > 0 for w, h, _ in sizes)
+    assert all(int(shown) >= 720 for _, _, shown in sizes)  # figures at (nearly) full page width
 
     shot = tmp_path / "shot.png"
     chromium("--window-size=1280,1600", f"--screenshot={shot}", (out / "index.html").as_uri())

@@ -1,88 +1,164 @@
-"""LabelScorer equals the textbook full-vocabulary computation, batched and padded or not."""
+"""ChoiceReadout (rank scoring) equals the textbook full-vocabulary computation, batched and padded or not,
+for shared answer words (one or several tokens) and for per-example answers (COPA-style, ragged)."""
 
 from __future__ import annotations
 
+from unittest import mock
+
 import pytest
 import torch
+import torch.nn.functional as F
 from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
 
-from promptlab.prompts import build_messages, encode_prompt, encode_verbalizer
-from promptlab.scoring import LabelScorer
+from promptlab.prompts import build_messages, encode_answer, encode_prompt, render
+from promptlab.readout import ChoiceReadout, brute_force_scores
 
 TEMPLATE = "Review: {sentence}\nIs the sentiment of this review positive or negative?"
 SINGLE = ["yes", "positive"]  # one token each with the tiny BPE (no leading space on the chat path)
 MULTI = ["wonderfully", "dreadfully"]  # split into several tokens
 MIXED = ["negative", "positive"]  # sst2's verbalizer: "negative" splits, "positive" does not
+# Per-example answers, as COPA's choice1/choice2 (and one example with three): one sequence per pair
+PER_EXAMPLE = [["the film was great", "the film was bad"], ["yes", "no", "maybe"], ["good", "terrible boring"]]
 ATOL = 1e-4
 
 
-def brute_force(model, prompts, label_ids, skip_positions: int = 0) -> torch.Tensor:
-    """Full logits at every position of each unpadded prompt+label sequence, log_softmax over the vocabulary,
-    label-token log-probs summed, then log_softmax over the classes. ``skip_positions`` drops leading
-    outputs (PEFT's virtual tokens)."""
-    out = []
+def brute_force(model, prompts, choices, skip_positions: int = 0) -> torch.Tensor:
+    """Full logits at every position of each unpadded prompt+answer sequence, log_softmax over the vocabulary,
+    answer-token log-probs summed, then log_softmax over the example's answers; -inf pads shorter lists.
+    ``skip_positions`` drops leading outputs (PEFT's virtual tokens)."""
+    width = max(len(cs) for cs in choices)
+    out = torch.full((len(prompts), width), -torch.inf, dtype=torch.float64)
     with torch.no_grad():
-        for p in prompts:
-            per_class = []
-            for lab in label_ids:
+        for i, (p, cs) in enumerate(zip(prompts, choices, strict=True)):
+            per_choice = []
+            for lab in cs:
                 ids = torch.tensor([list(p) + list(lab)])
                 logits = model(input_ids=ids).logits[0, skip_positions:]
                 assert logits.shape[0] == ids.shape[1]
                 logp = torch.log_softmax(logits.double(), dim=-1)
-                per_class.append(sum(logp[len(p) - 1 + j, t] for j, t in enumerate(lab)))
-            out.append(torch.log_softmax(torch.stack(per_class), dim=-1))
-    return torch.stack(out).float()
+                per_choice.append(sum(logp[len(p) - 1 + j, t] for j, t in enumerate(lab)))
+            out[i, : len(cs)] = torch.log_softmax(torch.stack(per_choice), dim=-1)
+    return out.float()
 
 
 def make_prompts(tok) -> list[list[int]]:
     """Three prompts of clearly different lengths (so the batch is padded)."""
-    demos = [{"sentence": "great fun movie", "label": 1}, {"sentence": "a terrible boring film", "label": 0}]
+    demos = [(render(TEMPLATE, {"sentence": "great fun movie"}), MIXED[1]),
+             (render(TEMPLATE, {"sentence": "a terrible boring film"}), MIXED[0])]
     prompts = [
-        encode_prompt(tok, build_messages(TEMPLATE, {"sentence": "good"})),
-        encode_prompt(tok, build_messages(TEMPLATE, {"sentence": "a boring film"}, demos, MIXED)),
-        encode_prompt(tok, build_messages(TEMPLATE, {"sentence": "love this movie, it was great fun"}, demos[:1], MIXED)),
+        encode_prompt(tok, build_messages(render(TEMPLATE, {"sentence": "good"}))),
+        encode_prompt(tok, build_messages(render(TEMPLATE, {"sentence": "a boring film"}), demos)),
+        encode_prompt(tok, build_messages(render(TEMPLATE, {"sentence": "love this movie, it was great fun"}),
+                                          demos[:1])),
     ]
     assert len({len(p) for p in prompts}) == 3
     return prompts
 
 
+def shared(tok, words, n=3) -> list[list[list[int]]]:
+    """The same answer words for each of n examples (a fixed-choice task such as sst2)."""
+    ids = [encode_answer(tok, w) for w in words]
+    return [ids] * n
+
+
+def scores_and_path(readout, model, prompts, choices) -> tuple[torch.Tensor, bool]:
+    """The readout's scores, and whether it took the single-token fast path."""
+    with mock.patch.object(readout, "_single_token", wraps=readout._single_token) as fast:
+        scores = readout.scores(model, prompts, choices)
+    return scores, fast.called
+
+
 @pytest.mark.parametrize(("words", "single"), [(SINGLE, True), (MULTI, False), (MIXED, False)])
-def test_scorer_matches_brute_force(tiny_backbone, words, single):
+def test_readout_matches_brute_force(tiny_backbone, words, single):
     model, tok = tiny_backbone.model.eval(), tiny_backbone.tokenizer
-    label_ids = encode_verbalizer(tok, words)
+    choices = shared(tok, words)
     if single:
-        assert all(len(t) == 1 for t in label_ids)
+        assert all(len(t) == 1 for t in choices[0])
     else:
-        assert any(len(t) > 1 for t in label_ids)
-    scorer = LabelScorer(label_ids, tok.pad_token_id)
-    assert scorer.single_token is single
+        assert any(len(t) > 1 for t in choices[0])
+    readout = ChoiceReadout(tok.pad_token_id)
 
     prompts = make_prompts(tok)
     with torch.no_grad():
-        batched = scorer(model, prompts)
-        one_by_one = torch.cat([scorer(model, [p]) for p in prompts])
-    expected = brute_force(model, prompts, label_ids)
+        batched, fast = scores_and_path(readout, model, prompts, choices)
+        one_by_one = torch.cat([readout.scores(model, [p], [c]) for p, c in zip(prompts, choices, strict=True)])
+    assert fast is single  # only shared single-token answers take the fast path
+    expected = brute_force(model, prompts, choices)
     assert batched.shape == (3, 2)
     torch.testing.assert_close(batched, expected, atol=ATOL, rtol=0)
     torch.testing.assert_close(one_by_one, expected, atol=ATOL, rtol=0)  # padding changes nothing
     torch.testing.assert_close(batched.exp().sum(-1), torch.ones(3), atol=1e-5, rtol=0)
     # a random model still prefers different labels for different prompts, more or less: scores not constant
     assert not torch.allclose(batched[0], batched[1])
+    # the module's own reference (used by other tests) agrees with this one
+    with torch.no_grad():
+        torch.testing.assert_close(brute_force_scores(model, prompts, choices), expected, atol=ATOL, rtol=0)
 
 
-def test_scorer_is_differentiable(tiny_backbone):
+def test_single_token_answers_that_differ_per_example(tiny_backbone):
+    """One-token answers, but not the same for every example: each pair is scored, not the shared rows."""
+    model, tok = tiny_backbone.model.eval(), tiny_backbone.tokenizer
+    choices = [[encode_answer(tok, w) for w in ws] for ws in (["yes", "positive"], ["positive", "yes"], ["yes", "positive"])]
+    assert all(len(t) == 1 for cs in choices for t in cs)
+    readout = ChoiceReadout(tok.pad_token_id)
+    prompts = make_prompts(tok)
+    with torch.no_grad():
+        batched, fast = scores_and_path(readout, model, prompts, choices)
+    assert not fast
+    torch.testing.assert_close(batched, brute_force(model, prompts, choices), atol=ATOL, rtol=0)
+
+
+def test_per_example_answers_are_ragged(tiny_backbone):
+    model, tok = tiny_backbone.model.eval(), tiny_backbone.tokenizer
+    choices = [[encode_answer(tok, w) for w in ws] for ws in PER_EXAMPLE]
+    readout = ChoiceReadout(tok.pad_token_id)
+    prompts = make_prompts(tok)
+    with torch.no_grad():
+        batched = readout.scores(model, prompts, choices)
+        one_by_one = [readout.scores(model, [p], [c])[0] for p, c in zip(prompts, choices, strict=True)]
+    expected = brute_force(model, prompts, choices)
+    assert batched.shape == (3, 3)
+    assert torch.isneginf(batched[0, 2]) and torch.isneginf(batched[2, 2])  # padding of the 2-answer examples
+    assert torch.isfinite(batched[1]).all()
+    torch.testing.assert_close(batched, expected, atol=ATOL, rtol=0)
+    for row, alone, cs in zip(batched, one_by_one, choices, strict=True):
+        assert alone.shape == (len(cs),)
+        torch.testing.assert_close(row[: len(cs)], alone, atol=ATOL, rtol=0)  # batching changes nothing
+    torch.testing.assert_close(batched.exp().sum(-1), torch.ones(3), atol=1e-5, rtol=0)
+
+
+def test_predict_rows_and_loss(tiny_backbone):
+    model, tok = tiny_backbone.model.eval(), tiny_backbone.tokenizer
+    choices = [[encode_answer(tok, w) for w in ws] for ws in PER_EXAMPLE]
+    prompts = make_prompts(tok)
+    batch = {"idx": [7, 3, 5], "prompt_ids": prompts, "choice_ids": choices, "labels": torch.tensor([1, 2, 0])}
+    readout = ChoiceReadout(tok.pad_token_id)
+    with torch.no_grad():
+        scores = readout.scores(model, prompts, choices)
+        rows = readout.predict(model, batch)
+        loss = readout.loss(model, batch)
+    assert [(r["idx"], r["label"]) for r in rows] == [(7, 1), (3, 2), (5, 0)]
+    assert [r["pred"] for r in rows] == scores.argmax(-1).tolist()
+    for r, s, cs in zip(rows, scores, choices, strict=True):
+        assert r["log_probs"] == [round(float(v), 5) for v in s[: len(cs)]]  # no -inf padding in the record
+    torch.testing.assert_close(loss, -scores[[0, 1, 2], [1, 2, 0]].mean())
+    torch.testing.assert_close(loss, F.nll_loss(scores, batch["labels"]))
+
+
+def test_readout_is_differentiable(tiny_backbone):
     model, tok = tiny_backbone.model, tiny_backbone.tokenizer
-    for words in (SINGLE, MULTI):
+    readout = ChoiceReadout(tok.pad_token_id)
+    per_example = [[encode_answer(tok, w) for w in ws] for ws in PER_EXAMPLE]
+    for choices in (shared(tok, SINGLE), shared(tok, MULTI), per_example):
         model.zero_grad()
-        scorer = LabelScorer(encode_verbalizer(tok, words), tok.pad_token_id)
-        loss = -scorer(model, make_prompts(tok))[:, 0].sum()
+        loss = -readout.scores(model, make_prompts(tok), choices)[:, 0].sum()
         loss.backward()
         grad = model.get_input_embeddings().weight.grad
         assert grad is not None and grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("words", [SINGLE, MULTI])
-def test_scorer_through_prompt_tuning(tiny_backbone, words):
+@pytest.mark.parametrize("words", [SINGLE, MULTI, None])
+def test_readout_through_prompt_tuning(tiny_backbone, words):
     n_virtual = 5
     torch.manual_seed(123)
     config = PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=n_virtual,
@@ -91,13 +167,14 @@ def test_scorer_through_prompt_tuning(tiny_backbone, words):
     with torch.no_grad():  # a soft prompt far from the (tiny, std 0.02) word embeddings, so it matters
         peft_model.prompt_encoder["default"].embedding.weight.normal_(0.0, 1.0)
     tok = tiny_backbone.tokenizer
-    label_ids = encode_verbalizer(tok, words)
-    scorer = LabelScorer(label_ids, tok.pad_token_id)
+    choices = shared(tok, words) if words else [[encode_answer(tok, w) for w in ws] for ws in PER_EXAMPLE]
+    readout = ChoiceReadout(tok.pad_token_id)
     prompts = make_prompts(tok)
     with torch.no_grad():
-        batched = scorer(peft_model, prompts)
-        plain = scorer(peft_model.get_base_model(), prompts)
-    expected = brute_force(peft_model, prompts, label_ids, skip_positions=n_virtual)
+        batched = readout.scores(peft_model, prompts, choices)
+        plain = readout.scores(peft_model.get_base_model(), prompts, choices)
+    expected = brute_force(peft_model, prompts, choices, skip_positions=n_virtual)
     torch.testing.assert_close(batched, expected, atol=ATOL, rtol=0)
     # the soft prompt matters: without it the scores differ
-    assert (batched - plain).abs().max() > 1e-3  # float noise is ~1e-6
+    finite = torch.isfinite(batched)
+    assert (batched[finite] - plain[finite]).abs().max() > 1e-3  # float noise is ~1e-6

@@ -11,7 +11,8 @@ import pytest
 from conftest import compose_config, read_result, subprocess_env
 from omegaconf import OmegaConf
 
-from promptlab.data import load_task
+from promptlab.errors import ConfigError
+from promptlab.tasks import TaskSpec, load_task
 
 
 @pytest.mark.parametrize("experiment", ["demo", "compare_methods", "budget_curve", "tune_prompt_tuning"])
@@ -39,11 +40,27 @@ def test_slurm_launcher_composes():
 
 def test_dev_split_is_carved_from_train_and_disjoint(data_root):
     cfg = compose_config([f"paths.data_root={data_root}", "data.eval_split=dev", "data.dev_size=4"])
-    task = load_task(cfg.data, cfg.paths.data_root)
+    task = load_task(TaskSpec.from_config(cfg.data), cfg.paths.data_root)
     assert len(task.eval) == 4 and len(task.train) == 12 - 4
+    assert task.dev == task.eval
     assert not {r["idx"] for r in task.eval} & {r["idx"] for r in task.train}
-    again = load_task(cfg.data, cfg.paths.data_root)
+    assert {r["idx"] for r in task.eval} | {r["idx"] for r in task.train} == set(range(12))
+    again = load_task(TaskSpec.from_config(cfg.data), cfg.paths.data_root)
     assert [r["idx"] for r in again.eval] == [r["idx"] for r in task.eval]  # fixed, seed-independent
+
+
+def test_eval_split_argument_overrides_the_spec(data_root):
+    spec = TaskSpec.from_config(compose_config(["data.dev_size=4"]).data)
+    assert spec.eval_split == "validation"
+    task = load_task(spec, str(data_root), eval_split="dev")  # as promptlab-eval data.eval_split=dev
+    assert len(task.eval) == 4 and len(task.train) == 12 - 4 and task.dev == task.eval
+
+
+@pytest.mark.parametrize("dev_size", [0, 12, 100])
+def test_dev_size_must_leave_training_rows(data_root, dev_size):
+    cfg = compose_config([f"paths.data_root={data_root}", "data.eval_split=dev", f"data.dev_size={dev_size}"])
+    with pytest.raises(ConfigError, match="dev_size"):
+        load_task(TaskSpec.from_config(cfg.data), cfg.paths.data_root)
 
 
 def _multirun(tmp_path, data_root, *overrides, timeout=300):

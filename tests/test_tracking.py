@@ -3,17 +3,31 @@
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import asdict, fields
 
 import pytest
-from conftest import compose_config, read_result
+from conftest import compose_config, read_predictions, read_result
 
 import promptlab.train
-from promptlab.tracking import config_hash, write_json_atomic, write_jsonl_atomic
+from promptlab.methods import build_method
+from promptlab.schema import COST_KEYS, PREDICTION_KEYS, SCHEMA_VERSION, Machine, MethodInfo, RunResult
+from promptlab.tasks import TaskSpec, load_task
+from promptlab.tracking import RunRecord, config_hash, write_json_atomic, write_jsonl_atomic
 
 TOP_LEVEL_KEYS = {"run_id", "status", "method", "model", "dataset", "seed", "k_shot", "template_id", "metrics",
                   "costs", "versions", "git_commit", "config_hash", "started_at", "finished_at"}
-COST_KEYS = {"trainable_params", "total_params", "trainable_fraction", "train_seconds", "train_examples_seen",
-             "train_tokens_seen", "eval_seconds", "peak_rss_mb", "checkpoint_bytes"}
+# Costs every run reports as a number >= 0
+NUMERIC_COSTS = {"trainable_params", "total_params", "trainable_fraction", "train_seconds", "train_examples_seen",
+                 "train_tokens_seen", "eval_seconds", "peak_rss_mb", "checkpoint_bytes", "model_load_seconds",
+                 "train_steps", "eval_examples", "eval_examples_per_second", "generated_tokens", "generation_seconds",
+                 "truncated_prompts"}
+
+
+def as_run_result(record: dict) -> RunResult:
+    """The record read back through the schema: TypeError on an unknown or missing field."""
+    return RunResult(**{**record, "method_info": MethodInfo(**record["method_info"]),
+                        "machine": Machine(**record["machine"])})
 
 
 @pytest.mark.parametrize("method", ["zero_shot", "prompt_tuning"])
@@ -23,27 +37,83 @@ def test_result_json_schema(make_cfg, run_dir, method):
     result = read_result(run_dir)
     assert result == json.loads(json.dumps(returned, default=str))
     assert set(result) >= TOP_LEVEL_KEYS
+    schema = as_run_result(result).to_dict()  # every required field of promptlab.schema.RunResult, no other key
+    assert {k: v for k, v in schema.items() if k in result} == result
+    assert set(schema) - set(result) == {"error", "traceback", "source_run"}  # a completed training run
     assert result["status"] == "completed"
+    assert result["schema_version"] == SCHEMA_VERSION == 2 and result["kind"] == "train"
     assert result["method"] == method and result["model"] == "tiny_random" and result["dataset"] == "sst2"
     assert result["seed"] == 3 and result["k_shot"] == 2 and result["template_id"] == 1
+    assert result["eval_split"] == "validation"
     assert method in result["run_id"] and "sst2" in result["run_id"]
+    assert result["method_info"] == asdict(build_method(cfg.method).info())
+    assert result["method_info"]["trains"] is (method == "prompt_tuning")
+    assert result["output_type"] == "choice" and result["primary_metric"] == "accuracy"
+    assert result["higher_is_better"] is True and result["chance"] == 0.5
+    assert set(result["metrics"]) == {"accuracy", "macro_f1"}
     assert 0.0 <= result["metrics"]["accuracy"] <= 1.0
     assert 0.0 <= result["metrics"]["macro_f1"] <= 1.0
-    assert set(result["costs"]) >= COST_KEYS
-    for key in COST_KEYS:
+    assert set(result["costs"]) == set(COST_KEYS)
+    for key in NUMERIC_COSTS:
         assert isinstance(result["costs"][key], int | float), key
         assert result["costs"][key] >= 0, key
     assert result["costs"]["peak_rss_mb"] > 0
     assert result["costs"]["eval_seconds"] > 0
+    assert result["costs"]["eval_examples"] == 10
+    assert result["costs"]["generated_tokens"] == 0  # rank scoring generates nothing
     assert {"torch", "transformers", "peft"} <= set(result["versions"])
     assert all(isinstance(v, str) and v for v in result["versions"].values())
     assert result["git_commit"] is None or len(result["git_commit"]) == 40
     assert result["config_hash"] == config_hash(cfg)
     assert "error" not in result
+    machine = result["machine"]
+    assert machine["cores"] >= 1 and machine["torch_threads"] >= 1 and machine["cpu"]
+    assert len(machine["load_start"]) == len(machine["load_end"]) == 3
     # the rest of the run directory
     assert (run_dir / "config.yaml").is_file()
     assert (run_dir / "predictions.jsonl").is_file()
     assert not list(run_dir.glob(".*.tmp"))
+
+
+def test_predictions_jsonl_rows(make_cfg, run_dir):
+    cfg = make_cfg("method.num_demos=2", method="few_shot")
+    result = promptlab.train.run(cfg, run_dir)
+    rows = read_predictions(run_dir)
+    spec = TaskSpec.from_config(cfg.data)
+    assert [r["idx"] for r in rows] == list(range(10))  # every eval example once, sorted by idx
+    for r in rows:
+        assert set(r) == {*PREDICTION_KEYS["choice"], "scores"}
+        assert len(r["log_probs"]) == spec.num_choices
+        assert math.isclose(math.log(sum(math.exp(v) for v in r["log_probs"])), 0.0, abs_tol=1e-4)
+        assert r["pred"] == max(range(spec.num_choices), key=lambda c: r["log_probs"][c])
+        assert r["pred_name"] == spec.class_names[r["pred"]]
+        assert r["scores"] == {"accuracy": float(r["pred"] == r["label"]), "macro_f1": float(r["pred"] == r["label"])}
+        assert r["score"] == r["scores"][result["primary_metric"]]
+    # the aggregate is the mean of the per-example scores (accuracy decomposes over examples)
+    assert result["metrics"]["accuracy"] == pytest.approx(sum(r["score"] for r in rows) / len(rows))
+    assert sorted(r["label"] for r in rows) == sorted(r["label"] for r in load_task(spec, cfg.paths.data_root).eval)
+
+
+def test_run_record_lifecycle(tmp_path):
+    cfg = compose_config(["model=tiny_random", "method=few_shot", "data=rte"])
+    record = RunRecord(tmp_path / "r", cfg, "run-1", kind="eval")
+    first = read_result(tmp_path / "r")
+    assert first["status"] == "running" and first["kind"] == "eval" and first["run_id"] == "run-1"
+    assert first["method_info"] is None and first["higher_is_better"] is None and first["chance"] is None
+    assert first["num_demos"] == 4 and first["dataset"] == "rte" and first["output_type"] == "choice"
+    info = build_method(cfg.method).info()
+    record.describe(info, TaskSpec.from_config(cfg.data), higher_is_better=True)
+    described = read_result(tmp_path / "r")
+    assert described["status"] == "running"
+    assert described["method_info"] == asdict(info) == {"name": "few_shot", "type": "prompting",
+                                                        "display_name": "Few-shot",
+                                                        "modifies": cfg.method.modifies, "trains": False}
+    assert (described["primary_metric"], described["higher_is_better"], described["chance"]) == ("accuracy", True, 0.5)
+    record.complete({"accuracy": 0.5}, {"eval_seconds": 1.0}, num_demos=4, checkpoint=None)
+    done = read_result(tmp_path / "r")
+    assert done["status"] == "completed" and done["finished_at"] and done["metrics"] == {"accuracy": 0.5}
+    assert len(done["machine"]["load_end"]) == 3
+    assert {f.name for f in fields(RunResult)} >= set(done)
 
 
 @pytest.mark.parametrize("method", ["zero_shot", "prompt_tuning"])
@@ -122,27 +192,36 @@ def test_failure_during_training_is_recorded(make_cfg, run_dir, monkeypatch):
     def boom(self, *args, **kwargs):
         raise RuntimeError("training diverged")
 
-    monkeypatch.setattr(promptlab.train.PromptClassifier, "training_step", boom)
+    monkeypatch.setattr(promptlab.train.PromptModule, "training_step", boom)
     with pytest.raises(RuntimeError, match="training diverged"):
         promptlab.train.run(make_cfg(method="prompt_tuning"), run_dir)
     result = read_result(run_dir)
     assert result["status"] == "failed"
     assert "training diverged" in result["error"]
     assert result["costs"]["trainable_params"] == 20 * 32
+    assert result["method_info"]["name"] == "prompt_tuning"  # described before the failure
 
 
 def test_running_record_is_written_first(make_cfg, run_dir, monkeypatch):
     seen = {}
-    real = promptlab.train.load_task
+    real_load_task, real_load_backbone = promptlab.train.load_task, promptlab.train.load_backbone
 
-    def spy(*args, **kwargs):
-        seen["result"] = read_result(run_dir)
-        return real(*args, **kwargs)
+    def spy(real, key):
+        def wrapper(*args, **kwargs):
+            seen[key] = read_result(run_dir)
+            return real(*args, **kwargs)
 
-    monkeypatch.setattr(promptlab.train, "load_task", spy)
+        return wrapper
+
+    monkeypatch.setattr(promptlab.train, "load_task", spy(real_load_task, "data"))
+    monkeypatch.setattr(promptlab.train, "load_backbone", spy(real_load_backbone, "model"))
     promptlab.train.run(make_cfg(), run_dir)
-    assert seen["result"]["status"] == "running"
-    assert seen["result"]["run_id"] == read_result(run_dir)["run_id"]
+    assert seen["data"]["status"] == "running"
+    assert seen["data"]["run_id"] == read_result(run_dir)["run_id"]
+    assert seen["data"]["method_info"] is None  # not validated yet
+    # validated and described before the model loads: a record of a run that dies loading says what it was
+    assert seen["model"]["status"] == "running"
+    assert seen["model"]["method_info"]["name"] == "zero_shot" and seen["model"]["chance"] == 0.5
 
 
 def test_config_hash_ignores_paths_and_logger(tmp_path):

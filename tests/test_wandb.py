@@ -50,6 +50,7 @@ def test_multirun_wandb_offline_one_run_per_job(data_root, tmp_path):
         assert len(records) == 1
         data = records[0].read_bytes()
         assert b"eval/accuracy" in data and b"cost/trainable_params" in data  # summary reached wandb
+        assert b"method_info" in data and b"higher_is_better" in data  # the record's description (not in cfg)
     assert len(run_ids) == 2
     # exactly two runs in total, and none escaped to WANDB_DIR or the working directory
     assert len(list(sweep.rglob("offline-run-*"))) == 2

@@ -1,13 +1,24 @@
-"""Rendering examples (and few-shot demonstrations) into token ids, and tokenising the verbalizer."""
+"""Rendering examples (and demonstrations) into chat messages and token ids: the one place a prompt is made.
+
+A prompt is a chat: an optional system turn, one user/assistant pair per demonstration, the query as a
+user turn, and an optional assistant prefix (a chain-of-thought trigger). It is encoded through the
+model's chat template, so it ends exactly where the assistant's answer starts; an answer (a choice, a
+target text) is encoded as the continuation of that point.
+"""
 
 from __future__ import annotations
 
 import string
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from transformers import PreTrainedTokenizerBase
 
 from promptlab.errors import ConfigError
+
+if TYPE_CHECKING:
+    from promptlab.tasks.spec import TaskSpec
 
 
 def template_fields(template: str) -> set[str]:
@@ -21,42 +32,90 @@ def render(template: str, example: Mapping) -> str:
 
 
 def build_messages(
-    template: str, example: Mapping, demos: Sequence[Mapping] = (), verbalizer: Sequence[str] = (),
-    label_column: str = "label", system_prompt: str | None = None,
+    query: str, demos: Sequence[tuple[str, str]] = (), system_prompt: str | None = None,
 ) -> list[dict[str, str]]:
-    """A chat: optional system turn, one user/assistant pair per demonstration, then the query."""
+    """A chat: optional system turn, one user/assistant pair per ``(question, answer)`` demo, the query."""
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    for demo in demos:
-        messages.append({"role": "user", "content": render(template, demo)})
-        messages.append({"role": "assistant", "content": verbalizer[demo[label_column]]})
-    messages.append({"role": "user", "content": render(template, example)})
-    return messages
+    for question, answer in demos:
+        messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    return messages + [{"role": "user", "content": query}]
 
 
-def encode_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> list[int]:
-    """Token ids of the prompt, ending where the answer starts.
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]],
+                  assistant_prefix: str = "") -> list[int]:
+    """Token ids of the prompt, ending where the answer starts (after ``assistant_prefix``, if any).
 
     Chat models get their own chat template; a model without one gets plain ``Answer:`` turns.
     """
     if tokenizer.chat_template:
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        text += assistant_prefix
     else:
         parts = []
         for m in messages:
             if m["role"] == "assistant":
                 parts[-1] += f"\nAnswer: {m['content']}\n\n"
-            else:
+            elif m["role"] == "user":
                 parts.append(m["content"])
-        text = "".join(parts) + "\nAnswer:"
+            else:
+                parts.append(m["content"] + "\n\n")
+        text = "".join(parts) + "\nAnswer:" + (f" {assistant_prefix}" if assistant_prefix else "")
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def encode_verbalizer(tokenizer: PreTrainedTokenizerBase, verbalizer: Sequence[str]) -> list[list[int]]:
-    """Token ids of each label word, as the model would write it right after the prompt."""
-    prefix = "" if tokenizer.chat_template else " "  # plain prompts end with "Answer:", so a space follows
-    ids = [tokenizer(prefix + word, add_special_tokens=False)["input_ids"] for word in verbalizer]
-    if any(not t for t in ids):
-        raise ConfigError(f"a verbalizer word tokenises to nothing: {list(verbalizer)}", "use non-empty label words")
-    if len({tuple(t) for t in ids}) < len(ids):
-        raise ConfigError(f"two verbalizer words tokenise identically: {list(verbalizer)}", "use distinct label words")
-    return ids
+def encode_answer(tokenizer: PreTrainedTokenizerBase, text: str, after_space: bool = False) -> list[int]:
+    """Token ids of an answer written right after the prompt.
+
+    A chat prompt ends on a newline (or after a prefix that ``after_space`` says needs a space); a plain
+    prompt ends on "Answer:", so a space comes first.
+    """
+    space = after_space or not tokenizer.chat_template
+    return tokenizer((" " if space else "") + text, add_special_tokens=False)["input_ids"]
+
+
+def check_answers(tokenizer: PreTrainedTokenizerBase, answers: Sequence[str]) -> None:
+    """Rank scoring needs each answer to have tokens and to differ from the others once tokenised."""
+    ids = [tuple(encode_answer(tokenizer, a)) for a in answers]
+    if not all(ids):
+        raise ConfigError(f"an answer tokenises to nothing: {list(answers)}", "use non-empty answer words")
+    if len(set(ids)) < len(ids):
+        raise ConfigError(f"two answers tokenise identically: {list(answers)}", "use distinct answer words")
+
+
+@dataclass
+class Encoder:
+    """Turns task rows into model inputs: prompt ids, plus choice ids (choice) or target ids (generate)."""
+
+    tokenizer: PreTrainedTokenizerBase
+    task: TaskSpec
+    demos: Sequence[tuple[str, str]] = ()  # (rendered question, answer text)
+    assistant_prefix: str = ""
+    truncated: int = 0  # prompts cut to fit max_prompt_tokens
+
+    def __post_init__(self) -> None:
+        if self.task.choices is not None:  # fixed answer words: every example shares them, so check once
+            check_answers(self.tokenizer, self.task.choices)
+
+    def prompt_ids(self, row: Mapping) -> list[int]:
+        t = self.task
+        messages = build_messages(render(t.prompt_template, row), self.demos, t.system_prompt)
+        ids = encode_prompt(self.tokenizer, messages, self.assistant_prefix)
+        if len(ids) > t.max_prompt_tokens:  # keep the end: the query and the answer position
+            ids = ids[-t.max_prompt_tokens:]
+            self.truncated += 1
+        return ids
+
+    def item(self, row: Mapping, train: bool) -> dict:
+        """One encoded example; ``train`` adds what the loss needs (generate: the target's tokens)."""
+        t = self.task
+        item = {"idx": row["idx"], "prompt_ids": self.prompt_ids(row)}
+        if t.output_type == "choice":
+            item["choices"] = t.choices_of(row)
+            item["choice_ids"] = [encode_answer(self.tokenizer, c) for c in item["choices"]]
+            item["label"] = row[t.label_column]
+        elif train:
+            target = encode_answer(self.tokenizer, t.target_of(row))[: t.max_target_tokens]
+            item["target_ids"] = target + [self.tokenizer.eos_token_id]  # learn to stop
+        else:
+            item["references"] = row["references"]
+        return item

@@ -11,12 +11,15 @@ import subprocess
 import tempfile
 import traceback
 import uuid
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+
+from promptlab.schema import SCHEMA_VERSION, Machine, MethodInfo
 
 # Parts of the config that do not change what a run computes: left out of the config hash.
 NON_SEMANTIC_KEYS = ("paths", "logger", "hydra", "tags", "skip_completed", "num_threads")
@@ -126,27 +129,59 @@ def new_run_id(method: str, dataset: str, seed: int) -> str:
     return f"{stamp}-{method}-{dataset}-s{seed}-{uuid.uuid4().hex[:6]}"
 
 
-class RunRecord:
-    """The run's ``result.json``: written at start (running), and again at the end (completed/failed)."""
+def machine_info() -> dict[str, Any]:
+    """The CPU (model, cores), torch threads, GPU and load average: printed beside every timing."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return asdict(Machine(platform.node(), cpu, os.cpu_count() or 0, torch.get_num_threads(), gpu, load_average()))
 
-    def __init__(self, run_dir: str | os.PathLike, cfg: DictConfig, run_id: str):
+
+def load_average() -> list[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+class RunRecord:
+    """The run's ``result.json`` (``promptlab.schema.RunResult``): written at start (running), described once
+    the task and method are validated, and written again at the end (completed/failed)."""
+
+    def __init__(self, run_dir: str | os.PathLike, cfg: DictConfig, run_id: str, kind: str = "train"):
         self.dir = Path(run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        data, method = cfg.data, cfg.method
         self.data: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
             "run_id": run_id,
             "status": "running",
-            "method": cfg.method.name,
-            "model": cfg.model.name,
-            "dataset": cfg.data.name,
-            "seed": int(cfg.seed),
-            "k_shot": cfg.data.get("k_shot"),
-            "train_size": cfg.data.get("train_size"),
-            "template_id": int(cfg.data.template),
-            "num_demos": int(cfg.method.get("num_demos", 0)),
+            "kind": kind,
+            "method": method.get("name"),
+            "method_info": None,
+            "model": cfg.model.get("name"),
+            "dataset": data.get("name"),
+            "output_type": data.get("output_type"),
+            "primary_metric": data.get("primary_metric"),
+            "higher_is_better": None,
+            "chance": None,
+            "seed": cfg.get("seed"),
+            "k_shot": data.get("k_shot"),
+            "train_size": data.get("train_size"),
+            "template_id": data.get("template"),
+            "num_demos": method.get("num_demos", 0),
+            "eval_split": data.get("eval_split"),
             "config_hash": config_hash(cfg),
             "git_commit": git_commit(Path(__file__).parent),
             "versions": versions(),
+            "machine": machine_info(),
             "started_at": datetime.now(timezone.utc).isoformat(),
             "metrics": {},
             "costs": {},
@@ -160,17 +195,26 @@ class RunRecord:
     def write(self) -> None:
         write_json_atomic(self.path, self.data)
 
-    def complete(self, metrics: dict, costs: dict, **extra: Any) -> None:
-        self.data.update(status="completed", metrics=metrics, costs=costs, **extra)
-        self.data["finished_at"] = datetime.now(timezone.utc).isoformat()
+    def describe(self, method_info: MethodInfo, spec, higher_is_better: bool) -> None:
+        """What the validated method and task are (display name, output type, primary metric, chance)."""
+        self.data.update(method_info=asdict(method_info), output_type=spec.output_type,
+                         primary_metric=spec.primary_metric, higher_is_better=higher_is_better, chance=spec.chance)
         self.write()
 
+    def _finish(self, status: str) -> None:
+        self.data.update(status=status, finished_at=datetime.now(timezone.utc).isoformat())
+        self.data["machine"]["load_end"] = load_average()
+        self.write()
+
+    def complete(self, metrics: dict, costs: dict, **extra: Any) -> None:
+        self.data.update(metrics=metrics, costs=costs, **extra)
+        self._finish("completed")
+
     def fail(self, err: BaseException, costs: dict | None = None) -> None:
-        self.data.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
+        self.data.update(error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
         if costs:
             self.data["costs"] = costs
-        self.data["finished_at"] = datetime.now(timezone.utc).isoformat()
-        self.write()
+        self._finish("failed")
 
 
 def completed_record(run_dir: str | os.PathLike, cfg: DictConfig) -> dict | None:
@@ -219,17 +263,21 @@ def make_loggers(cfg: DictConfig, run_dir: Path, run_id: str) -> list:
     return loggers
 
 
-def finish_wandb(loggers: list, metrics: dict, costs: dict, checkpoint_dir: Path | None, status: str) -> None:
-    """Summary figures, the trained checkpoint as an artifact, then close the run (one per promptlab run)."""
+def finish_wandb(loggers: list, record: dict, checkpoint_dir: Path | None) -> None:
+    """Summary figures, the record's description, the trained checkpoint as an artifact, then close the run."""
     from lightning.pytorch.loggers import WandbLogger
 
+    status, costs = record["status"], record.get("costs") or {}
     for lg in loggers:
         if not isinstance(lg, WandbLogger):
             continue
         import wandb
 
         run = lg.experiment
-        run.summary.update({**{f"eval/{k}": v for k, v in metrics.items()},
+        keys = ("kind", "method_info", "output_type", "primary_metric", "higher_is_better", "chance", "eval_split",
+                "num_demos", "num_train_examples", "machine")
+        run.config.update({"record": {k: record.get(k) for k in keys}}, allow_val_change=True)
+        run.summary.update({**{f"eval/{k}": v for k, v in (record.get("metrics") or {}).items()},
                             **{f"cost/{k}": v for k, v in costs.items()}, "status": status})
         if checkpoint_dir is not None and checkpoint_dir.exists() and any(checkpoint_dir.iterdir()):
             art = wandb.Artifact(f"{run.id}-trained", type="model", metadata=costs)

@@ -1,4 +1,4 @@
-"""``promptlab-train``: compose a config, build task/backbone/method, fit, evaluate, record.
+"""``promptlab-train``: compose a config, build task/backbone/method, fit, ``evaluate``, record.
 
     promptlab-train method=prompt_tuning data=rte seed=3
     promptlab-train -m method=zero_shot,few_shot data=sst2,rte seed=1,2,3
@@ -12,6 +12,7 @@ import sys
 import time
 import uuid
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
@@ -21,14 +22,16 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from promptlab.data import PromptDataModule, load_task, sample_demos, training_subset
+from promptlab.data import PromptDataModule, eval_items
 from promptlab.errors import ConfigError
-from promptlab.methods import count_parameters, get_method
-from promptlab.metrics import classification_metrics
-from promptlab.models import load_backbone
-from promptlab.module import PromptClassifier
-from promptlab.prompts import encode_verbalizer
-from promptlab.scoring import LabelScorer
+from promptlab.evaluation.evaluate import evaluate
+from promptlab.evaluation.metrics import get_metric
+from promptlab.methods import Method, build_method, count_parameters
+from promptlab.models import Backbone, load_backbone
+from promptlab.module import PromptModule
+from promptlab.progress import progress_callbacks
+from promptlab.prompts import Encoder
+from promptlab.tasks import Task, TaskSpec, load_task, sample_demos, training_subset
 from promptlab.tracking import (
     PeakMemory,
     RunRecord,
@@ -50,15 +53,52 @@ def quiet_third_party_noise() -> None:
     """Silence library chatter that says nothing about the run (tips, deprecations inside libraries)."""
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     for pattern in (".*LeafSpec.*", ".*is_gradient_checkpointing.*", ".*anonymous setting.*",
-                    ".*smaller than the logging interval.*", ".*does not have many workers.*"):
+                    ".*smaller than the logging interval.*", ".*does not have many workers.*",
+                    ".*Position ids are not supported.*"):
         warnings.filterwarnings("ignore", message=pattern)
+
+
+@dataclass
+class Plan:
+    """Everything a run decides before the model loads (so every config error comes first)."""
+
+    spec: TaskSpec
+    method: Method
+    task: Task
+    train_rows: list[dict]
+    demos: list[dict]
+
+
+def plan(cfg: DictConfig) -> Plan:
+    """Validate the task and method, load the data, draw the budget and the demonstrations."""
+    spec = TaskSpec.from_config(cfg.data)
+    method = build_method(cfg.method)
+    method.validate(spec)
+    task = load_task(spec, cfg.paths.data_root)
+    needs_train = method.trains or method.num_demos > 0
+    train_rows = training_subset(task, cfg.seed) if needs_train else []
+    demos = sample_demos(train_rows, task, method.num_demos, cfg.seed)
+    return Plan(spec, method, task, train_rows if method.trains else [], demos)
+
+
+def build_module(p: Plan, backbone: Backbone, model: torch.nn.Module) -> tuple[PromptModule, Encoder]:
+    tok = backbone.tokenizer
+    encoder = Encoder(tok, p.spec, [p.method.demo(p.spec, d) for d in p.demos], p.method.assistant_prefix)
+    return PromptModule(model, p.method.readout(tok, p.spec), p.method.optim()), encoder
+
+
+def make_trainer(cfg: DictConfig, run_dir: Path, loggers: list, trains: bool) -> L.Trainer:
+    callbacks, bar = progress_callbacks()
+    if loggers and trains:
+        callbacks.append(L.pytorch.callbacks.LearningRateMonitor("step"))
+    return hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
+                                   enable_progress_bar=bar, default_root_dir=str(run_dir))
 
 
 def run(cfg: DictConfig, run_dir: str | Path) -> dict:
     """One promptlab run in ``run_dir``; returns the run record (also written to result.json)."""
     run_dir = Path(run_dir)
-    run_id = new_run_id(cfg.method.name, cfg.data.name, cfg.seed)
-    record = RunRecord(run_dir, cfg, run_id)
+    record = RunRecord(run_dir, cfg, new_run_id(cfg.method.name, cfg.data.name, cfg.seed))
     quiet_third_party_noise()
     memory = PeakMemory()
     memory.reset()
@@ -67,93 +107,67 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         if cfg.get("num_threads"):
             torch.set_num_threads(cfg.num_threads)
-        method = get_method(cfg.method.name)
-        method.validate(cfg.method)
-        # All data checks run before the (slow) model load.
-        task = load_task(cfg.data, cfg.paths.data_root)
-        needs_train = cfg.method.trains or cfg.method.num_demos > 0
-        train_rows = training_subset(task, cfg.data, cfg.seed) if needs_train else []
-        demos = sample_demos(train_rows, task, cfg.method.num_demos, cfg.seed)
+        p = plan(cfg)  # all checks run before the (slow) model load
+        record.describe(p.method.info(), p.spec, get_metric(p.spec.primary_metric).higher_is_better)
 
         backbone = load_backbone(cfg.model, cfg.paths.cache_dir)
-        model = method.prepare(backbone, cfg.method, task)
-        tok = backbone.tokenizer
-        scorer = LabelScorer(encode_verbalizer(tok, task.verbalizer), tok.pad_token_id)
-        trained_rows = train_rows if cfg.method.trains else []
-        datamodule = PromptDataModule(task, tok, trained_rows, demos, cfg.method.get("batch_size", 8),
-                                      cfg.eval_batch_size, cfg.seed, cfg.data.max_prompt_tokens)
-        max_steps = int(cfg.method.get("max_steps", 0))
-        module = PromptClassifier(model, scorer, cfg.method.get("lr", 0.0), cfg.method.get("weight_decay", 0.0),
-                                  cfg.method.get("warmup_ratio", 0.0), max_steps)
-        loggers = make_loggers(cfg, run_dir, run_id)
-        callbacks = [L.pytorch.callbacks.LearningRateMonitor("step")] if loggers and cfg.method.trains else []
-        trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
-                                          default_root_dir=str(run_dir))
+        model = p.method.prepare(backbone, p.spec)
+        module, encoder = build_module(p, backbone, model)
+        loggers = make_loggers(cfg, run_dir, record.data["run_id"])
+        trainer = make_trainer(cfg, run_dir, loggers, p.method.trains)
         trainable, total = count_parameters(model)
         costs = {"trainable_params": trainable, "total_params": total, "trainable_fraction": trainable / total,
                  "model_load_seconds": round(backbone.load_seconds, 3)}
 
         train_seconds, checkpoint = 0.0, None
-        if cfg.method.trains:
+        if p.method.trains:
+            datamodule = PromptDataModule(encoder, p.train_rows, [], cfg.method.batch_size, cfg.eval_batch_size,
+                                          cfg.seed)
             start = time.perf_counter()
             trainer.fit(module, datamodule=datamodule)
             train_seconds = time.perf_counter() - start
             checkpoint = run_dir / "checkpoint"
-            method.save(model, checkpoint)
-        else:
-            datamodule.setup("predict")
-
-        start = time.perf_counter()
-        batches = trainer.predict(module, datamodule=datamodule)
-        eval_seconds = time.perf_counter() - start
-        scores = torch.cat([b["scores"] for b in batches])
-        labels = torch.cat([b["labels"] for b in batches])
-        idx = torch.cat([b["idx"] for b in batches])
-        preds = scores.argmax(-1)
-        metrics = classification_metrics(preds, labels, task.num_classes)
-        _write_predictions(run_dir / "predictions.jsonl", idx, labels, preds, scores, task.label_names)
+            p.method.save(model, checkpoint)
+        module.model.eval()
+        ev = evaluate(module, p.spec, eval_items(encoder, p.task.eval), trainer, cfg.eval_batch_size)
+        write_jsonl_atomic(run_dir / "predictions.jsonl", ev.rows)
 
         costs.update({
             "train_seconds": round(train_seconds, 3),
-            "train_steps": trainer.global_step if cfg.method.trains else 0,
+            "train_steps": trainer.global_step if p.method.trains else 0,
             "train_examples_seen": module.examples_seen,
             "train_tokens_seen": module.tokens_seen,
             "train_examples_per_second": module.examples_seen / train_seconds if train_seconds else None,
-            "eval_seconds": round(eval_seconds, 3),
-            "eval_examples": len(labels),
-            "eval_examples_per_second": len(labels) / eval_seconds,
+            **ev.costs(),
             "peak_rss_mb": round(memory.peak_rss_mb(), 1),
             "peak_rss_reset_per_run": memory.reset_ok,
             "peak_gpu_mb": memory.peak_gpu_mb(),
             "checkpoint_bytes": dir_bytes(checkpoint) if checkpoint else 0,
-            "truncated_prompts": datamodule.truncated,
+            "truncated_prompts": encoder.truncated,
         })
         for lg in loggers:
-            lg.log_metrics({f"eval/{k}": v for k, v in metrics.items()}, step=trainer.global_step)
+            lg.log_metrics({f"eval/{k}": v for k, v in ev.metrics.items()}, step=trainer.global_step)
             lg.save()  # the CSV logger only writes on save()
-        record.complete(metrics, costs, num_train_examples=len(trained_rows), num_demos=len(demos),
-                        eval_split=cfg.data.eval_split, checkpoint="checkpoint" if checkpoint else None)
-        finish_wandb(loggers, metrics, costs, checkpoint, "completed")
+        record.complete(ev.metrics, costs, num_train_examples=len(p.train_rows), num_demos=len(p.demos),
+                        checkpoint="checkpoint" if checkpoint else None)
+        finish_wandb(loggers, record.data, checkpoint)
         return record.data
     except BaseException as err:
         costs.setdefault("peak_rss_mb", round(memory.peak_rss_mb(), 1))
         record.fail(err, costs)
-        finish_wandb(loggers, {}, costs, None, "failed")
+        finish_wandb(loggers, record.data, None)
         raise
 
 
-def _write_predictions(path: Path, idx, labels, preds, scores, label_names) -> None:
-    rows = [
-        {"idx": int(i), "label": int(y), "pred": int(p), "pred_name": label_names[int(p)],
-         "log_probs": [round(float(s), 5) for s in row]}
-        for i, y, p, row in zip(idx, labels, preds, scores, strict=True)
-    ]
-    write_jsonl_atomic(path, sorted(rows, key=lambda r: r["idx"]))
+def primary_value(record: dict) -> float:
+    """What a sweeper (e.g. Optuna) optimises: the primary metric, sign-flipped where lower is better."""
+    value = record["metrics"][record["primary_metric"]]
+    return value if record.get("higher_is_better", True) else -value
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> float:
-    """Hydra task: returns the accuracy so sweepers (e.g. Optuna) can optimise it."""
+    """Hydra task: returns the primary metric so sweepers (e.g. Optuna) can optimise it."""
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     run_dir = Path(hydra_cfg.runtime.output_dir)
@@ -161,7 +175,7 @@ def hydra_main(cfg: DictConfig) -> float:
     if previous:  # re-running a sweep in the same directory finishes it instead of restarting it
         log.info("skipped %s: already completed with config hash %s (skip_completed=false redoes it)",
                  run_dir, previous["config_hash"])
-        return previous["metrics"]["accuracy"]
+        return primary_value(previous)
     if multirun and cfg.logger.get("wandb") and not cfg.logger.wandb.get("group"):
         with open_dict(cfg):
             cfg.logger.wandb.group = Path(hydra_cfg.sweep.dir).name  # one wandb group per sweep
@@ -177,9 +191,9 @@ def hydra_main(cfg: DictConfig) -> float:
             raise
         log.exception("run failed (recorded in result.json); the sweep continues: %s", err)
         return math.nan
-    m = result["metrics"]
-    log.info("%s on %s: accuracy %.4f, macro-F1 %.4f", cfg.method.name, cfg.data.name, m["accuracy"], m["macro_f1"])
-    return m["accuracy"]
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items())
+    log.info("%s on %s: %s", cfg.method.name, cfg.data.name, metrics)
+    return primary_value(result)
 
 
 def main() -> None:

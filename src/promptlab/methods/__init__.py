@@ -1,29 +1,128 @@
-"""Methods: each module says what is trainable and how the backbone is wrapped.
-
-A method module provides ``validate(cfg)`` (before any model loads), ``prepare(backbone, cfg, task)``
-returning the model to score with, ``save(model, directory)`` for exactly the per-task state, and
-``load(backbone, directory)`` to get it back.
+"""Methods: a method is a YAML (``conf/method/``) naming a registered implementation (``type``) plus its
+knobs, display name and what it modifies. An implementation says whether it trains, how it wraps the
+backbone, what it stores per task, how demonstrations and the answer prefix look, and which readout
+reads the answer. Adding a method of an existing type is one YAML; a new type is one class + @register.
 """
 
 from __future__ import annotations
 
-from types import ModuleType
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from omegaconf import DictConfig
 
 from promptlab.errors import ConfigError
-from promptlab.methods import full_finetune, prompt_tuning, prompting
+from promptlab.module import Optim
+from promptlab.prompts import render
+from promptlab.readout import ChoiceReadout, GenerateReadout
+from promptlab.schema import MethodInfo
+from promptlab.tasks import TaskSpec
 
-METHODS: dict[str, ModuleType] = {
-    "zero_shot": prompting,
-    "few_shot": prompting,
-    "prompt_tuning": prompt_tuning,
-    "full_finetune": full_finetune,
-}
+REGISTRY: dict[str, type[Method]] = {}
 
 
-def get_method(name: str) -> ModuleType:
-    if name not in METHODS:
-        raise ConfigError(f"unknown method '{name}'", f"use method= one of {', '.join(METHODS)}")
-    return METHODS[name]
+def register(type_name: str):
+    def deco(cls: type[Method]) -> type[Method]:
+        cls.type = type_name
+        REGISTRY[type_name] = cls
+        return cls
+
+    return deco
+
+
+def is_int(value, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+class Method:
+    """Base: a frozen backbone read with the task's own readout; nothing stored per task."""
+
+    type: ClassVar[str]
+    trains: ClassVar[bool] = False
+
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+
+    @property
+    def num_demos(self) -> int:
+        return self.cfg.get("num_demos", 0)
+
+    @property
+    def assistant_prefix(self) -> str:
+        """Text the answer starts with (a chain-of-thought trigger); empty for most methods."""
+        return ""
+
+    def info(self) -> MethodInfo:
+        c = self.cfg
+        return MethodInfo(c.name, self.type, c.get("display_name") or c.name, c.get("modifies") or "—", self.trains)
+
+    def validate(self, task: TaskSpec) -> None:
+        """Knobs that do not fit (alone or with the task): ConfigError, before any model loads."""
+        if not is_int(self.num_demos, 0):
+            raise ConfigError(f"method.num_demos={self.num_demos!r} is not a whole number >= 0", "use e.g. 4")
+
+    def demo(self, task: TaskSpec, row: dict) -> tuple[str, str]:
+        """A demonstration as a (question, answer) chat turn pair."""
+        return render(task.prompt_template, row), task.target_of(row)
+
+    def readout(self, tokenizer, task: TaskSpec):
+        if task.output_type == "choice":
+            return ChoiceReadout(tokenizer.pad_token_id)
+        return GenerateReadout(tokenizer, task.generation.max_new_tokens, task.generation.until)
+
+    def optim(self) -> Optim:
+        return Optim()
+
+    def prepare(self, backbone, task: TaskSpec) -> torch.nn.Module:
+        """The model to train and evaluate (here: the frozen backbone)."""
+        return backbone.model.requires_grad_(False).eval()
+
+    def save(self, model: torch.nn.Module, directory: Path) -> None:
+        """Store exactly the per-task state (nothing for a prompting method: its prompt is in the config)."""
+
+    def load(self, backbone, directory: Path) -> torch.nn.Module:
+        return self.prepare(backbone, None)
+
+
+class TrainedMethod(Method):
+    """A method with an optimiser: its YAML carries lr, weight_decay, warmup_ratio, max_steps, batch_size."""
+
+    trains = True
+
+    def validate(self, task: TaskSpec) -> None:
+        super().validate(task)
+        c = self.cfg
+        if self.num_demos:
+            raise ConfigError(f"{c.name} trains without demonstrations", "set method.num_demos=0")
+        checks = [
+            ("lr", is_number(c.lr) and c.lr > 0, "a positive number, e.g. 0.03"),
+            ("weight_decay", is_number(c.weight_decay) and c.weight_decay >= 0, "a number >= 0"),
+            ("warmup_ratio", is_number(c.warmup_ratio) and 0 <= c.warmup_ratio < 1, "a number in [0, 1)"),
+            ("max_steps", is_int(c.max_steps, 1), "a whole number >= 1, e.g. 100"),
+            ("batch_size", is_int(c.batch_size, 1), "a whole number >= 1, e.g. 8"),
+        ]
+        for key, ok, fix in checks:
+            if not ok:
+                raise ConfigError(f"method.{key}={c[key]!r} is not valid for {c.name}", f"use {fix}")
+
+    def optim(self) -> Optim:
+        c = self.cfg
+        return Optim(float(c.lr), float(c.weight_decay), float(c.warmup_ratio), int(c.max_steps))
+
+
+def build_method(cfg: DictConfig) -> Method:
+    from promptlab.methods import cot, full_finetune, prompt_tuning, prompting  # noqa: F401  (registration)
+
+    kind = cfg.get("type")
+    if kind not in REGISTRY:
+        raise ConfigError(f"method {cfg.get('name')!r} has type {kind!r}, which is not registered",
+                          f"use method.type= one of {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[kind](cfg)
 
 
 def count_parameters(model) -> tuple[int, int]:

@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
-
-from promptlab.errors import ConfigError
+from promptlab.methods import TrainedMethod, register
 
 
-def validate(cfg: DictConfig) -> None:
-    if cfg.num_demos:
-        raise ConfigError("full_finetune trains without demonstrations", "set method.num_demos=0")
+@register("full_finetune")
+class FullFinetune(TrainedMethod):
+    def prepare(self, backbone, task):
+        return backbone.model.requires_grad_(True).train()  # from_pretrained returns eval mode
 
+    def save(self, model, directory) -> None:
+        model.save_pretrained(directory)
 
-def prepare(backbone, cfg: DictConfig, task):
-    return backbone.model.requires_grad_(True).train()  # from_pretrained returns eval mode
+    def load(self, backbone, directory):
+        from transformers import AutoModelForCausalLM
 
-
-def save(model, directory) -> None:
-    model.save_pretrained(directory)
-
-
-def load(backbone, directory):
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(directory, dtype=backbone.model.dtype)
+        return AutoModelForCausalLM.from_pretrained(directory, dtype=backbone.model.dtype).eval()

@@ -11,6 +11,7 @@ import argparse
 import html
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -20,29 +21,37 @@ import pandas as pd
 from promptlab.report import dashboard as dash
 from promptlab.report import figures as figs
 from promptlab.report.records import WandbUnavailable, load_runs
-from promptlab.report.stats import SIGNIFICANCE_NOTE, display_significance, significance
+from promptlab.report.stats import display_significance, significance, significance_note
 from promptlab.report.tables import (
     caption,
     display_table,
+    headline,
+    metric_name,
+    qualitative_caption,
     qualitative_table,
     summarize,
+    timing_note,
     to_html,
     to_latex,
     to_markdown,
 )
 
 log = logging.getLogger("promptlab.report")
-QUALITATIVE_NOTE = ("Headline configuration per method (largest data budget, most seeds, lowest template id); "
-                    "accuracy in %: mean ± sample std (ddof=1) over seeds. Storage: checkpoint size per task.")
-FIGURES = [  # file suffix, function, caption
-    ("acc_vs_params", figs.plot_accuracy_vs_params,
-     "Accuracy vs trainable parameters (mean ± std over seeds; ringed points and dashed line: Pareto front)."),
-    ("acc_vs_time", figs.plot_accuracy_vs_time,
-     "Accuracy vs training time (mean ± std over seeds; ringed points and dashed line: Pareto front)."),
-    ("budget", figs.plot_budget_curve, "Accuracy vs training examples per class (band: ± std over seeds)."),
-    ("prompt_sensitivity", figs.plot_prompt_sensitivity,
-     "Zero-/few-shot accuracy across prompt templates and seeds (box: quartiles; points: runs)."),
-]
+
+
+def figure_specs(s: pd.DataFrame) -> list[tuple[str, Callable, str]]:
+    """(file suffix, plot function, caption) of each figure of one dataset's summary rows."""
+    name = metric_name(s["metric"].iloc[0]) if s["metric"].nunique() == 1 else "Score"
+    timing = timing_note(headline(figs.comparable(s[s["n_seeds"] > 0])))
+    spread = "mean ± std over seeds; ringed points and dashed line: Pareto front"
+    return [
+        ("score_vs_params", figs.plot_score_vs_params, f"{name} vs trainable parameters ({spread})."),
+        ("score_vs_time", figs.plot_score_vs_time, f"{name} vs training time ({spread}). {timing}".rstrip()),
+        ("budget", figs.plot_budget_curve, f"{name} vs training examples (band: ± std over seeds)."),
+        ("prompt_sensitivity", figs.plot_prompt_sensitivity,
+         f"{name} of the methods that train nothing across prompt templates and seeds "
+         "(box: quartiles; points: runs)."),
+    ]
 
 
 @dataclass
@@ -91,19 +100,19 @@ class Section:
     files: list[Path] = field(default_factory=list)
 
 
-def _dataset_section(sec: Section, df, dataset, s, sig, sig_note, out: Path) -> None:
+def _dataset_section(sec: Section, df, dataset, s, sig, n_resamples: int, seed: int, out: Path) -> None:
     models = s["model"].unique()
     heading = f"{dataset} · {models[0]}" if len(models) == 1 else str(dataset)
     full, compact, qual = display_table(s), display_table(s, compact=True), qualitative_table(s)
-    cap = caption(s)
+    cap, qual_cap = caption(s), qualitative_caption(s)
     sec.md += [f"## {heading}", "", to_markdown(full), "", cap, ""]
     sec.stdout += [heading, to_markdown(compact), caption(s, compact=True), ""]
     sec.tex.append(to_latex(full, f"{heading}. {cap}", f"tab:promptlab-{dataset}"))
-    sec.qual_md += [f"## {heading}", "", to_markdown(qual), "", QUALITATIVE_NOTE, ""]
-    sec.qual_tex.append(to_latex(qual, f"{heading}. {QUALITATIVE_NOTE}", f"tab:promptlab-qualitative-{dataset}"))
+    sec.qual_md += [f"## {heading}", "", to_markdown(qual), "", qual_cap, ""]
+    sec.qual_tex.append(to_latex(qual, f"{heading}. {qual_cap}", f"tab:promptlab-qualitative-{dataset}"))
     sec.qual.append(qual.assign(Dataset=dataset))
     pngs = []
-    for suffix, plot, fig_caption in FIGURES if s["n_seeds"].sum() else []:  # nothing completed: no figure
+    for suffix, plot, fig_caption in figure_specs(s) if s["n_seeds"].sum() else []:  # none completed: none
         fig = plot(df, dataset=dataset)
         if fig is not None:
             paths = figs.save_figure(fig, out / "figures" / f"{dataset}_{suffix}")
@@ -111,11 +120,12 @@ def _dataset_section(sec: Section, df, dataset, s, sig, sig_note, out: Path) -> 
             pngs.append(dash.figure(paths[0], fig_caption))
     parts = [dash.scroll(to_html(full, cap)),
              dash.section("Figures", f'<div class="figs">{"".join(pngs)}</div>', level=3),
-             dash.section("What each method modifies and costs", dash.scroll(to_html(qual, QUALITATIVE_NOTE)), level=3)]
+             dash.section("What each method modifies and costs", dash.scroll(to_html(qual, qual_cap)),
+                          level=3)]
     sig = sig[sig["dataset"] == dataset] if not sig.empty else sig
     if not sig.empty:
-        parts.append(dash.section("Paired significance", dash.scroll(to_html(display_significance(sig), sig_note)),
-                                  level=3))
+        table = to_html(display_significance(sig), significance_note(n_resamples, seed, sig["metric"]))
+        parts.append(dash.section("Paired significance", dash.scroll(table), level=3))
     sec.html.append(dash.section(heading, *parts))
 
 
@@ -131,10 +141,10 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None, wandb_proj
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(df)
     sig = significance(df, n_resamples=n_resamples, seed=seed)
-    sig_note = SIGNIFICANCE_NOTE.format(n=n_resamples, seed=seed)
+    sig_note = significance_note(n_resamples, seed, sig["metric"] if not sig.empty else ())
     sec = Section()
     for dataset, s in summary.groupby("dataset", sort=False):
-        _dataset_section(sec, df, dataset, s, sig, sig_note, out)
+        _dataset_section(sec, df, dataset, s, sig, n_resamples, seed, out)
 
     not_done = _not_completed(df, root)
     if not not_done.empty:

@@ -18,18 +18,20 @@ caption { caption-side: bottom; text-align: left; padding-top: 6px; max-width: 9
 th, td { padding: 3px 8px; text-align: right; border-bottom: 1px solid #e5e5e5; white-space: nowrap; }
 th.l, td.l { text-align: left; }
 thead th { border-bottom: 2px solid #444; } tbody tr:nth-child(even) { background: #f7f7f7; }
-.figs { display: flex; flex-wrap: wrap; gap: 18px; }
-.scroll { overflow-x: auto; } figure { margin: 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+.figs { display: flex; flex-direction: column; gap: 24px; }  /* one figure per row */
+.scroll { overflow-x: auto; } figure { margin: 0; }
+figure img { display: block; max-width: 100%; min-width: min(720px, 100%); height: auto;
+             border: 1px solid #eee; }
 .warn { color: #a33; }
 """
 
 
-def img_tag(png: str | Path, alt: str, scale: float = 0.5) -> str:
-    """The PNG inline; shown at ``scale`` of its pixel width (figures are saved at 2x for sharp screens)."""
+def img_tag(png: str | Path, alt: str) -> str:
+    """The PNG inline (a data URI) at its pixel width; CSS caps it at the page width and keeps it ≥720 px."""
     raw = Path(png).read_bytes()
     width = int.from_bytes(raw[16:20], "big")  # from the IHDR chunk
     data = base64.b64encode(raw).decode("ascii")
-    return f'<img src="data:image/png;base64,{data}" width="{int(width * scale)}" alt="{html.escape(alt)}">'
+    return f'<img src="data:image/png;base64,{data}" width="{width}" alt="{html.escape(alt)}">'
 
 
 def figure(png: str | Path, caption: str) -> str:

@@ -1,9 +1,12 @@
-"""Paper-style figures (matplotlib, object API: no pyplot state, any backend): accuracy vs cost with the
-Pareto front, the data-budget curve and prompt sensitivity. Each takes the runs frame from ``load_runs``."""
+"""Paper-style figures (matplotlib, object API: no pyplot state, any backend): the primary metric vs cost
+with the Pareto front, the data-budget curve and prompt sensitivity. Each takes the runs frame from
+``load_runs``; values are x100, the y axis names the metric, choice tasks get a chance line."""
 
 from __future__ import annotations
 
 import math
+import zlib
+from collections.abc import Iterable
 from pathlib import Path
 
 import matplotlib as mpl
@@ -13,20 +16,32 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 
 from promptlab.report.records import latest_completed
-from promptlab.report.tables import METHOD_ORDER, fmt_count, headline, point_labels, summarize
+from promptlab.report.tables import (
+    fmt_count,
+    headline,
+    machine_note,
+    metric_name,
+    point_labels,
+    summarize,
+    value_label,
+)
 
-COLORS = dict(zip(METHOD_ORDER, ["#7f7f7f", "#ff7f0e", "#1f77b4", "#d62728"], strict=True))
-EXTRA_COLORS = ["#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf"]
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+           "#17becf"]
 MARKERS = ["o", "s", "^", "D", "v", "P"]
-PROMPT_METHODS = {"zero_shot", "few_shot"}
 STYLE = {"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8, "xtick.labelsize": 8,
          "ytick.labelsize": 8, "legend.frameon": False, "svg.fonttype": "none"}
 
 
-def method_color(method: str) -> str:
-    if method in COLORS:
-        return COLORS[method]
-    return EXTRA_COLORS[sum(map(ord, method)) % len(EXTRA_COLORS)]
+def method_colors(methods: Iterable[str]) -> dict[str, str]:
+    """A palette colour per method name: the slot its name hashes to (CRC32), or the next free one on a clash
+    (names taken in sorted order), so a method keeps its colour across figures and reports."""
+    colors: dict[str, str] = {}
+    for name in sorted(set(methods)):
+        start = zlib.crc32(name.encode()) % len(PALETTE)
+        ring = PALETTE[start:] + PALETTE[:start]
+        colors[name] = next((c for c in ring if c not in colors.values()), ring[0])
+    return colors
 
 
 def _axes(ax, size):
@@ -60,9 +75,9 @@ def _legend(ax) -> None:
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, handlelength=1.6)
 
 
-def pareto_front(x, y) -> np.ndarray:
-    """Mask of the points no other point beats on both cost (lower ``x``) and accuracy (higher ``y``)."""
-    x, y = np.asarray(x, float), np.asarray(y, float)
+def pareto_front(x, y, higher_is_better: bool = True) -> np.ndarray:
+    """Mask of the points no other point beats on both cost (lower ``x``) and score (``y``, its direction)."""
+    x, y = np.asarray(x, float), np.asarray(y, float) * (1 if higher_is_better else -1)
     mask, best = np.zeros(len(x), bool), -np.inf
     for i in np.lexsort((-y, x)):
         if y[i] > best:
@@ -79,17 +94,39 @@ def _dodge(x: np.ndarray, step: float = 0.12) -> np.ndarray:
     return out
 
 
-def _cost_plot(df, dataset, ax, xcol, xlabel, zero_label, tick_label, what):
+def comparable(rows: pd.DataFrame) -> pd.DataFrame:
+    """Training records only, when there are any: an eval record (a run re-scored on another split) is
+    listed in the tables but would put points from another split on the same axes."""
+    train = rows[rows["kind"] == "train"]
+    return train if not train.empty else rows
+
+
+def _score_axis(ax, rows: pd.DataFrame) -> None:
+    """The y label names the metric; a dotted line marks chance (choice tasks: uniform guessing)."""
+    ax.set_ylabel(value_label(rows["metric"]))
+    chance = rows["chance"].dropna().unique()
+    if len(chance) == 1:
+        ax.axhline(100 * chance[0], color="0.45", ls=":", lw=1.2, zorder=1, label="chance")
+
+
+def _value_labels(ax, x, y) -> None:
+    """Each point's mean next to it, to one decimal."""
+    for xi, yi in zip(x, y, strict=True):
+        ax.annotate(f"{yi:.1f}", (xi, yi), xytext=(5, 4), textcoords="offset points", fontsize=7,
+                    color="0.25")
+
+
+def _cost_plot(df, dataset, ax, xcol, xlabel, tick_label, what):
     summary = summarize(df)
     dataset = _dataset(summary, dataset)
-    rows = headline(summary[summary["dataset"] == dataset])
+    rows = headline(comparable(summary[summary["dataset"] == dataset]))
     rows = rows[(rows["n_seeds"] > 0) & rows[xcol].notna()]
     if rows.empty:
         raise ValueError(f"no completed run on {dataset} to plot")
-    labels = point_labels(rows)
+    labels, colors = point_labels(rows), method_colors(df["method"].dropna())
     x = rows[xcol].to_numpy(float)
-    y = rows["accuracy_pct_mean"].to_numpy(float)
-    err = np.nan_to_num(rows["accuracy_pct_std"].to_numpy(float))
+    y = rows["score_mean"].to_numpy(float)
+    err = np.nan_to_num(rows["score_std"].to_numpy(float))
     pos = x[x > 0]
     lo = math.floor(math.log10(pos.min())) if pos.size else 0
     hi = math.floor(math.log10(pos.max())) if pos.size else 0
@@ -97,13 +134,14 @@ def _cost_plot(df, dataset, ax, xcol, xlabel, zero_label, tick_label, what):
     xp = np.where(x > 0, x, x0)
     xd = _dodge(xp)
     with mpl.rc_context(STYLE):
-        fig, ax = _axes(ax, (5.6, 3.4))
+        fig, ax = _axes(ax, (6.4, 3.9))
         models = list(dict.fromkeys(rows["model"]))
         for i, (_, r) in enumerate(rows.iterrows()):
             ax.errorbar(xd[i], y[i], yerr=err[i], fmt=MARKERS[models.index(r["model"]) % len(MARKERS)],
-                        color=method_color(r["method"]), ms=7, mec="white", mew=0.8, capsize=3, elinewidth=1.2,
+                        color=colors[r["method"]], ms=7, mec="white", mew=0.8, capsize=3, elinewidth=1.2,
                         label=labels.iloc[i], zorder=3)
-        front = pareto_front(xp, y)
+        _value_labels(ax, xd, y)
+        front = pareto_front(xp, y, bool(rows["higher_is_better"].all()))
         order = np.argsort(xd[front])
         ax.step(xd[front][order], y[front][order], where="post", ls="--", lw=1, color="0.3", zorder=2,
                 label="Pareto front")
@@ -112,29 +150,35 @@ def _cost_plot(df, dataset, ax, xcol, xlabel, zero_label, tick_label, what):
         steps = (1, 2, 5) if hi - lo < 2 else (1,)  # a short axis gets 1-2-5 ticks, a long one decades
         right = 2.5 * (pos.max() if pos.size else x0)
         ticks = [x0] + [m * 10.0**d for d in range(lo, hi + 1) for m in steps if pos.size and m * 10.0**d <= right]
-        ax.set_xticks(ticks, [zero_label] + [tick_label(t) for t in ticks[1:]])
+        ax.set_xticks(ticks, ["0"] + [tick_label(t) for t in ticks[1:]])
         ax.xaxis.set_minor_locator(NullLocator())
         ax.set_xlim(x0 / 2.5, right)
         if pos.size and (x == 0).any():  # the gap between "0" and the log axis proper
             ax.axvline(x0 * 10**0.5, color="0.6", lw=0.8, ls=":", zorder=1)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("Accuracy (%)")
-        ax.set_title(_title(dataset, rows, what))
+        ax.set_xlabel(xlabel(rows))
+        _score_axis(ax, rows)
+        ax.set_title(_title(dataset, rows, f"{metric_name(rows['metric'].iloc[0])} vs {what}"))
         _style(ax)
         _legend(ax)
     return fig
 
 
-def plot_accuracy_vs_params(df: pd.DataFrame, dataset: str | None = None, ax=None) -> Figure:
-    """Accuracy (mean ± std over seeds) vs trainable parameters (log x; frozen methods at "0")."""
-    return _cost_plot(df, dataset, ax, "trainable_params", "Trainable parameters (log scale)", "0",
-                      fmt_count, "accuracy vs trainable parameters")
+def plot_score_vs_params(df: pd.DataFrame, dataset: str | None = None, ax=None) -> Figure:
+    """The primary metric (mean ± std over seeds) vs trainable parameters (log x; frozen methods at "0")."""
+    return _cost_plot(df, dataset, ax, "trainable_params", lambda rows: "Trainable parameters (log scale)",
+                      fmt_count, "trainable parameters")
 
 
-def plot_accuracy_vs_time(df: pd.DataFrame, dataset: str | None = None, ax=None) -> Figure:
-    """Accuracy (mean ± std over seeds) vs training time (log x; untrained methods at "0")."""
-    return _cost_plot(df, dataset, ax, "train_seconds_mean", "Training time (log scale)", "0",
-                      lambda t: f"{t:g} s", "accuracy vs training time")
+def _time_label(rows: pd.DataFrame) -> str:
+    note = machine_note(rows)
+    return "Training time (log scale)" + (f"\n{note}" if note else "")
+
+
+def plot_score_vs_time(df: pd.DataFrame, dataset: str | None = None, ax=None) -> Figure:
+    """The primary metric (mean ± std over seeds) vs training time (log x; untrained methods at "0"); the x
+    label names the machine and its load range."""
+    return _cost_plot(df, dataset, ax, "train_seconds_mean", _time_label, lambda t: f"{t:g} s",
+                      "training time")
 
 
 def _one_template(rows: pd.DataFrame, spread: str) -> pd.DataFrame:
@@ -151,84 +195,91 @@ def _one_template(rows: pd.DataFrame, spread: str) -> pd.DataFrame:
 
 
 def plot_budget_curve(df: pd.DataFrame, dataset: str | None = None, ax=None) -> Figure | None:
-    """Accuracy vs training examples per class (mean ± std band); None unless ≥2 budgets were run."""
+    """The primary metric vs training examples (per class; mean ± std band); None unless ≥2 budgets ran."""
     summary = summarize(df)
     dataset = _dataset(summary, dataset)
-    s = summary[(summary["dataset"] == dataset) & (summary["n_seeds"] > 0)]
+    s = comparable(summary[(summary["dataset"] == dataset) & (summary["n_seeds"] > 0)])
     kind = next((k for k in ("k_shot", "train_size")
                  if s.loc[s["budget_kind"] == k, "budget_value"].nunique() >= 2), None)
     if kind is None:
         return None
     curves = _one_template(s[s["budget_kind"] == kind], "budget_value")
     flat = _one_template(s[s["budget_kind"].isna()], "n_seeds")
+    colors = method_colors(df["method"].dropna())
     with mpl.rc_context(STYLE):
-        fig, ax = _axes(ax, (5.6, 3.4))
+        fig, ax = _axes(ax, (6.4, 3.9))
         labels = point_labels(curves.assign(budget="", template_id=0))
         for _, rows in curves.groupby(["model", "method", "num_demos", "template_id"], dropna=False, sort=False):
             rows = rows.sort_values("budget_value")
-            x, m = rows["budget_value"].to_numpy(float), rows["accuracy_pct_mean"].to_numpy(float)
-            sd = np.nan_to_num(rows["accuracy_pct_std"].to_numpy(float))
-            color = method_color(rows["method"].iloc[0])
+            x, m = rows["budget_value"].to_numpy(float), rows["score_mean"].to_numpy(float)
+            sd = np.nan_to_num(rows["score_std"].to_numpy(float))
+            color = colors[rows["method"].iloc[0]]
             ax.plot(x, m, marker="o", ms=5, lw=1.6, color=color, label=labels[rows.index[0]])
             ax.fill_between(x, m - sd, m + sd, color=color, alpha=0.18, lw=0)
+            _value_labels(ax, x, m)
         for i, r in flat.iterrows():
-            color, sd = method_color(r["method"]), np.nan_to_num(r["accuracy_pct_std"])
-            ax.axhline(r["accuracy_pct_mean"], color=color, ls="--", lw=1.2,
+            color, sd = colors[r["method"]], np.nan_to_num(r["score_std"])
+            ax.axhline(r["score_mean"], color=color, ls="--", lw=1.2,
                        label=f"{point_labels(flat.assign(template_id=0)).loc[i]} (no training data)")
-            ax.axhspan(r["accuracy_pct_mean"] - sd, r["accuracy_pct_mean"] + sd, color=color, alpha=0.1, lw=0)
+            ax.axhspan(r["score_mean"] - sd, r["score_mean"] + sd, color=color, alpha=0.1, lw=0)
         budgets = sorted(curves["budget_value"].unique())
         ax.set_xscale("log", base=2)
         ax.set_xticks(budgets, [f"{b:g}" for b in budgets])
         ax.xaxis.set_minor_locator(NullLocator())
         ax.set_xlabel("Training examples per class (k)" if kind == "k_shot" else "Training examples")
-        ax.set_ylabel("Accuracy (%)")
+        _score_axis(ax, s)
         ax.set_title(_title(dataset, s, "data budget (mean ± std)"))
         _style(ax)
         _legend(ax)
     return fig
 
 
-def plot_prompt_sensitivity(df: pd.DataFrame, dataset: str | None = None, ax=None) -> Figure | None:
-    """Spread of zero-/few-shot accuracy over prompt templates and seeds; None without ≥2 such runs."""
-    summary = summarize(df)
-    dataset = _dataset(summary, dataset)
-    done = latest_completed(df)
-    done = done[(done["dataset"] == dataset)
-                & (done["method"].isin(PROMPT_METHODS) | (done["trainable_params"] == 0))]
+def _prompting_groups(done: pd.DataFrame) -> list[pd.DataFrame]:
+    """Runs of methods that train nothing, per (model, method, demos) at the data budget run with the most
+    templates (then the largest one); only groups of ≥2 runs."""
     keys = ["model", "method", "num_demos", "budget"]
-    # Per method, the data budget that was run with the most templates (then the largest one).
     n_templates = done.groupby(keys, dropna=False)["template_id"].transform("nunique")
     ranked = done.assign(_t=-n_templates, _b=-done["budget_value"].fillna(0)).sort_values(["_t", "_b"])
     best = ranked.drop_duplicates(keys[:-1])
     groups = [g for _, g in done.groupby(keys, dropna=False, sort=False)
               if len(g) >= 2 and g.index.isin(best.index).any()]
+    return sorted(groups, key=lambda g: (str(g["model"].iloc[0]), int(g["num_demos"].fillna(0).iloc[0]),
+                                         g["method"].iloc[0]))
+
+
+def plot_prompt_sensitivity(df: pd.DataFrame, dataset: str | None = None, ax=None) -> Figure | None:
+    """Spread of the primary metric of methods that train nothing (zero-/few-shot prompting) over prompt
+    templates and seeds; None without ≥2 such runs."""
+    summary = summarize(df)
+    dataset = _dataset(summary, dataset)
+    done = latest_completed(df)
+    done = comparable(done[(done["dataset"] == dataset) & (done["trains"] == False)])  # noqa: E712
+    groups = _prompting_groups(done)
     if not groups:
         return None
-    groups.sort(key=lambda g: (str(g["model"].iloc[0]), METHOD_ORDER.index(g["method"].iloc[0])
-                               if g["method"].iloc[0] in METHOD_ORDER else 99))
     firsts = pd.DataFrame([g.iloc[0] for g in groups]).assign(template_id=0, dataset=dataset)
     labels = [lab if b == "—" else f"{lab}, {b}" for lab, b in zip(point_labels(firsts), firsts["budget"],
                                                                      strict=True)]
     templates = sorted(done["template_id"].dropna().unique())
     rng = np.random.default_rng(0)
     with mpl.rc_context(STYLE):
-        fig, ax = _axes(ax, (1.6 + 1.3 * len(groups), 3.4))
-        data = [g["accuracy"].to_numpy(float) * 100 for g in groups]
+        fig, ax = _axes(ax, (2.2 + 1.5 * len(groups), 3.9))
+        data = [g["score"].to_numpy(float) * 100 for g in groups]
         ax.boxplot(data, positions=range(len(groups)), widths=0.5, showfliers=False,
                    medianprops={"color": "black"}, boxprops={"color": "0.4"}, whiskerprops={"color": "0.4"},
                    capprops={"color": "0.4"})
         cmap = mpl.colormaps["tab10"]
         for pos, g in enumerate(groups):
             for t in templates:
-                acc = g.loc[g["template_id"] == t, "accuracy"].to_numpy(float) * 100
-                ax.scatter(pos + rng.uniform(-0.16, 0.16, len(acc)), acc, s=22, color=cmap(int(t) % 10),
+                score = g.loc[g["template_id"] == t, "score"].to_numpy(float) * 100
+                ax.scatter(pos + rng.uniform(-0.16, 0.16, len(score)), score, s=22, color=cmap(int(t) % 10),
                            edgecolors="white", linewidths=0.5, zorder=3,
-                           label=f"template {t}" if len(acc) else None)
-            acc = data[pos]
-            ax.annotate(f"range {acc.max() - acc.min():.1f}", (pos, acc.max()), xytext=(0, 6),
+                           label=f"template {t}" if len(score) else None)
+            values = data[pos]
+            ax.annotate(f"range {values.max() - values.min():.1f}", (pos, values.max()), xytext=(0, 6),
                         textcoords="offset points", ha="center", fontsize=7, color="0.3")
         ax.set_xticks(range(len(groups)), [f"{lab}\n(n={len(g)})" for lab, g in zip(labels, groups, strict=True)])
-        ax.set_ylabel("Accuracy (%)")
+        _score_axis(ax, done)
         ax.set_title(_title(dataset, done, "prompt sensitivity"))
         ax.margins(y=0.12)
         _style(ax)

@@ -1,7 +1,9 @@
-"""Run records: every ``result.json`` under a directory (at any depth), one pandas row per run.
+"""Run records: every ``result.json`` under a directory (at any depth), read through ``promptlab.schema``, one
+pandas row per run.
 
 Unreadable records are never fatal: each is logged as a warning naming the file and kept in
-``df.attrs["unreadable"]`` so the report can list it.
+``df.attrs["unreadable"]`` so the report can list it. Schema-1 records (accuracy only, no ``method_info``,
+``machine`` or ``kind``) stay readable: their primary metric is accuracy and they count as training runs.
 """
 
 from __future__ import annotations
@@ -13,35 +15,33 @@ from pathlib import Path
 
 import pandas as pd
 
+from promptlab.schema import primary_metric, record_problem
+
 log = logging.getLogger("promptlab.report")
 
-# Methods that read no training example at all: they have no data budget (k_shot is irrelevant).
-NO_DATA_METHODS = {"zero_shot"}
-# The keys that make two runs the same experiment, up to the seed: one table row per group.
-GROUP_KEYS = ["dataset", "model", "method", "budget", "num_demos", "template_id"]
+# The keys that make two runs the same experiment, up to the seed: one table row per group. ``kind`` and
+# ``eval_split`` keep an eval record (a run re-scored on another split) apart from its training record.
+GROUP_KEYS = ["dataset", "model", "method", "kind", "eval_split", "metric", "budget", "num_demos",
+              "template_id"]
 COLUMNS = [
-    "run_id", "status", "method", "model", "dataset", "seed", "k_shot", "train_size", "template_id",
-    "num_demos", "budget", "budget_kind", "budget_value", "accuracy", "macro_f1", "trainable_params",
-    "total_params", "trainable_fraction", "train_seconds", "train_examples_per_second", "eval_seconds",
-    "eval_examples", "peak_rss_mb", "peak_rss_reset_per_run", "peak_gpu_mb", "checkpoint_bytes",
-    "num_train_examples", "error", "started_at", "finished_at", "run_dir", "source",
+    "run_id", "status", "kind", "method", "display_name", "modifies", "trains", "model", "dataset",
+    "eval_split", "seed", "k_shot", "train_size", "template_id", "num_demos", "budget", "budget_kind",
+    "budget_value", "metric", "score", "higher_is_better", "chance", "accuracy", "macro_f1",
+    "trainable_params", "total_params", "trainable_fraction", "train_seconds", "train_examples_per_second",
+    "eval_seconds", "eval_examples", "generation_seconds", "generated_tokens_per_second", "peak_rss_mb",
+    "peak_rss_reset_per_run", "peak_gpu_mb", "checkpoint_bytes", "num_train_examples", "machine",
+    "load_start", "load_end", "error", "started_at", "finished_at", "run_dir", "source",
 ]
+NUMERIC = ["score", "chance", "accuracy", "macro_f1", "trainable_params", "total_params",
+           "trainable_fraction", "train_seconds", "train_examples_per_second", "eval_seconds",
+           "eval_examples", "generation_seconds", "generated_tokens_per_second", "peak_rss_mb", "peak_gpu_mb",
+           "checkpoint_bytes", "k_shot", "train_size", "budget_value", "num_train_examples", "load_start",
+           "load_end"]
+NESTED = ("metrics", "costs", "versions", "traceback", "method_info", "machine")
 
 
 class WandbUnavailable(RuntimeError):
     """The wandb API could not be reached or read (no network, no credentials, no such project)."""
-
-
-def _problem(rec) -> str | None:
-    if not isinstance(rec, dict):
-        return f"expected a JSON object, got {type(rec).__name__}"
-    missing = [k for k in ("method", "dataset") if not isinstance(rec.get(k), str)]
-    if missing:
-        return f"missing {', '.join(missing)}"
-    for section in ("metrics", "costs"):
-        if not isinstance(rec.get(section) or {}, dict):
-            return f"{section!r} is not an object"
-    return None
 
 
 def read_record(path: str | Path) -> tuple[dict | None, str | None]:
@@ -50,31 +50,47 @@ def read_record(path: str | Path) -> tuple[dict | None, str | None]:
         rec = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, ValueError) as err:
         return None, f"{type(err).__name__}: {err}"
-    problem = _problem(rec)
+    problem = record_problem(rec)
     return (None, problem) if problem else (rec, None)
 
 
-def _isnull(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
+def _trains(rec: dict) -> bool | None:
+    """``method_info.trains``; for schema-1 records, whether any parameter was trained (None: unknown)."""
+    trains = (rec.get("method_info") or {}).get("trains")
+    if isinstance(trains, bool):
+        return trains
+    params = (rec.get("costs") or {}).get("trainable_params")
+    return None if pd.isna(params) else bool(params > 0)
 
 
-def _budget(row: dict) -> tuple[str, str | None, float | None]:
-    """The training-data budget: ``("k=16", "k_shot", 16)``; ``("—", None, None)`` when no data is read."""
-    used = row.get("num_train_examples")
-    uses_data = (row["method"] not in NO_DATA_METHODS if _isnull(used)
-                 else used > 0 or (row.get("num_demos") or 0) > 0)
-    if not uses_data:
+def _budget(row: pd.Series) -> tuple[str, str | None, float | None]:
+    """The training-data budget: ``("k=16", "k_shot", 16)``; ``("—", None, None)`` for a method that trains
+    nothing and shows no demonstrations (it reads no training example)."""
+    trains, demos = row["trains"], row["num_demos"]
+    if not pd.isna(trains) and not trains and (pd.isna(demos) or not demos):
         return "—", None, None
-    if not _isnull(row.get("k_shot")):
+    if not pd.isna(row["k_shot"]):
         return f"k={int(row['k_shot'])}", "k_shot", float(row["k_shot"])
-    if not _isnull(row.get("train_size")):
+    if not pd.isna(row["train_size"]):
         return f"n={int(row['train_size'])}", "train_size", float(row["train_size"])
     return "all", "all", math.inf
 
 
+def _machine(rec: dict) -> dict:
+    """``machine`` as "CPU (N cores)" and the 1-minute load average at the start and end of the run."""
+    m = rec.get("machine") if isinstance(rec.get("machine"), dict) else {}
+    load = lambda key: m[key][0] if isinstance(m.get(key), list) and m[key] else None  # noqa: E731
+    name = f"{m['cpu']} ({m['cores']} cores)" if m.get("cpu") and m.get("cores") else m.get("cpu")
+    return {"machine": name, "load_start": load("load_start"), "load_end": load("load_end")}
+
+
 def flatten(rec: dict, run_dir: str, source: str = "local") -> dict:
-    """One flat row: top-level fields, then metrics and costs by name (prefixed only on a name clash)."""
-    row = {k: v for k, v in rec.items() if k not in ("metrics", "costs", "versions", "traceback")}
+    """One flat row: top-level fields, method_info and machine, then metrics and costs by name (prefixed only
+    on a name clash), and ``metric``/``score``: the primary metric's name and value (a fraction)."""
+    info = rec.get("method_info") if isinstance(rec.get("method_info"), dict) else {}
+    row = {k: v for k, v in rec.items() if k not in NESTED}
+    row.update(display_name=info.get("display_name") or str(rec["method"]).replace("_", " ").capitalize(),
+               modifies=info.get("modifies") or "—", trains=_trains(rec), **_machine(rec))
     for section in ("metrics", "costs"):
         for key, value in (rec.get(section) or {}).items():
             row[f"{section}.{key}" if key in row else key] = value
@@ -82,10 +98,28 @@ def flatten(rec: dict, run_dir: str, source: str = "local") -> dict:
         row[f"versions.{key}"] = value
     if isinstance(row.get("error"), str):
         row["error"] = row["error"].strip().splitlines()[0] if row["error"].strip() else ""
-    row.update(run_dir=run_dir, source=source, status=row.get("status") or "unknown")
+    metric = primary_metric(rec)
+    row.update(run_dir=run_dir, source=source, status=row.get("status") or "unknown", metric=metric,
+               score=(rec.get("metrics") or {}).get(metric), kind=rec.get("kind") or "train",
+               higher_is_better=rec.get("higher_is_better") is not False)
     row.setdefault("model", "?")
-    row["budget"], row["budget_kind"], row["budget_value"] = _budget(row)
     return row
+
+
+def _trains_from_method(df: pd.DataFrame) -> list:
+    """Schema-1 records have no ``method_info``: one without costs (running, failed) takes whether its method
+    trains from the method's other runs."""
+    known = df.dropna(subset=["trains"]).drop_duplicates("method").set_index("method")["trains"]
+    return [known.get(m) if pd.isna(t) else t for t, m in zip(df["trains"], df["method"], strict=True)]
+
+
+def _split_from_siblings(df: pd.DataFrame) -> pd.Series:
+    """Schema-1 records name their eval split only once completed: a running or failed one takes the split of
+    its completed siblings (same group keys otherwise), so it lands in their group."""
+    keys = [k for k in GROUP_KEYS if k != "eval_split"]
+    known = df.dropna(subset=["eval_split"]).drop_duplicates(keys)[[*keys, "eval_split"]]
+    filled = df[keys].merge(known, on=keys, how="left")["eval_split"].to_numpy()
+    return df["eval_split"].fillna(pd.Series(filled, index=df.index))
 
 
 def _frame(rows: list[dict]) -> pd.DataFrame:
@@ -94,20 +128,21 @@ def _frame(rows: list[dict]) -> pd.DataFrame:
         if col not in df:
             df[col] = None
     df = df[COLUMNS + [c for c in df.columns if c not in COLUMNS]]
-    for col in ("accuracy", "macro_f1", "trainable_params", "total_params", "trainable_fraction", "train_seconds",
-                "train_examples_per_second", "eval_seconds", "peak_rss_mb", "peak_gpu_mb", "checkpoint_bytes",
-                "k_shot", "train_size", "budget_value", "num_train_examples", "eval_examples"):
-        df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
     for col in ("seed", "template_id", "num_demos"):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
+    df["trains"] = _trains_from_method(df)
+    df[["budget", "budget_kind", "budget_value"]] = [_budget(r) for _, r in df.iterrows()]
+    df["eval_split"] = _split_from_siblings(df)
+    for col in NUMERIC:
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
     return df.sort_values(["dataset", "method", "seed", "run_dir"], na_position="last").reset_index(drop=True)
 
 
 def load_runs(path: str | Path, wandb_project: str | None = None) -> pd.DataFrame:
     """Every run under ``path`` (and, optionally, a wandb ``entity/project``) as one row per run.
 
-    Columns: see ``COLUMNS`` (metrics and costs flattened by name; accuracy as a fraction in [0, 1]).
-    ``df.attrs["unreadable"]`` lists ``(file, reason)`` for each skipped record.
+    Columns: see ``COLUMNS`` (metrics and costs flattened by name; ``score`` = the primary metric, a fraction
+    in [0, 1]). ``df.attrs["unreadable"]`` lists ``(file, reason)`` for each skipped record.
     """
     root = Path(path)
     if not root.is_dir():
@@ -142,15 +177,24 @@ WANDB_STATE = {"finished": "completed", "failed": "failed", "crashed": "running"
 
 
 def _wandb_record(run) -> dict:
+    """A record from the run's config (the record's top-level fields under ``record``, when logged, else the
+    Hydra config) and summary (``eval/<metric>``, ``cost/<key>``, ``status``)."""
     cfg = dict(run.config)
     summary = dict(getattr(run.summary, "_json_dict", None) or run.summary)
     part = lambda key: cfg.get(key) if isinstance(cfg.get(key), dict) else {}  # noqa: E731
-    return {
-        "run_id": run.id, "status": summary.get("status") or WANDB_STATE.get(run.state, run.state),
+    rec = {k: v for k, v in part("record").items() if k not in ("status", "metrics", "costs")}
+    from_config = {
         "method": part("method").get("name"), "model": part("model").get("name"),
         "dataset": part("data").get("name"), "seed": cfg.get("seed"), "k_shot": part("data").get("k_shot"),
         "train_size": part("data").get("train_size"), "template_id": part("data").get("template"),
-        "num_demos": part("method").get("num_demos", 0), "started_at": getattr(run, "created_at", None),
+        "num_demos": part("method").get("num_demos", 0), "eval_split": part("data").get("eval_split"),
+        "primary_metric": part("data").get("primary_metric"), "started_at": getattr(run, "created_at", None),
+    }
+    for key, value in from_config.items():
+        if rec.get(key) is None:
+            rec[key] = value
+    return {
+        **rec, "run_id": run.id, "status": summary.get("status") or WANDB_STATE.get(run.state, run.state),
         "metrics": {k[5:]: v for k, v in summary.items() if k.startswith("eval/")},
         "costs": {k[5:]: v for k, v in summary.items() if k.startswith("cost/")},
     }
@@ -168,7 +212,7 @@ def load_wandb_rows(project: str, unreadable: list | None = None, timeout: int =
     rows = []
     for run in runs:
         rec = _wandb_record(run)
-        problem = _problem(rec)
+        problem = record_problem(rec)
         if problem:
             log.warning("skipping wandb run %s/%s (%s)", project, run.id, problem)
             if unreadable is not None:

@@ -1,74 +1,105 @@
-"""Summary tables: numbers per (dataset, model, method, budget, ...) group, in human units, to Markdown,
-LaTeX (booktabs) and HTML."""
+"""Summary tables: numbers per run group (``GROUP_KEYS``) in human units, rendered to Markdown (tabulate),
+booktabs LaTeX (pandas Styler) and HTML. Metric values are fractions in the records and x100 here."""
 
 from __future__ import annotations
 
 import html
 import math
 import re
+from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
 
 from promptlab.report.records import GROUP_KEYS, latest_completed
 
-METHOD_ORDER = ["zero_shot", "few_shot", "prompt_tuning", "full_finetune"]
-METHOD_NAMES = {"zero_shot": "Zero-shot", "few_shot": "Few-shot", "prompt_tuning": "Prompt tuning",
-                "full_finetune": "Full fine-tuning"}
-WHAT_IS_MODIFIED = {
-    "zero_shot": "nothing (manual prompt)",
-    "few_shot": "nothing (k demonstrations in context)",
-    "prompt_tuning": "virtual token embeddings (backbone frozen)",
-    "full_finetune": "all weights",
-}
-STD_NOTE = ("mean ± sample standard deviation (ddof=1) over seeds; no ± with a single seed")
-# Table columns that are shown only when they vary within a dataset, with their headers.
-VARIANTS = {"model": "Model", "budget": "Budget", "num_demos": "Demos", "template_id": "Template"}
+METRIC_NAMES = {"accuracy": "Accuracy", "macro_f1": "Macro-F1", "exact_match": "Exact match",
+                "rougeL": "ROUGE-L", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "chrf": "chrF", "bleu": "BLEU"}
+PERCENT_METRICS = {"accuracy", "macro_f1", "exact_match"}  # proportions of examples: shown in %
+STD_NOTE = "mean ± sample standard deviation (ddof=1) over seeds; no ± with a single seed"
+# Table columns that are shown only when they vary within a method, with their headers.
+VARIANTS = {"model": "Model", "kind": "Kind", "eval_split": "Split", "budget": "Budget", "num_demos": "Demos",
+            "template_id": "Template"}
+# One headline row per these keys: runs on another split or with another metric are not comparable.
+HEADLINE_KEYS = ["dataset", "model", "method", "kind", "eval_split", "metric"]
 
 
-def method_name(method: str) -> str:
-    return METHOD_NAMES.get(method, str(method).replace("_", " ").capitalize())
+def metric_name(metric: str) -> str:
+    """"ROUGE-L" for rougeL; the id for ``evaluate:<id>``."""
+    return METRIC_NAMES.get(metric, str(metric).removeprefix("evaluate:"))
 
 
-def _method_rank(method: str) -> tuple[int, str]:
-    return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
+def metric_label(metric: str) -> str:
+    """Header / axis label of a metric shown x100: "Accuracy (%)", "ROUGE-L", "sacrebleu (×100)"."""
+    if metric in PERCENT_METRICS:
+        return f"{metric_name(metric)} (%)"
+    return metric_name(metric) if metric in METRIC_NAMES else f"{metric_name(metric)} (×100)"
+
+
+def value_label(metrics: Iterable) -> str:
+    """The label of the value column/axis: the metric's, or "Score (×100)" when rows mix metrics."""
+    names = list(dict.fromkeys(m for m in metrics if isinstance(m, str)))
+    return metric_label(names[0]) if len(names) == 1 else "Score (×100)"
+
+
+def _points(values: pd.Series, name: str) -> dict[str, float]:
+    pts = values * 100
+    return {f"{name}_mean": pts.mean(), f"{name}_std": pts.std(ddof=1)}
+
+
+def _group_row(key: tuple, runs: pd.DataFrame, ok: pd.DataFrame) -> dict:
+    status = runs["status"].value_counts()
+    n_known = sum(int(status.get(s, 0)) for s in ("completed", "failed", "running"))
+    trains, loads = runs["trains"].dropna(), ok[["load_start", "load_end"]]
+    return {
+        **dict(zip(GROUP_KEYS, key, strict=True)),
+        "display_name": runs["display_name"].iloc[0], "modifies": runs["modifies"].iloc[0],
+        "trains": bool(trains.iloc[0]) if len(trains) else None,
+        "higher_is_better": bool(runs["higher_is_better"].iloc[0]), "chance": runs["chance"].median(),
+        "budget_kind": runs["budget_kind"].iloc[0], "budget_value": runs["budget_value"].iloc[0],
+        "n_seeds": len(ok), "seeds": " ".join(str(s) for s in sorted(ok["seed"].dropna())),
+        "n_runs": len(runs), "n_failed": int(status.get("failed", 0)),
+        "n_running": int(status.get("running", 0)), "n_other": len(runs) - n_known,
+        **_points(ok["score"], "score"), **_points(ok["macro_f1"], "macro_f1"),
+        "trainable_params": ok["trainable_params"].median(), "total_params": ok["total_params"].median(),
+        "trainable_fraction": ok["trainable_fraction"].median(),
+        "train_seconds_mean": ok["train_seconds"].mean(),
+        "train_examples_per_second_mean": ok["train_examples_per_second"].mean(),
+        "generation_seconds_mean": ok["generation_seconds"].mean(),
+        "generated_tokens_per_second_mean": ok["generated_tokens_per_second"].mean(),
+        "peak_rss_mb_max": ok["peak_rss_mb"].max(), "peak_gpu_mb_max": ok["peak_gpu_mb"].max(),
+        "checkpoint_bytes_mean": ok["checkpoint_bytes"].mean(), "eval_examples": ok["eval_examples"].median(),
+        "peak_rss_upper_bound": bool((ok["peak_rss_reset_per_run"] == False).any()),  # noqa: E712
+        "machine": "; ".join(sorted(ok["machine"].dropna().unique())) or None,
+        "load_min": loads.min().min(), "load_max": loads.max().max(),
+    }
 
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per group (``GROUP_KEYS``) with raw numbers: seeds and non-completed runs counted, accuracy
-    and macro-F1 in % (mean and ddof=1 std over seeds), costs averaged over completed runs (peak memory: max)."""
+    """One row per group (``GROUP_KEYS``) with raw numbers: seeds and non-completed runs counted, the
+    primary metric (``score_*``) and macro-F1 x100 (mean and ddof=1 std over seeds), costs averaged over
+    completed runs (peak memory: max), and the machines and load range the timings were measured under."""
     done = latest_completed(df)
-    rows = []
-    for key, runs in df.groupby(GROUP_KEYS, dropna=False, sort=False):
-        ok = done[same_group(done, runs.iloc[0])]
-        acc, f1 = ok["accuracy"] * 100, ok["macro_f1"] * 100
-        status = runs["status"].value_counts()
-        rows.append({
-            **dict(zip(GROUP_KEYS, key, strict=True)),
-            "budget_kind": runs["budget_kind"].iloc[0], "budget_value": runs["budget_value"].iloc[0],
-            "n_seeds": len(ok), "seeds": " ".join(str(s) for s in sorted(ok["seed"].dropna())),
-            "n_runs": len(runs), "n_failed": int(status.get("failed", 0)),
-            "n_running": int(status.get("running", 0)),
-            "n_other": int(len(runs) - status.get("completed", 0) - status.get("failed", 0)
-                           - status.get("running", 0)),
-            "accuracy_pct_mean": acc.mean(), "accuracy_pct_std": acc.std(ddof=1),
-            "macro_f1_pct_mean": f1.mean(), "macro_f1_pct_std": f1.std(ddof=1),
-            "trainable_params": ok["trainable_params"].median(), "total_params": ok["total_params"].median(),
-            "trainable_fraction": ok["trainable_fraction"].median(),
-            "train_seconds_mean": ok["train_seconds"].mean(),
-            "train_examples_per_second_mean": ok["train_examples_per_second"].mean(),
-            "peak_rss_mb_max": ok["peak_rss_mb"].max(), "peak_gpu_mb_max": ok["peak_gpu_mb"].max(),
-            "checkpoint_bytes_mean": ok["checkpoint_bytes"].mean(),
-            "eval_examples": ok["eval_examples"].median(),
-            "peak_rss_upper_bound": bool((ok["peak_rss_reset_per_run"] == False).any()),  # noqa: E712
-        })
-    out = pd.DataFrame(rows)
+    rows = [_group_row(key, runs, done[same_group(done, runs.iloc[0])])
+            for key, runs in df.groupby(GROUP_KEYS, dropna=False, sort=False)]
+    return _ordered(pd.DataFrame(rows))
+
+
+def _ordered(out: pd.DataFrame) -> pd.DataFrame:
+    """Per dataset and model: methods that train nothing first, then by trainable parameters (fewer first)."""
     if out.empty:
         return out
-    order = out.apply(lambda r: (r["dataset"], str(r["model"]), _method_rank(r["method"]),
-                                 _num(r["budget_value"], -1.0), _num(r["num_demos"], -1), _num(r["template_id"], -1)),
-                      axis=1)
-    return out.loc[order.sort_values().index].reset_index(drop=True)
+    num = lambda col: pd.to_numeric(out[col], errors="coerce").astype(float).fillna(-1.0)  # noqa: E731
+    by_method = [out["dataset"], out["method"]]
+    keys = pd.DataFrame({
+        "dataset": out["dataset"], "model": out["model"].astype(str),
+        "trains": out["trains"].ne(False).groupby(by_method).transform("max"),
+        "params": out["trainable_params"].groupby(by_method).transform("median").fillna(math.inf),
+        "demos": num("num_demos").groupby(by_method).transform("min"), "method": out["method"],
+        "kind": out["kind"].ne("train"), "split": out["eval_split"].astype(str),
+        "budget": num("budget_value"), "num_demos": num("num_demos"), "template": num("template_id"),
+    })
+    return out.loc[keys.sort_values(list(keys.columns), kind="stable").index].reset_index(drop=True)
 
 
 def same_group(done: pd.DataFrame, ref: pd.Series) -> pd.Series:
@@ -80,24 +111,21 @@ def same_group(done: pd.DataFrame, ref: pd.Series) -> pd.Series:
     return mask
 
 
-def _num(value, default):
-    return default if value is None or pd.isna(value) else value
-
-
 def headline(summary: pd.DataFrame) -> pd.DataFrame:
-    """One row per (dataset, model, method): the largest budget, then most seeds, lowest template id."""
+    """One row per ``HEADLINE_KEYS``: the largest budget, then most seeds, lowest template id."""
     if summary.empty:
         return summary
     s = summary.assign(_b=summary["budget_value"].fillna(-1), _t=summary["template_id"].astype(float).fillna(-1))
     s = s.sort_values(["_b", "n_seeds", "_t", "num_demos"], ascending=[False, False, True, False], kind="stable")
-    s = s.drop_duplicates(["dataset", "model", "method"]).drop(columns=["_b", "_t"])
+    s = s.drop_duplicates(HEADLINE_KEYS).drop(columns=["_b", "_t"])
     return s.loc[sorted(s.index)]
 
 
 def point_labels(summary: pd.DataFrame) -> pd.Series:
-    """A label per row: the method name plus whatever varies within its dataset (model, budget, ...)."""
-    labels = summary["method"].map(method_name)
-    for _, rows in summary.groupby("dataset", sort=False):
+    """A label per row: the method's display name plus whatever varies among that method's rows of the dataset
+    (budget, split, ...)."""
+    labels = summary["display_name"].astype(str)
+    for _, rows in summary.groupby(["dataset", "method"], sort=False):
         for col in _varying(rows):
             fmt = {"num_demos": "{} demos", "template_id": "t{}"}.get(col, "{}")
             labels.loc[rows.index] += ", " + rows[col].map(lambda v, f=fmt: f.format("—" if pd.isna(v) else v))
@@ -108,6 +136,21 @@ def _varying(rows: pd.DataFrame) -> list[str]:
     """The variant columns needed to tell a method's rows apart (e.g. budget, when a method ran several)."""
     by_method = rows.astype({c: str for c in VARIANTS}).groupby("method")
     return [c for c in VARIANTS if (by_method[c].nunique() > 1).any()]
+
+
+def machine_note(rows: pd.DataFrame) -> str:
+    """Where the timings of these summary rows were measured: "Intel Xeon (2 cores), 1-min load 0.1–1.9"."""
+    machines = sorted({m for ms in rows["machine"].dropna() for m in ms.split("; ")})
+    if not machines:
+        return ""
+    lo, hi = rows["load_min"].min(), rows["load_max"].max()
+    return "; ".join(machines) + ("" if pd.isna(lo) else f", 1-min load {lo:.1f}–{hi:.1f}")
+
+
+def timing_note(rows: pd.DataFrame) -> str:
+    """``machine_note`` as a sentence for captions ("" without machine information)."""
+    note = machine_note(rows)
+    return f"Timings measured on {note}." if note else ""
 
 
 # --- human units ------------------------------------------------------------------------------------------
@@ -152,31 +195,48 @@ def fmt_fraction(f) -> str:
     return "—" if _missing(f) else f"{100 * f:.3g}%"
 
 
+def fmt_rate(r) -> str:
+    return "—" if _missing(r) else f"{r:.3g}"
+
+
 def _not_completed(r) -> str:
     parts = [(r["n_failed"], "failed"), (r["n_running"], "running/crashed"), (r["n_other"], "other")]
     return ", ".join(f"{n} {what}" for n, what in parts if n) or "—"
 
 
+def _show_f1(summary: pd.DataFrame) -> bool:
+    return bool(summary["macro_f1_mean"].notna().any() and (summary["metric"] != "macro_f1").any())
+
+
+def _has(summary: pd.DataFrame, col: str) -> bool:
+    return bool(summary[col].notna().any())
+
+
 def display_table(summary: pd.DataFrame, compact: bool = False) -> pd.DataFrame:
     """Summary rows of one dataset as strings with readable headers (compact: the stdout/README columns)."""
-    cols: dict[str, pd.Series] = {"Method": summary["method"].map(method_name)}
+    cols: dict[str, pd.Series | list] = {"Method": summary["display_name"]}
     for col in _varying(summary):
         cols[VARIANTS[col]] = summary[col].map(lambda v: "—" if pd.isna(v) else str(v))
+    if summary["metric"].nunique() > 1:
+        cols["Metric"] = summary["metric"].map(metric_name)
     rows = summary.to_dict("records")
     cols["Seeds"] = summary["n_seeds"].astype(str)
-    cols["Accuracy (%)"] = [fmt_pct(r["accuracy_pct_mean"], r["accuracy_pct_std"]) for r in rows]
-    if not compact:
-        cols["Macro-F1 (%)"] = [fmt_pct(r["macro_f1_pct_mean"], r["macro_f1_pct_std"]) for r in rows]
+    cols[value_label(summary["metric"])] = [fmt_pct(r["score_mean"], r["score_std"]) for r in rows]
+    if not compact and _show_f1(summary):
+        cols["Macro-F1 (%)"] = [fmt_pct(r["macro_f1_mean"], r["macro_f1_std"]) for r in rows]
     cols["Trainable params"] = summary["trainable_params"].map(fmt_count)
     if not compact:
         cols["Trainable share"] = summary["trainable_fraction"].map(fmt_fraction)
     cols["Train time"] = summary["train_seconds_mean"].map(fmt_seconds)
     if not compact:
-        cols["Train ex/s"] = summary["train_examples_per_second_mean"].map(
-            lambda v: "—" if _missing(v) else f"{v:.3g}")
+        cols["Train ex/s"] = summary["train_examples_per_second_mean"].map(fmt_rate)
+    if _has(summary, "generated_tokens_per_second_mean"):
+        cols["Gen tok/s"] = summary["generated_tokens_per_second_mean"].map(fmt_rate)
+    if _has(summary, "generation_seconds_mean"):
+        cols["Gen time"] = summary["generation_seconds_mean"].map(fmt_seconds)
     mark = summary["peak_rss_upper_bound"].map(lambda b: "*" if b else "")
     cols["Peak memory" if compact else "Peak RAM"] = summary["peak_rss_mb_max"].map(lambda m: fmt_bytes(m * 2**20)) + mark
-    if summary["peak_gpu_mb_max"].notna().any():
+    if _has(summary, "peak_gpu_mb_max"):
         cols["Peak GPU"] = summary["peak_gpu_mb_max"].map(lambda m: fmt_bytes(m * 2**20))
     cols["Checkpoint" if compact else "Checkpoint / task"] = summary["checkpoint_bytes_mean"].map(fmt_bytes)
     not_done = [_not_completed(r) for r in rows]
@@ -186,70 +246,96 @@ def display_table(summary: pd.DataFrame, compact: bool = False) -> pd.DataFrame:
 
 
 def qualitative_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """Method | What's modified | Trainable params | Train time | Storage per task | Accuracy (headline rows)."""
+    """Method | What's modified | Trainable params | Train time | Storage per task | metric (headline)."""
     rows = headline(summary)
-    labels = point_labels(rows)
     return pd.DataFrame({
-        "Method": labels.values,
-        "What's modified": rows["method"].map(lambda m: WHAT_IS_MODIFIED.get(m, "see method config")).values,
+        "Method": point_labels(rows).values,
+        "What's modified": rows["modifies"].values,
         "Trainable params": [f"{fmt_count(n)} ({fmt_fraction(f)})" if not _missing(n) else "—"
                              for n, f in zip(rows["trainable_params"], rows["trainable_fraction"], strict=True)],
         "Train time": rows["train_seconds_mean"].map(fmt_seconds).values,
         "Storage per task": rows["checkpoint_bytes_mean"].map(fmt_bytes).values,
-        "Accuracy (%)": [fmt_pct(m, s) for m, s in zip(rows["accuracy_pct_mean"], rows["accuracy_pct_std"],
-                                                       strict=True)],
+        value_label(rows["metric"]): [fmt_pct(m, s) for m, s in zip(rows["score_mean"], rows["score_std"],
+                                                                    strict=True)],
     })
 
 
+def _values_note(summary: pd.DataFrame, with_f1: bool) -> str:
+    metrics = list(dict.fromkeys(summary["metric"].dropna()))
+    names = [metric_name(m) for m in metrics] + (["macro-F1"] if with_f1 else [])
+    unit = "in %" if set(metrics) <= PERCENT_METRICS else "×100"
+    return f"{' and '.join(names)} {unit}: {STD_NOTE}."
+
+
 def caption(summary: pd.DataFrame, compact: bool = False) -> str:
-    notes = [f"Accuracy{'' if compact else ' and macro-F1'} in %: {STD_NOTE}."]
+    """The comparison table's caption: units, spread, what the cost columns mean, where timings were taken."""
+    notes = [_values_note(summary, not compact and _show_f1(summary))]
     if not compact:
         notes.append("Costs: mean over completed runs (peak memory: maximum); sizes in binary units (1 KB = 1024 B).")
+        if _has(summary, "generation_seconds_mean") or _has(summary, "generated_tokens_per_second_mean"):
+            notes.append("Gen tok/s, Gen time: generated tokens per second and seconds spent generating "
+                         "(evaluation).")
     if summary["peak_rss_upper_bound"].any():
         notes.append("* peak RSS could not be reset per run: an upper bound.")
-    return " ".join(notes)
+    notes.append(timing_note(summary))
+    return " ".join(n for n in notes if n)
+
+
+def qualitative_caption(summary: pd.DataFrame) -> str:
+    """The qualitative table's caption (same rows as ``headline``)."""
+    return " ".join(n for n in [
+        "Headline configuration per method (largest data budget, most seeds, lowest template id);",
+        _values_note(summary, with_f1=False), "Storage: checkpoint size per task.",
+        timing_note(headline(summary)),
+    ] if n)
 
 
 # --- renderers --------------------------------------------------------------------------------------------
-
-def to_markdown(table: pd.DataFrame) -> str:
-    esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
-    widths = [max(len(esc(c)), *(len(esc(v)) for v in table[c])) for c in table.columns]
-    line = lambda cells: "| " + " | ".join(esc(c).ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"  # noqa: E731
-    out = [line(table.columns), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-    return "\n".join(out + [line(row) for row in table.itertuples(index=False)])
-
-
-_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
-        "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "—": "--"}
-
-
-def tex_escape(text) -> str:
-    return "".join(_TEX.get(ch, ch) for ch in str(text))
-
 
 def _numeric(values) -> bool:
     """Right-align a column whose cells all look like numbers ("65.5 ± 4.8", "11.5K", "1.5 min", "—")."""
     return all(re.match(r"^[-+]?[\d.]|^—$", str(v)) for v in values)
 
 
+def _align(table: pd.DataFrame) -> list[str]:
+    return ["right" if i and _numeric(table[c]) else "left" for i, c in enumerate(table.columns)]
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """A pipe table (``DataFrame.to_markdown``, via tabulate); cells verbatim, numbers right-aligned."""
+    esc = lambda s: str(s).replace("|", r"\|")  # noqa: E731  (a "|" inside a cell would split it)
+    cells = table.astype(str).apply(lambda col: col.map(esc)).rename(columns=esc)
+    return cells.to_markdown(index=False, disable_numparse=True, colalign=_align(table))
+
+
+_TEX = str.maketrans({"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                      "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                      "±": r"$\pm$", "×": r"$\times$", "—": "--"})
+
+
+def tex_text(text: str) -> str:
+    """Free text (a caption) escaped for LaTeX: Styler escapes cells and headers, not the caption."""
+    return str(text).translate(_TEX)
+
+
+def _tex_symbols(cell: str) -> str:
+    return cell.replace("±", r"$\pm$").replace("—", "--")
+
+
 def to_latex(table: pd.DataFrame, caption_text: str = "", label: str = "") -> str:
-    """A booktabs table (needs ``\\usepackage{booktabs}``)."""
-    align = "".join("r" if i and _numeric(table[c]) else "l" for i, c in enumerate(table.columns))
-    body = [" & ".join(tex_escape(v) for v in row) + r" \\" for row in table.itertuples(index=False)]
-    lines = [r"\begin{table}[t]", r"\centering", r"\small", rf"\begin{{tabular}}{{{align}}}", r"\toprule",
-             " & ".join(tex_escape(c) for c in table.columns) + r" \\", r"\midrule", *body, r"\bottomrule",
-             r"\end{tabular}"]
-    if caption_text:
-        lines.append(rf"\caption{{{tex_escape(caption_text)}}}")
-    if label:
-        lines.append(rf"\label{{{label}}}")
-    return "\n".join(lines + [r"\end{table}"]) + "\n"
+    """A booktabs table (needs ``\\usepackage{booktabs}``) from pandas' Styler, cells and headers escaped."""
+    styler = (table.astype(str).style.hide(axis="index")
+              .format(escape="latex", formatter=_tex_symbols)  # escaped first, then the symbols
+              .format_index(escape="latex", axis=1)
+              .set_table_styles([{"selector": "small", "props": ":;"}]))  # Styler's spelling of \small
+    return styler.to_latex(hrules=True, environment="table", position="t", position_float="centering",
+                           column_format="".join(a[0] for a in _align(table)),
+                           caption=tex_text(caption_text) or None, label=label or None)
 
 
 def to_html(table: pd.DataFrame, caption_text: str = "") -> str:
     cap = f"<caption>{html.escape(caption_text)}</caption>" if caption_text else ""
-    left = [not i or not _numeric(table[c]) for i, c in enumerate(table.columns)]
+    left = [a == "left" for a in _align(table)]
     cls = lambda i: ' class="l"' if left[i] else ""  # noqa: E731
     head = "".join(f"<th{cls(i)}>{html.escape(str(c))}</th>" for i, c in enumerate(table.columns))
     body = "".join("<tr>" + "".join(f"<td{cls(i)}>{html.escape(str(v))}</td>" for i, v in enumerate(row)) + "</tr>"

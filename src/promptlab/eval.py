@@ -1,0 +1,120 @@
+"""``promptlab-eval``: evaluate a completed run's saved state (soft prompt, fine-tuned weights, or the
+prompt of a prompting run) on any task and split, without retraining.
+
+    promptlab-eval run=runs/demo/2_prompt_tuning_sst2_s0 data.eval_split=test
+    promptlab-eval run=runs/demo/0_zero_shot_sst2_s0 data=rte data.eval_limit=100
+
+The run's resolved ``config.yaml`` is the starting point; ``data=<task>`` swaps the task, ``key=value``
+overrides one value. The result goes to ``<run>/evals/<time>_<task>_<split>/`` (result.json with
+``kind: eval``, predictions.jsonl), next to the training record, never over it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from promptlab.data import eval_items
+from promptlab.errors import ConfigError
+from promptlab.evaluation.evaluate import evaluate
+from promptlab.evaluation.metrics import get_metric
+from promptlab.tracking import PeakMemory, RunRecord, new_run_id, write_jsonl_atomic
+
+USAGE = "promptlab-eval run=<run directory> [data=<task>] [key=value ...]"
+
+
+def source_config(run_dir: Path) -> tuple[DictConfig, dict]:
+    """The training run's config and record; ConfigError unless it completed."""
+    try:
+        record = json.loads((run_dir / "result.json").read_text())
+        cfg = OmegaConf.load(run_dir / "config.yaml")
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{run_dir} holds no readable run (result.json + config.yaml): {err}",
+                          "pass run=<a directory written by promptlab-train>") from None
+    if record.get("status") != "completed":
+        raise ConfigError(f"{run_dir} did not complete (status {record.get('status')!r})",
+                          "evaluate a completed run, or re-run the training first")
+    return cfg, record
+
+
+def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """``data=<task>`` swaps in that task's YAML (composed by Hydra); ``a.b=c`` sets one value."""
+    from hydra import compose, initialize_config_dir
+
+    from promptlab.train import CONFIG_DIR
+
+    values = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"cannot read the argument {item!r}", f"usage: {USAGE}")
+        if key == "data":
+            with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+                data = compose(config_name="train", overrides=[f"data={value}"]).data
+            with open_dict(cfg):
+                cfg.data = data
+        else:
+            values.append(f"{key.lstrip('+')}={value}")
+    with open_dict(cfg):
+        return OmegaConf.merge(cfg, OmegaConf.from_dotlist(values))
+
+
+def run_eval(source: Path, overrides: list[str]) -> tuple[dict, Path]:
+    """Evaluate the saved run ``source`` under ``overrides``; returns the new record and its directory."""
+    from promptlab.models import load_backbone
+    from promptlab.train import build_module, make_trainer, plan, quiet_third_party_noise
+
+    cfg, src_record = source_config(source)
+    cfg = apply_overrides(cfg, overrides)
+    p = plan(cfg)  # every check before the model loads; demos are redrawn exactly as in training
+    checkpoint = source / (src_record.get("checkpoint") or "checkpoint")
+    if p.method.trains and not checkpoint.is_dir():
+        raise ConfigError(f"{source} has no checkpoint/ to evaluate", "re-run the training (its checkpoint is missing)")
+    out = source / "evals" / f"{datetime.now():%Y%m%d-%H%M%S-%f}_{p.spec.name}_{cfg.data.eval_split}"
+    record = RunRecord(out, cfg, new_run_id(cfg.method.name, cfg.data.name, cfg.seed), kind="eval")
+    record.data["source_run"] = str(source)
+    quiet_third_party_noise()
+    memory = PeakMemory()
+    memory.reset()
+    try:
+        record.describe(p.method.info(), p.spec, get_metric(p.spec.primary_metric).higher_is_better)
+        backbone = load_backbone(cfg.model, cfg.paths.cache_dir)
+        model = p.method.load(backbone, checkpoint) if p.method.trains else p.method.prepare(backbone, p.spec)
+        module, encoder = build_module(p, backbone, model)
+        ev = evaluate(module, p.spec, eval_items(encoder, p.task.eval), make_trainer(cfg, out, [], False),
+                      cfg.eval_batch_size)
+        write_jsonl_atomic(out / "predictions.jsonl", ev.rows)
+        costs = {**ev.costs(), "peak_rss_mb": round(memory.peak_rss_mb(), 1), "truncated_prompts": encoder.truncated}
+        record.complete(ev.metrics, costs, num_demos=len(p.demos), checkpoint=None)
+        return record.data, out
+    except BaseException as err:
+        record.fail(err)
+        raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in args):
+        print(__doc__)
+        return 0
+    runs = [a for a in args if a.startswith("run=")]
+    if len(runs) != 1:
+        print(f"promptlab-eval: error: name exactly one run=<directory>\n  usage: {USAGE}", file=sys.stderr)
+        return 2
+    try:
+        result, out = run_eval(Path(runs[0][4:]), [a for a in args if not a.startswith("run=")])
+    except ConfigError as err:
+        print(f"promptlab-eval: error: {err.problem}\n  fix: {err.fix}", file=sys.stderr)
+        return 2
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items())
+    print(f"{result['method']} on {result['dataset']}/{result['eval_split']}: {metrics}\n"
+          f"record: {out / 'result.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""``evaluate()``: a model + readout on encoded examples -> metrics, per-example rows and costs. The one
+evaluation path of ``promptlab-train``, ``promptlab-eval`` and the tests."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import lightning as L
+
+from promptlab.data import eval_loader
+from promptlab.evaluation.filters import build_filters
+from promptlab.evaluation.metrics import compute_metrics
+from promptlab.module import PromptModule
+from promptlab.readout import GenerateReadout
+from promptlab.tasks import TaskSpec
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, float]
+    rows: list[dict]  # predictions.jsonl (see promptlab.schema), sorted by idx
+    seconds: float
+    generated_tokens: int
+    generation_seconds: float
+
+    def costs(self) -> dict[str, float | int | None]:
+        n, gen = len(self.rows), self.generation_seconds
+        return {
+            "eval_seconds": round(self.seconds, 3), "eval_examples": n,
+            "eval_examples_per_second": n / self.seconds if self.seconds else None,
+            "generated_tokens": self.generated_tokens, "generation_seconds": round(gen, 3),
+            "generated_tokens_per_second": self.generated_tokens / gen if gen else None,
+        }
+
+
+def evaluate(module: PromptModule, spec: TaskSpec, items: list[dict], trainer: L.Trainer,
+             batch_size: int) -> Evaluation:
+    """Predict every item (``data.eval_items``) with ``trainer.predict`` and score the predictions."""
+    gen = module.readout if isinstance(module.readout, GenerateReadout) else getattr(module.readout, "gen", None)
+    gen_seconds = gen.generation_seconds if gen else 0.0
+    start = time.perf_counter()
+    batches = trainer.predict(module, dataloaders=eval_loader(items, batch_size))
+    seconds = time.perf_counter() - start
+    rows = sorted((r for b in batches for r in b), key=lambda r: r["idx"])
+    metrics = score_rows(spec, rows)
+    tokens = sum(r.pop("generated_tokens", 0) for r in rows)
+    return Evaluation(metrics, rows, seconds, tokens, (gen.generation_seconds - gen_seconds) if gen else 0.0)
+
+
+def score_rows(spec: TaskSpec, rows: list[dict]) -> dict[str, float]:
+    """Fill each row's answer and per-example scores in place; return the aggregate metrics."""
+    if spec.output_type == "choice":
+        names = spec.class_names
+        for r in rows:
+            r["pred_name"] = names[r["pred"]]
+        preds, refs, context = [r["pred"] for r in rows], [r["label"] for r in rows], {"num_classes": spec.num_choices}
+    else:
+        extract = build_filters(spec.filters)
+        for r in rows:
+            r["answer"] = extract(r["generation"], None)
+        preds, refs, context = [r["answer"] for r in rows], [r["references"] for r in rows], {}
+    metrics, per_example = compute_metrics(spec.metrics, preds, refs, **context)
+    for r, scores in zip(rows, per_example, strict=True):
+        r["scores"] = scores
+        r["score"] = scores[spec.primary_metric]
+    return metrics

@@ -1,0 +1,89 @@
+"""Rank scoring: an example's score for answer c is the log-likelihood of c's tokens after the prompt,
+normalised over that example's answers. The same scores train (cross-entropy) and predict (argmax).
+
+The backbone runs without its LM head; we project only the hidden states that predict answer tokens.
+When every example shares the same single-token answers (a verbalizer such as negative/positive), only
+those rows of the output matrix are used: log p(y_c) - log sum_c' p(y_c') does not depend on the
+vocabulary normaliser, so this equals the class-normalised full-vocabulary score exactly. Otherwise
+(multi-token answers, per-example answers such as COPA's sentences) each (example, answer) pair is one
+sequence, scored with the full-vocabulary log-softmax at the answer positions only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from promptlab.readout.model import final_hidden_states, head_of, pad
+
+
+class ChoiceReadout:
+    """Scores ``prompt_ids`` against each example's ``choice_ids``; batches come from ``PromptDataModule``."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def scores(self, model: torch.nn.Module, prompts: Sequence[Sequence[int]],
+               choices: Sequence[Sequence[Sequence[int]]]) -> torch.Tensor:
+        """(batch, max answers) log-probabilities over each example's answers; -inf pads shorter lists."""
+        shared = all(list(c) == list(choices[0]) for c in choices)
+        if shared and all(len(t) == 1 for t in choices[0]):
+            return self._single_token(model, prompts, [t[0] for t in choices[0]])
+        return self._sequences(model, prompts, choices)
+
+    def loss(self, model: torch.nn.Module, batch: dict) -> torch.Tensor:
+        return F.nll_loss(self.scores(model, batch["prompt_ids"], batch["choice_ids"]), batch["labels"])
+
+    def predict(self, model: torch.nn.Module, batch: dict) -> list[dict]:
+        logp = self.scores(model, batch["prompt_ids"], batch["choice_ids"]).float().cpu()
+        return [{"idx": int(i), "label": int(y), "pred": int(s.argmax()),
+                 "log_probs": [round(float(v), 5) for v in s[: len(c)]]}
+                for i, y, s, c in zip(batch["idx"], batch["labels"], logp, batch["choice_ids"], strict=True)]
+
+    def _single_token(self, model, prompts, token_rows: list[int]) -> torch.Tensor:
+        head = head_of(model)
+        device = head.weight.device
+        ids, mask = pad(prompts, self.pad_id, device)
+        hidden = final_hidden_states(model, ids, mask)
+        last = torch.tensor([len(p) - 1 for p in prompts], device=device)
+        answer = hidden[torch.arange(len(prompts), device=device), last]  # (B, H)
+        rows = torch.tensor(token_rows, device=device)
+        logits = answer @ head.weight[rows].T  # (B, C): the only projection computed
+        if head.bias is not None:
+            logits = logits + head.bias[rows]
+        return logits.float().log_softmax(-1)
+
+    def _sequences(self, model, prompts, choices) -> torch.Tensor:
+        head = head_of(model)
+        device = head.weight.device
+        pairs = [(i, c) for i, cs in enumerate(choices) for c in range(len(cs))]
+        ids, mask = pad([list(prompts[i]) + list(choices[i][c]) for i, c in pairs], self.pad_id, device)
+        hidden = final_hidden_states(model, ids, mask)
+        seq, pos, targets = [], [], []
+        for s, (i, c) in enumerate(pairs):
+            for j, tok in enumerate(choices[i][c]):
+                seq.append(s)
+                pos.append(len(prompts[i]) - 1 + j)  # the position that predicts answer token j
+                targets.append(tok)
+        seq_t = torch.tensor(seq, device=device)
+        token_logp = head(hidden[seq_t, torch.tensor(pos, device=device)]).float().log_softmax(-1)
+        token_logp = token_logp.gather(1, torch.tensor(targets, device=device)[:, None]).squeeze(1)
+        seq_logp = torch.zeros(len(pairs), device=device).index_add(0, seq_t, token_logp)
+        width = max(len(cs) for cs in choices)
+        out = torch.full((len(choices), width), -torch.inf, device=device)
+        out[[i for i, _ in pairs], [c for _, c in pairs]] = seq_logp
+        return out.log_softmax(-1)
+
+
+def brute_force_scores(model: torch.nn.Module, prompts, choices) -> torch.Tensor:
+    """Reference for tests: full-vocabulary logits at every position, one unpadded sequence at a time."""
+    out = []
+    for p, cs in zip(prompts, choices, strict=True):
+        per_choice = []
+        for lab in cs:
+            logp = model(input_ids=torch.tensor([list(p) + list(lab)])).logits[0].float().log_softmax(-1)
+            per_choice.append(sum(logp[len(p) - 1 + j, tok] for j, tok in enumerate(lab)))
+        out.append(torch.stack(per_choice).log_softmax(-1))
+    return torch.stack(out)

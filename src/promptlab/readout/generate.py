@@ -1,0 +1,87 @@
+"""Generation: greedy decoding with the KV cache (``model.generate``, which also serves PEFT-wrapped models),
+and the training loss of generation tasks: cross-entropy over the target's tokens only."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import GenerationConfig, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
+
+from promptlab.readout.model import final_hidden_states, head_of, pad
+
+
+@dataclass
+class Generated:
+    text: str  # decoded, cut before the first stop string
+    num_tokens: int  # tokens the model produced (up to and including EOS or the stop string)
+
+
+class StopOnGeneratedText(StoppingCriteria):
+    """Stop a row once its *generated* text contains a stop string.
+
+    Written here because transformers' ``stop_strings`` also matches text that starts inside the prompt:
+    a chat prompt ends with a newline, so a "\n\n" stop string would end generation after one newline.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, prompt_len: int, until: Sequence[str]):
+        self.tokenizer, self.prompt_len, self.until = tokenizer, prompt_len, until
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_len:], skip_special_tokens=True)
+        return torch.tensor([any(s in t for s in self.until) for t in texts], device=input_ids.device)
+
+
+class GenerateReadout:
+    """Batched greedy decoding (left padding) with stop strings; counts tokens and seconds as costs."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_new_tokens: int, until: Sequence[str] = ()):
+        self.tokenizer, self.until = tokenizer, list(until)
+        self.config = GenerationConfig(
+            max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        )
+        self.generated_tokens, self.generation_seconds = 0, 0.0
+
+    def loss(self, model: torch.nn.Module, batch: dict) -> torch.Tensor:
+        """Mean cross-entropy of the target tokens given the prompt (prompt tokens are not predicted)."""
+        prompts, targets = batch["prompt_ids"], batch["target_ids"]
+        head = head_of(model)
+        device = head.weight.device
+        ids, mask = pad([list(p) + list(t) for p, t in zip(prompts, targets, strict=True)],
+                        self.tokenizer.pad_token_id, device)
+        hidden = final_hidden_states(model, ids, mask)
+        rows = [i for i, t in enumerate(targets) for _ in t]
+        cols = [len(p) - 1 + j for p, t in zip(prompts, targets, strict=True) for j in range(len(t))]
+        logits = head(hidden[torch.tensor(rows, device=device), torch.tensor(cols, device=device)])
+        gold = torch.tensor([tok for t in targets for tok in t], device=device)
+        return F.cross_entropy(logits.float(), gold)
+
+    @torch.no_grad()
+    def generate(self, model: torch.nn.Module, prompts: Sequence[Sequence[int]]) -> list[Generated]:
+        device = head_of(model).weight.device
+        ids, mask = pad(prompts, self.tokenizer.pad_token_id, device, left=True)
+        start = time.perf_counter()
+        stop = StoppingCriteriaList([StopOnGeneratedText(self.tokenizer, ids.shape[1], self.until)] if self.until else [])
+        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=self.config, stopping_criteria=stop)
+        self.generation_seconds += time.perf_counter() - start
+        results = [self._decode(row.tolist()) for row in out[:, ids.shape[1]:]]
+        self.generated_tokens += sum(r.num_tokens for r in results)
+        return results
+
+    def _decode(self, new: list[int]) -> Generated:
+        eos, pad_id = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        n = next((i + 1 for i, t in enumerate(new) if t == eos), len(new))
+        while n > 0 and new[n - 1] == pad_id != eos:  # finished early on a stop string: the rest is padding
+            n -= 1
+        text = self.tokenizer.decode(new[:n], skip_special_tokens=True)
+        cut = min((text.find(s) for s in self.until if s in text), default=len(text))
+        return Generated(text[:cut].strip(), n)
+
+    def predict(self, model: torch.nn.Module, batch: dict) -> list[dict]:
+        gens = self.generate(model, batch["prompt_ids"])
+        return [{"idx": int(i), "generation": g.text, "references": refs, "generated_tokens": g.num_tokens}
+                for i, g, refs in zip(batch["idx"], gens, batch["references"], strict=True)]

@@ -1,0 +1,124 @@
+"""The run-record contract: what ``result.json`` and ``predictions.jsonl`` hold, written by ``tracking`` and
+read by ``report``. Torch-free, so the report never imports training code.
+
+Conventions, in one place:
+- Every metric value is a fraction in [0, 1] (accuracy, exact match, ROUGE F-measure, chrF/100, BLEU/100);
+  reports show them x100 as points. ``higher_is_better`` says which way is good.
+- ``primary_metric`` names the one metric that tables and figures rank by; ``chance`` is that metric's
+  value for uniform guessing (choice tasks only; null for generation).
+- A prediction row always carries ``score``: the example's value of the primary metric, so a paired
+  bootstrap works for every metric (for corpus metrics such as chrF it is the sentence-level score).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+SCHEMA_VERSION = 2
+Status = Literal["running", "completed", "failed"]
+Kind = Literal["train", "eval"]  # promptlab-train, or promptlab-eval re-scoring a saved run
+OutputType = Literal["choice", "generate"]
+
+
+@dataclass
+class MethodInfo:
+    """What a method is, declared once by the method and copied into every record."""
+
+    name: str  # the method YAML's name, e.g. "prompt_tuning"
+    type: str  # the registered implementation, e.g. "prompting", "prompt_tuning"
+    display_name: str  # "Prompt tuning"
+    modifies: str  # "virtual token embeddings (backbone frozen)"
+    trains: bool
+
+
+@dataclass
+class Machine:
+    """Where the timings were measured: they mean little without the CPU and how busy it was."""
+
+    hostname: str
+    cpu: str
+    cores: int
+    torch_threads: int
+    gpu: str | None
+    load_start: list[float]  # os.getloadavg() at the start: 1, 5, 15 minutes
+    load_end: list[float] | None = None
+
+
+@dataclass
+class RunResult:
+    """One ``result.json``. ``metrics`` and ``costs`` are flat name -> number maps (see module docstring)."""
+
+    run_id: str
+    status: Status
+    kind: Kind
+    method: str
+    method_info: MethodInfo
+    model: str
+    dataset: str
+    output_type: OutputType
+    primary_metric: str
+    higher_is_better: bool
+    chance: float | None
+    seed: int
+    k_shot: int | None
+    train_size: int | None
+    template_id: int
+    num_demos: int
+    eval_split: str
+    config_hash: str
+    git_commit: str | None
+    versions: dict[str, str]
+    machine: Machine
+    started_at: str
+    schema_version: int = SCHEMA_VERSION
+    metrics: dict[str, float] = field(default_factory=dict)
+    costs: dict[str, Any] = field(default_factory=dict)
+    num_train_examples: int | None = None
+    checkpoint: str | None = None  # relative to the run directory
+    source_run: str | None = None  # kind == "eval": the training run's directory
+    finished_at: str | None = None
+    error: str | None = None
+    traceback: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# Cost keys a record may carry (all optional; a method that does not train has zeros, not gaps).
+COST_KEYS = (
+    "trainable_params", "total_params", "trainable_fraction", "model_load_seconds",
+    "train_seconds", "train_steps", "train_examples_seen", "train_tokens_seen", "train_examples_per_second",
+    "eval_seconds", "eval_examples", "eval_examples_per_second",
+    "generated_tokens", "generation_seconds", "generated_tokens_per_second",
+    "peak_rss_mb", "peak_rss_reset_per_run", "peak_gpu_mb", "checkpoint_bytes", "truncated_prompts",
+)
+
+# predictions.jsonl, one row per evaluated example (sorted by idx):
+#   choice:   idx, label, pred, pred_name, log_probs (per choice), score; CoT runs add "generation"
+#   generate: idx, generation (raw model text), answer (after filters), references, scores {metric: v}, score
+PREDICTION_KEYS = {
+    "choice": ("idx", "label", "pred", "pred_name", "log_probs", "score"),
+    "generate": ("idx", "generation", "answer", "references", "scores", "score"),
+}
+
+
+def record_problem(rec: Any) -> str | None:
+    """Why a parsed ``result.json`` cannot be used by the report, or None when it can.
+
+    Lenient on purpose: records of schema 1 (before generation; accuracy only) stay readable.
+    """
+    if not isinstance(rec, dict):
+        return f"expected a JSON object, got {type(rec).__name__}"
+    missing = [k for k in ("method", "dataset") if not isinstance(rec.get(k), str)]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    for section in ("metrics", "costs"):
+        if not isinstance(rec.get(section) or {}, dict):
+            return f"{section!r} is not an object"
+    return None
+
+
+def primary_metric(rec: dict) -> str:
+    """The metric a record ranks by (schema-1 records were all accuracy)."""
+    return rec.get("primary_metric") or "accuracy"

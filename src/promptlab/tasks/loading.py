@@ -1,0 +1,148 @@
+"""Reading a task's rows (local JSONL/CSV/TSV/Parquet through ``datasets``, else the Hub), checking them, and
+cutting the splits a run uses: ``train`` (the budget is drawn from it), ``dev`` (for selection) and ``eval``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from promptlab.errors import ConfigError
+from promptlab.tasks.spec import TaskSpec
+
+EVAL_SUBSET_SEED = 0  # eval_limit takes the same examples for every run, so runs stay comparable
+DEV_SPLIT_SEED = 1234  # the dev carve-out is the same for every run and seed
+# File extension -> the `datasets` builder that reads it (and its extra arguments).
+BUILDERS = {".jsonl": ("json", {}), ".json": ("json", {}), ".csv": ("csv", {}),
+            ".tsv": ("csv", {"delimiter": "\t"}), ".parquet": ("parquet", {})}
+
+
+@dataclass
+class Task:
+    """A task spec with its rows: ``train`` (all of it; budgets sample from it), ``dev`` and ``eval``."""
+
+    spec: TaskSpec
+    train: list[dict] = field(default_factory=list)
+    dev: list[dict] = field(default_factory=list)
+    eval: list[dict] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+def load_task(spec: TaskSpec, data_root: str | None, eval_split: str | None = None) -> Task:
+    """Load and check every split the run needs; ``eval_split`` overrides the spec's (``dev``: carved).
+
+    Everything here runs before any model loads.
+    """
+    eval_split = eval_split or spec.eval_split
+    train = _checked(spec, spec.train_split, data_root)
+    if spec.dev_split and eval_split == "dev":
+        dev = _checked(spec, spec.dev_split, data_root)
+    else:  # carve a fixed dev set out of train, disjoint from what the budget may draw
+        if not 1 <= spec.dev_size < len(train) and eval_split == "dev":
+            raise ConfigError(f"data.dev_size={spec.dev_size} but {spec.name}/{spec.train_split} has {len(train)} rows",
+                              f"use 1 <= data.dev_size < {len(train)}")
+        order = np.random.default_rng(DEV_SPLIT_SEED).permutation(len(train))
+        n_dev = spec.dev_size if eval_split == "dev" else 0
+        dev = [train[i] for i in sorted(order[:n_dev])]
+        train = [train[i] for i in sorted(order[n_dev:])]
+    ev = dev if eval_split == "dev" else _checked(spec, eval_split, data_root)
+    if spec.eval_limit is not None:
+        if not isinstance(spec.eval_limit, int) or isinstance(spec.eval_limit, bool) or spec.eval_limit < 1:
+            raise ConfigError(f"data.eval_limit={spec.eval_limit!r} is not a positive integer",
+                              "use data.eval_limit=N (N >= 1), or null to evaluate every example")
+        order = np.random.default_rng(EVAL_SUBSET_SEED).permutation(len(ev))[: spec.eval_limit]
+        ev = [ev[i] for i in sorted(order)]
+    return Task(spec, train, dev, ev)
+
+
+def _checked(spec: TaskSpec, split: str, data_root: str | None) -> list[dict]:
+    rows = read_split(spec, split, data_root)
+    validate_rows(rows, spec, f"{spec.name}/{split}")
+    return prepare_rows(rows, spec)
+
+
+def _local_file(spec: TaskSpec, split: str, data_root: str | None) -> Path | None:
+    """The local file for a split, or None when the task should come from the Hub."""
+    folder = Path(data_root).expanduser() / (spec.local_dir or spec.name) if data_root else None
+    if spec.source == "hub" or (spec.source == "auto" and (folder is None or not folder.is_dir())):
+        return None
+    if folder is None:
+        raise ConfigError(f"data.source=local for {spec.name} but no data root is set",
+                          "set PROMPTLAB_DATA=/path/to/data or paths.data_root=...")
+    found = [folder / f"{split}{ext}" for ext in BUILDERS if (folder / f"{split}{ext}").is_file()]
+    if not found:
+        raise ConfigError(f"missing data file {folder / split}.{{{','.join(e[1:] for e in BUILDERS)}}}",
+                          f"put the {split} split under {folder}, or fix PROMPTLAB_DATA / paths.data_root")
+    return found[0]
+
+
+def read_split(spec: TaskSpec, split: str, data_root: str | None) -> list[dict]:
+    import datasets
+
+    datasets.disable_progress_bars()
+    path = _local_file(spec, split, data_root)
+    if path is not None:
+        builder, kwargs = BUILDERS[path.suffix]
+        try:
+            ds = datasets.load_dataset(builder, data_files={split: str(path)}, split=split, **kwargs)
+        except Exception as err:  # the builders raise many types for a malformed file
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+            raise ConfigError(f"cannot read {path}: {reason}",
+                              f"make it valid {path.suffix[1:].upper()} with a header/keys per column") from None
+        return ds.to_list()
+    from promptlab.models import hub_reachable
+
+    if not spec.hub.get("path"):
+        raise ConfigError(f"no local copy of {spec.name} (data root: {data_root or 'unset'}) and no hub.path",
+                          "set PROMPTLAB_DATA to the folder holding the task's files")
+    if not hub_reachable():
+        raise ConfigError(f"no local copy of {spec.name} (data root: {data_root or 'unset'}) and the Hub cannot be "
+                          f"reached to fetch '{spec.hub['path']}'",
+                          f"set PROMPTLAB_DATA to a folder holding {spec.local_dir or spec.name}/, or run with network")
+    return datasets.load_dataset(spec.hub["path"], spec.hub.get("name"), split=split).to_list()
+
+
+def validate_rows(rows: list[dict], spec: TaskSpec, where: str) -> None:
+    """Columns present and non-null, labels integral and in range: one clear error for the first problem."""
+    if not rows:
+        raise ConfigError(f"{where} has no rows", "check the data file is not empty")
+    needed = spec.input_columns()
+    missing = sorted(needed - set(rows[0]))
+    if missing:
+        raise ConfigError(f"{where} lacks column(s) {missing}; it has {sorted(rows[0])}",
+                          "fix the data config's templates / columns, or the data file")
+    text_fields = sorted(needed - {spec.label_column})
+    for i, row in enumerate(rows):
+        empty = [c for c in text_fields if row.get(c) is None]
+        if empty:
+            raise ConfigError(f"{where} row {i}: no value for column(s) {empty}", "fix or drop the row")
+        blank = [c for c in spec.choice_columns or [] if not str(row[c]).strip()]
+        if blank:  # an empty answer has no tokens: it would score log-prob 0 and win every comparison
+            raise ConfigError(f"{where} row {i}: empty answer in column(s) {blank}", "fix or drop the row")
+        if spec.output_type == "choice":
+            label, n = row.get(spec.label_column), spec.num_choices
+            if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < n:
+                raise ConfigError(
+                    f"{where} row {i}: label {label!r} is not an integer id in 0..{n - 1} ({', '.join(spec.class_names)})",
+                    "fix the row, or the data config's choices / label_names to match the data's label ids")
+
+
+def prepare_rows(rows: list[dict], spec: TaskSpec) -> list[dict]:
+    """Give every row an integer ``idx`` (its position when the data has none) and, for generation, its
+    ``references`` (the reference column, or the target, after the reference filters)."""
+    from promptlab.evaluation.filters import build_filters
+
+    clean = build_filters(spec.reference_filters) if spec.output_type == "generate" else None
+    out = []
+    for i, row in enumerate(rows):
+        row = {**row, "idx": row["idx"] if isinstance(row.get("idx"), int) else i}
+        if clean is not None:
+            refs = row.get(spec.reference_column) if spec.reference_column else None
+            refs = [spec.target_of(row)] if refs is None else refs if isinstance(refs, list) else [refs]
+            row["references"] = [clean(str(r), None) for r in refs]
+        out.append(row)
+    return out

@@ -1,0 +1,255 @@
+"""Generation on the tiny model: greedy decoding (deterministic, stop strings, max_new_tokens, batch
+invariance), training on targets, chain-of-thought, and ``promptlab-eval`` reproducing saved runs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import read_predictions, read_result, write_jsonl
+from omegaconf import OmegaConf, open_dict
+from safetensors.torch import load_file
+
+import promptlab.train
+from promptlab.data import eval_items
+from promptlab.errors import ConfigError
+from promptlab.eval import main as eval_main
+from promptlab.eval import run_eval
+from promptlab.methods import build_method
+from promptlab.prompts import Encoder, encode_prompt
+from promptlab.readout import GenerateReadout
+from promptlab.tasks import TaskSpec, load_task
+
+WORDS = ["good movie", "a bad film", "great fun", "boring review", "love this film", "hate the movie"]
+
+
+def qa_rows(n: int) -> list[dict]:
+    """GSM8K-shaped rows: a question and a worked answer ending in '#### <number>'."""
+    return [{"question": f"{WORDS[i % len(WORDS)]} {i}", "answer": f"the answer <<{i}+0={i}>> is good\n#### {i}"}
+            for i in range(n)]
+
+
+GEN_TASK = {
+    "name": "tinyqa", "output_type": "generate", "source": "local", "local_dir": "tinyqa",
+    "train_split": "train", "eval_split": "test",
+    "templates": ["Question: {question}", "{question}\nAnswer with a number."], "template": 0,
+    "system_prompt": None, "prompt_init_text": "Answer the question.",
+    "target": "{answer}", "target_replace": [["<<[^>]*>>", ""], ["\\n#### (.*)$", "\\nThe answer is \\1."]],
+    "reference_column": "answer", "reference_filters": [{"type": "regex", "pattern": "#### (.+)$"}],
+    "filters": [{"type": "regex", "pattern": "answer is (\\S+)", "fallback": "keep"}, {"type": "last_number"}],
+    "generation": {"max_new_tokens": 6, "until": []}, "metrics": ["exact_match"], "primary_metric": "exact_match",
+    "k_shot": None, "train_size": 8, "max_prompt_tokens": 2048, "max_target_tokens": 32,
+}
+
+
+@pytest.fixture
+def gen_cfg(make_cfg, data_root):
+    """A tiny generation task (12 train, 6 test rows) on the tiny model: ``gen_cfg("method=...")``."""
+    write_jsonl(data_root / "tinyqa" / "train.jsonl", qa_rows(12))
+    write_jsonl(data_root / "tinyqa" / "test.jsonl", qa_rows(6))
+
+    def _make(*overrides: str, method: str = "zero_shot", **task) -> OmegaConf:
+        cfg = make_cfg(*overrides, method=method)
+        with open_dict(cfg):
+            cfg.data = OmegaConf.create({**GEN_TASK, **task})
+        return cfg
+
+    return _make
+
+
+def readout_for(backbone, max_new_tokens=8, until=()):
+    return GenerateReadout(backbone.tokenizer, max_new_tokens, until)
+
+
+def prompts_of(tok, texts):
+    return [encode_prompt(tok, [{"role": "user", "content": t}]) for t in texts]
+
+
+def test_greedy_generation_is_deterministic_and_counts_tokens(tiny_backbone):
+    gen = readout_for(tiny_backbone, max_new_tokens=7)
+    prompts = prompts_of(tiny_backbone.tokenizer, ["good movie", "a bad film with love"])
+    first, second = gen.generate(tiny_backbone.model, prompts), gen.generate(tiny_backbone.model, prompts)
+    assert [g.text for g in first] == [g.text for g in second]
+    assert all(1 <= g.num_tokens <= 7 for g in first)
+    assert gen.generated_tokens == 2 * sum(g.num_tokens for g in first)
+    assert gen.generation_seconds > 0
+
+
+def plain(tok, texts):
+    """Prompts without the chat template: the random tiny model then echoes the last word ("good good ...")."""
+    return [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+
+
+def test_stop_strings_and_max_new_tokens(tiny_backbone):
+    tok, model = tiny_backbone.tokenizer, tiny_backbone.model
+    prompts = plain(tok, ["positive good"])
+    free = readout_for(tiny_backbone, max_new_tokens=12).generate(model, prompts)[0]
+    assert free.num_tokens == 12 and free.text.startswith("good good good")  # no EOS: the budget ends it
+    stopped = readout_for(tiny_backbone, max_new_tokens=12, until=["d g"]).generate(model, prompts)[0]
+    assert stopped.text == "goo"  # cut before the stop string
+    assert stopped.num_tokens == 2  # and decoding stopped at the token that completed it
+    short = readout_for(tiny_backbone, max_new_tokens=3).generate(model, prompts)[0]
+    assert short.num_tokens == 3 and short.text == "good good good"
+
+
+def test_batch_generates_the_same_as_one_at_a_time(tiny_backbone):
+    gen = readout_for(tiny_backbone, max_new_tokens=8)
+    texts = ["positive negative", "a bad film with love and hate for this movie yes", "great fun movie review"]
+    for prompts in (plain(tiny_backbone.tokenizer, texts), prompts_of(tiny_backbone.tokenizer, texts)):
+        assert len({len(p) for p in prompts}) == 3  # different lengths: left padding matters
+        batched = [g.text for g in gen.generate(tiny_backbone.model, prompts)]
+        single = [gen.generate(tiny_backbone.model, [p])[0].text for p in prompts]
+        assert batched == single
+
+
+def test_zero_shot_generation_run_records_text_answer_and_costs(gen_cfg, run_dir):
+    result = promptlab.train.run(gen_cfg(), run_dir)
+    assert result["status"] == "completed"
+    assert result["output_type"] == "generate" and result["primary_metric"] == "exact_match"
+    assert result["chance"] is None
+    costs = result["costs"]
+    assert costs["generated_tokens"] > 0 and costs["generation_seconds"] > 0
+    assert costs["generated_tokens_per_second"] == pytest.approx(costs["generated_tokens"] / costs["generation_seconds"], rel=0.05)
+    rows = read_predictions(run_dir)
+    assert [r["idx"] for r in rows] == list(range(6))
+    for r in rows:
+        assert set(r) >= {"idx", "generation", "answer", "references", "scores", "score"}
+        assert r["references"] == [str(r["idx"])]  # the number after '####'
+        assert r["score"] == r["scores"]["exact_match"] == float(r["answer"] == r["references"][0])
+    assert result["metrics"]["exact_match"] == pytest.approx(sum(r["score"] for r in rows) / len(rows))
+
+
+def test_prompt_tuning_on_generation_trains_only_the_prompt_and_lowers_target_loss(gen_cfg, run_dir):
+    cfg = gen_cfg("method.max_steps=30", "method.lr=1.0", "method.batch_size=4", method="prompt_tuning")
+    p = promptlab.train.plan(cfg)
+    backbone = promptlab.train.load_backbone(cfg.model, cfg.paths.cache_dir)
+    initial = {k: v.clone() for k, v in backbone.model.state_dict().items()}
+
+    def target_loss(model) -> float:
+        encoder = Encoder(backbone.tokenizer, p.spec)
+        items = [encoder.item(r, train=True) for r in p.train_rows]
+        batch = {"prompt_ids": [x["prompt_ids"] for x in items], "target_ids": [x["target_ids"] for x in items]}
+        with torch.no_grad():
+            return float(readout_for(backbone).loss(model.eval(), batch))
+
+    model = p.method.prepare(backbone, p.spec)
+    before = target_loss(model)
+    model.train()
+    module, encoder = promptlab.train.build_module(p, backbone, model)
+    dm = promptlab.train.PromptDataModule(encoder, p.train_rows, [], 4, 4, cfg.seed)
+    trainer = promptlab.train.make_trainer(cfg, run_dir, [], True)
+    trainer.fit(module, datamodule=dm)
+    after = target_loss(model)
+    # The random 2-layer model barely attends to far-away tokens, so the gain is small, but it is a gain.
+    assert after < before - 0.01, (before, after)
+    for name, value in backbone.model.state_dict().items():
+        assert torch.equal(value, initial[name]), f"backbone weight {name} changed"
+
+
+def test_trained_methods_on_generation_store_and_reload(gen_cfg, tmp_path):
+    for method in ("prompt_tuning", "full_finetune"):
+        run_dir = tmp_path / method
+        result = promptlab.train.run(gen_cfg(method=method), run_dir)
+        assert result["status"] == "completed" and result["costs"]["train_steps"] == 3
+        assert result["num_train_examples"] == 8
+        if method == "prompt_tuning":
+            assert list(load_file(run_dir / "checkpoint" / "adapter_model.safetensors")) == ["prompt_embeddings"]
+        evaluated, out = run_eval(run_dir, [])
+        assert read_predictions(out) == read_predictions(run_dir)  # reloaded state, same texts and scores
+        assert evaluated["metrics"] == result["metrics"] and evaluated["kind"] == "eval"
+
+
+def test_target_replace_and_training_items(gen_cfg, data_root, tiny_tok):
+    cfg = gen_cfg()
+    spec = TaskSpec.from_config(cfg.data)
+    task = load_task(spec, str(data_root))
+    assert spec.target_of(task.train[3]) == "the answer  is good\nThe answer is 3."
+    item = Encoder(tiny_tok, spec).item(task.train[3], train=True)
+    assert item["target_ids"][-1] == tiny_tok.eos_token_id  # trained to stop
+    assert tiny_tok.decode(item["target_ids"][:-1]).endswith("The answer is 3.")
+
+
+# ---------------------------------------------------------------------------------------- chain of thought
+
+
+def test_zero_shot_cot_on_a_choice_task_reasons_then_ranks(make_cfg, run_dir):
+    cfg = make_cfg("method.max_new_tokens=5", method="zero_shot_cot")
+    result = promptlab.train.run(cfg, run_dir)
+    assert result["status"] == "completed"
+    assert result["method_info"]["display_name"] == "Zero-shot CoT"
+    rows = read_predictions(run_dir)
+    for r in rows:
+        assert isinstance(r["generation"], str) and r["pred"] in (0, 1) and len(r["log_probs"]) == 2
+    assert result["costs"]["generated_tokens"] > 0
+    assert result["metrics"]["accuracy"] == pytest.approx(sum(r["score"] for r in rows) / len(rows))
+
+
+def test_cot_prompt_starts_the_answer_with_the_trigger(gen_cfg, tiny_tok):
+    cfg = gen_cfg(method="few_shot_cot")
+    p = promptlab.train.plan(cfg)
+    assert len(p.demos) == 4
+    encoder = Encoder(tiny_tok, p.spec, [p.method.demo(p.spec, d) for d in p.demos], p.method.assistant_prefix)
+    text = tiny_tok.decode(eval_items(encoder, p.task.eval[:1])[0]["prompt_ids"])
+    trigger = cfg.method.trigger
+    assert text.endswith(f"<|im_start|>assistant\n{trigger}")
+    assert text.count(trigger) == 5  # four worked demonstrations, then the query's own answer
+    assert "The answer is" in text and "<<" not in text  # demos show the cleaned worked solution
+
+
+def test_few_shot_cot_on_a_choice_task_is_a_config_error(make_cfg, run_dir, monkeypatch):
+    monkeypatch.setattr(promptlab.train, "load_backbone", lambda *a, **k: pytest.fail("model loaded"))
+    with pytest.raises(ConfigError, match="worked solutions"):
+        promptlab.train.run(make_cfg(method="few_shot_cot"), run_dir)
+    assert read_result(run_dir)["status"] == "failed"
+
+
+def test_few_shot_cot_generation_run(gen_cfg, run_dir):
+    result = promptlab.train.run(gen_cfg("method.num_demos=2", method="few_shot_cot"), run_dir)
+    assert result["status"] == "completed" and result["num_demos"] == 2
+    assert build_method(OmegaConf.load(promptlab.train.CONFIG_DIR / "method" / "few_shot_cot.yaml")).trains is False
+
+
+# ----------------------------------------------------------------------------------------- promptlab-eval
+
+
+def test_eval_reproduces_a_prompt_tuning_run_exactly(make_cfg, run_dir):
+    promptlab.train.run(make_cfg("method.lr=0.3", method="prompt_tuning"), run_dir)
+    result, out = run_eval(run_dir, [])
+    assert out.parent == run_dir / "evals" and read_result(run_dir)["kind"] == "train"  # never over the run
+    assert read_predictions(out) == read_predictions(run_dir)
+    assert result["source_run"] == str(run_dir) and result["kind"] == "eval"
+
+
+def test_eval_of_a_few_shot_run_redraws_the_same_demos(make_cfg, run_dir):
+    promptlab.train.run(make_cfg(method="few_shot"), run_dir)
+    _, out = run_eval(run_dir, [])
+    assert read_predictions(out) == read_predictions(run_dir)
+
+
+def test_eval_on_another_task_and_split(make_cfg, run_dir):
+    promptlab.train.run(make_cfg(method="zero_shot"), run_dir)
+    result, _ = run_eval(run_dir, ["data=rte", "data.eval_limit=4"])
+    assert result["dataset"] == "rte" and result["costs"]["eval_examples"] == 4
+
+
+@pytest.mark.parametrize(("setup", "match"), [("missing", "no readable run"), ("running", "did not complete"),
+                                               ("no_checkpoint", "no checkpoint")])
+def test_eval_refuses_runs_it_cannot_evaluate(make_cfg, run_dir, monkeypatch, capsys, setup, match):
+    import shutil
+
+    if setup != "missing":
+        promptlab.train.run(make_cfg(method="prompt_tuning"), run_dir)
+        if setup == "running":
+            path = run_dir / "result.json"
+            path.write_text(path.read_text().replace('"completed"', '"running"'))
+        else:
+            shutil.rmtree(run_dir / "checkpoint")
+    monkeypatch.setattr(promptlab.train, "load_backbone", lambda *a, **k: pytest.fail("model loaded"))
+    assert eval_main([f"run={run_dir}"]) == 2
+    err = capsys.readouterr().err
+    assert match in err and "fix:" in err
+
+
+def test_eval_usage_errors(capsys):
+    assert eval_main([]) == 2
+    assert "run=" in capsys.readouterr().err
+    assert eval_main(["--help"]) == 0
