@@ -11,7 +11,6 @@ from safetensors.torch import load_file
 
 import promptlab.train
 from promptlab.data import eval_items
-from promptlab.errors import ConfigError
 from promptlab.eval import main as eval_main
 from promptlab.eval import run_eval
 from promptlab.methods import build_method
@@ -195,11 +194,25 @@ def test_cot_prompt_starts_the_answer_with_the_trigger(gen_cfg, tiny_tok):
     assert "The answer is" in text and "<<" not in text  # demos show the cleaned worked solution
 
 
-def test_few_shot_cot_on_a_choice_task_is_a_config_error(make_cfg, run_dir, monkeypatch):
-    monkeypatch.setattr(promptlab.train, "load_backbone", lambda *a, **k: pytest.fail("model loaded"))
-    with pytest.raises(ConfigError, match="worked solutions"):
-        promptlab.train.run(make_cfg(method="few_shot_cot"), run_dir)
-    assert read_result(run_dir)["status"] == "failed"
+def test_few_shot_cot_on_a_choice_task_writes_its_demonstrations(make_cfg, run_dir, monkeypatch):
+    seen = {}
+    real = promptlab.train.Encoder
+
+    def spy(tokenizer, spec, demos=(), assistant_prefix=""):
+        seen["demos"] = list(demos)
+        return real(tokenizer, spec, demos, assistant_prefix)
+
+    monkeypatch.setattr(promptlab.train, "Encoder", spy)
+    cfg = make_cfg("method.num_demos=2", "method.max_new_tokens=4", method="few_shot_cot")
+    result = promptlab.train.run(cfg, run_dir)
+    assert result["status"] == "completed" and result["num_demos"] == 2
+    for _question, answer in seen["demos"]:  # Auto-CoT: trigger, the model's reasoning, cue, the gold label
+        assert answer.startswith(cfg.method.trigger) and answer.endswith(("negative.", "positive."))
+        assert cfg.method.answer_cue in answer
+    costs = result["costs"]
+    assert 0 < costs["demo_generated_tokens"] <= 2 * 4 and costs["demo_generation_seconds"] > 0
+    _, out = run_eval(run_dir, [])  # greedy: the same demonstrations are written again
+    assert read_predictions(out) == read_predictions(run_dir)
 
 
 def test_few_shot_cot_generation_run(gen_cfg, run_dir):

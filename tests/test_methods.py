@@ -214,7 +214,6 @@ def test_bad_num_virtual_tokens_fails_before_model_load(make_cfg, run_dir, monke
         ("few_shot", "method.num_demos=-1", "num_demos=-1"),
         ("zero_shot", "method.num_demos=2", "zero_shot"),
         ("few_shot", "method.num_demos=5", "num_demos=5"),  # the 2-shot pool has 4 examples
-        ("few_shot_cot", (), "few-shot chain-of-thought"),  # sst2 is a choice task: no worked solutions
         ("zero_shot_cot", "method.trigger=''", "method.trigger"),
         ("zero_shot_cot", "method.max_new_tokens=0", "method.max_new_tokens"),
         ("zero_shot", "method.type=nope", "not registered"),

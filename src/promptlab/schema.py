@@ -91,6 +91,7 @@ COST_KEYS = (
     "train_seconds", "train_steps", "train_examples_seen", "train_tokens_seen", "train_examples_per_second",
     "eval_seconds", "eval_examples", "eval_examples_per_second",
     "generated_tokens", "generation_seconds", "generated_tokens_per_second",
+    "demo_generated_tokens", "demo_generation_seconds",  # model-written demonstrations (few-shot CoT)
     "peak_rss_mb", "peak_rss_reset_per_run", "peak_gpu_mb", "checkpoint_bytes", "truncated_prompts",
 )
 

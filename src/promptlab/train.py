@@ -83,8 +83,9 @@ def plan(cfg: DictConfig) -> Plan:
 
 def build_module(p: Plan, backbone: Backbone, model: torch.nn.Module) -> tuple[PromptModule, Encoder]:
     tok = backbone.tokenizer
-    encoder = Encoder(tok, p.spec, [p.method.demo(p.spec, d) for d in p.demos], p.method.assistant_prefix)
-    return PromptModule(model, p.method.readout(tok, p.spec), p.method.optim()), encoder
+    readout = p.method.readout(tok, p.spec)
+    demos = p.method.demos(model, tok, p.spec, p.demos, readout)
+    return PromptModule(model, readout, p.method.optim()), Encoder(tok, p.spec, demos, p.method.assistant_prefix)
 
 
 def make_trainer(cfg: DictConfig, run_dir: Path, loggers: list, trains: bool) -> L.Trainer:
@@ -139,6 +140,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
             "train_tokens_seen": module.tokens_seen,
             "train_examples_per_second": module.examples_seen / train_seconds if train_seconds else None,
             **ev.costs(),
+            **p.method.demo_costs,
             "peak_rss_mb": round(memory.peak_rss_mb(), 1),
             "peak_rss_reset_per_run": memory.reset_ok,
             "peak_gpu_mb": memory.peak_gpu_mb(),

@@ -70,6 +70,15 @@ class Method:
         """A demonstration as a (question, answer) chat turn pair."""
         return render(task.prompt_template, row), task.target_of(row)
 
+    def demos(self, model: torch.nn.Module, tokenizer, task: TaskSpec, rows: list[dict], readout) -> list[tuple[str, str]]:
+        """All demonstrations, once the model is loaded (a method may have the model write part of them)."""
+        return [self.demo(task, r) for r in rows]
+
+    @property
+    def demo_costs(self) -> dict[str, float]:
+        """What writing the demonstrations cost (generated tokens and seconds; zero when nothing was written)."""
+        return {"demo_generated_tokens": 0, "demo_generation_seconds": 0.0}
+
     def readout(self, tokenizer, task: TaskSpec):
         if task.output_type == "choice":
             return ChoiceReadout(tokenizer.pad_token_id)

@@ -1,6 +1,9 @@
 """Chain-of-thought prompting (Wei et al. 2022; Kojima et al. 2022): the answer starts with a reasoning
 trigger ("Let's think step by step."), so the model writes its reasoning first. Zero-shot CoT has no
 demonstrations; few-shot CoT shows worked solutions (the task's target, e.g. GSM8K's) after the trigger.
+Choice tasks have labels but no worked solutions: there the model writes each demonstration's reasoning
+itself with zero-shot CoT and the gold answer follows the cue (Auto-CoT, Zhang et al. 2022); that
+generation is recorded as the demonstrations' cost.
 
 On a generate task the task's filters extract the final answer from the text. On a choice task the
 reasoning is followed by an answer cue and the choices are rank-scored there (``CoTChoiceReadout``).
@@ -10,7 +13,7 @@ from __future__ import annotations
 
 from promptlab.errors import ConfigError
 from promptlab.methods import Method, is_int, register
-from promptlab.prompts import render
+from promptlab.prompts import Encoder, render
 from promptlab.readout import ChoiceReadout, CoTChoiceReadout, GenerateReadout
 
 
@@ -28,13 +31,25 @@ class ChainOfThought(Method):
         if not is_int(c.max_new_tokens, 1):
             raise ConfigError(f"method.max_new_tokens={c.max_new_tokens!r} is not a whole number >= 1",
                               "use e.g. method.max_new_tokens=128 (reasoning length on choice tasks)")
-        if task.output_type == "choice" and self.num_demos:
-            raise ConfigError(
-                f"few-shot chain-of-thought needs worked solutions, and the choice task {task.name} has none "
-                "(only labels)", "use method=zero_shot_cot on choice tasks, or a generate task such as gsm8k")
 
     def demo(self, task, row: dict) -> tuple[str, str]:
         return render(task.prompt_template, row), f"{self.cfg.trigger} {task.target_of(row)}"
+
+    def demos(self, model, tokenizer, task, rows, readout) -> list[tuple[str, str]]:
+        if task.output_type == "generate" or not rows:
+            return super().demos(model, tokenizer, task, rows, readout)
+        c = self.cfg
+        encoder = Encoder(tokenizer, task, (), self.assistant_prefix)  # the zero-shot CoT prompt of each demo
+        before = readout.gen.generated_tokens, readout.gen.generation_seconds
+        written = readout.gen.generate(model, [encoder.prompt_ids(r) for r in rows])
+        self._demo_costs = {"demo_generated_tokens": readout.gen.generated_tokens - before[0],
+                            "demo_generation_seconds": round(readout.gen.generation_seconds - before[1], 3)}
+        return [(render(task.prompt_template, r), f"{c.trigger} {g.text} {c.answer_cue} {task.target_of(r)}.")
+                for r, g in zip(rows, written, strict=True)]
+
+    @property
+    def demo_costs(self) -> dict[str, float]:
+        return getattr(self, "_demo_costs", None) or super().demo_costs
 
     def readout(self, tokenizer, task):
         if task.output_type == "generate":
