@@ -106,9 +106,10 @@ def write_run(root: Path, rel: str, method: str, seed: int, value: float | None 
                         "train_examples_per_second": 28.5 if trained else None, "eval_seconds": 0.5,
                         "eval_examples": N_EVAL, "peak_rss_mb": 650.0, "peak_rss_reset_per_run": True,
                         "peak_gpu_mb": None}
-        if gen_costs:
-            rec["costs"] |= {"generated_tokens": 3000, "generation_seconds": 12.0,
-                             "generated_tokens_per_second": 250.0}
+        # as promptlab-train writes them: choice runs generate nothing (0, not a gap)
+        rec["costs"] |= ({"generated_tokens": 3000, "generation_seconds": 12.0, "generated_tokens_per_second": 250.0}
+                         if gen_costs else {"generated_tokens": 0, "generation_seconds": 0.0,
+                                            "generated_tokens_per_second": None})
         rec.update(num_train_examples=32 if trained else 0, finished_at="2026-11-23T21:01:00")
         rows = _predictions(metric, scores)[::-1 if shuffle else 1]
         (run_dir / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -238,6 +239,7 @@ def test_generation_dataset_next_to_a_choice_one(runs, tmp_path):
     assert "45.0 ± 7.1" in samsum and "250" in samsum and "12 s" in samsum
     sst2_header = next(line for line in sst2.splitlines() if line.startswith("| Method"))
     assert "Accuracy (%)" in sst2_header and "Macro-F1 (%)" in sst2_header and "Gen tok/s" not in sst2_header
+    assert "Gen time" not in sst2_header
     assert "ROUGE-L ×100" in samsum and "Accuracy and macro-F1 in %" in sst2
     assert (tmp_path / "out" / "figures" / "samsum_score_vs_params.png") in report.files
     ax = plot_score_vs_params(load_runs(runs), dataset="samsum").axes[0]

@@ -212,6 +212,11 @@ def _has(summary: pd.DataFrame, col: str) -> bool:
     return bool(summary[col].notna().any())
 
 
+def _generates(summary: pd.DataFrame) -> bool:
+    """Whether any row generated text (choice runs record 0 generation seconds, not a gap)."""
+    return bool((summary["generation_seconds_mean"].fillna(0) > 0).any())
+
+
 def display_table(summary: pd.DataFrame, compact: bool = False) -> pd.DataFrame:
     """Summary rows of one dataset as strings with readable headers (compact: the stdout/README columns)."""
     cols: dict[str, pd.Series | list] = {"Method": summary["display_name"]}
@@ -230,9 +235,8 @@ def display_table(summary: pd.DataFrame, compact: bool = False) -> pd.DataFrame:
     cols["Train time"] = summary["train_seconds_mean"].map(fmt_seconds)
     if not compact:
         cols["Train ex/s"] = summary["train_examples_per_second_mean"].map(fmt_rate)
-    if _has(summary, "generated_tokens_per_second_mean"):
+    if _generates(summary):
         cols["Gen tok/s"] = summary["generated_tokens_per_second_mean"].map(fmt_rate)
-    if _has(summary, "generation_seconds_mean"):
         cols["Gen time"] = summary["generation_seconds_mean"].map(fmt_seconds)
     mark = summary["peak_rss_upper_bound"].map(lambda b: "*" if b else "")
     cols["Peak memory" if compact else "Peak RAM"] = summary["peak_rss_mb_max"].map(lambda m: fmt_bytes(m * 2**20)) + mark
@@ -272,7 +276,7 @@ def caption(summary: pd.DataFrame, compact: bool = False) -> str:
     notes = [_values_note(summary, not compact and _show_f1(summary))]
     if not compact:
         notes.append("Costs: mean over completed runs (peak memory: maximum); sizes in binary units (1 KB = 1024 B).")
-        if _has(summary, "generation_seconds_mean") or _has(summary, "generated_tokens_per_second_mean"):
+        if _generates(summary):
             notes.append("Gen tok/s, Gen time: generated tokens per second and seconds spent generating "
                          "(evaluation).")
     if summary["peak_rss_upper_bound"].any():
