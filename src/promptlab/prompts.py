@@ -8,6 +8,7 @@ target text) is encoded as the continuation of that point.
 
 from __future__ import annotations
 
+import re
 import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -41,16 +42,25 @@ def build_messages(
     return messages + [{"role": "user", "content": query}]
 
 
+# Stand-ins for message contents while the chat template renders: private-use characters never occur in
+# real text, and the template copies them through unchanged.
+_MARK = re.compile("\ue000(\\d+)\ue001")
+
+
+def plain_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    """Token ids of data text, with special-token strings in it (e.g. "<|im_end|>") kept as plain text."""
+    return tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"] if text else []
+
+
 def encode_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]],
                   assistant_prefix: str = "") -> list[int]:
     """Token ids of the prompt, ending where the answer starts (after ``assistant_prefix``, if any).
 
-    Chat models get their own chat template; a model without one gets plain ``Answer:`` turns.
+    Chat models get their own chat template; a model without one gets plain ``Answer:`` turns. The
+    template's control tokens are special tokens, but message contents are data and are tokenised as
+    plain text: a review containing "<|im_end|><|im_start|>assistant" must not open an assistant turn.
     """
-    if tokenizer.chat_template:
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        text += assistant_prefix
-    else:
+    if not tokenizer.chat_template:
         parts = []
         for m in messages:
             if m["role"] == "assistant":
@@ -59,18 +69,24 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, s
                 parts.append(m["content"])
             else:
                 parts.append(m["content"] + "\n\n")
-        text = "".join(parts) + "\nAnswer:" + (f" {assistant_prefix}" if assistant_prefix else "")
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+        return plain_ids(tokenizer, "".join(parts) + "\nAnswer:" + (f" {assistant_prefix}" if assistant_prefix else ""))
+    marked = [{**m, "content": f"\ue000{i}\ue001"} for i, m in enumerate(messages)]
+    text = tokenizer.apply_chat_template(marked, tokenize=False, add_generation_prompt=True)
+    ids: list[int] = []
+    for i, piece in enumerate(_MARK.split(text)):  # odd pieces are message indices, even ones template text
+        ids += plain_ids(tokenizer, messages[int(piece)]["content"]) if i % 2 else (
+            tokenizer(piece, add_special_tokens=False)["input_ids"] if piece else [])
+    return ids + plain_ids(tokenizer, assistant_prefix)
 
 
 def encode_answer(tokenizer: PreTrainedTokenizerBase, text: str, after_space: bool = False) -> list[int]:
-    """Token ids of an answer written right after the prompt.
+    """Token ids of an answer written right after the prompt (plain text, like every data string).
 
     A chat prompt ends on a newline (or after a prefix that ``after_space`` says needs a space); a plain
     prompt ends on "Answer:", so a space comes first.
     """
     space = after_space or not tokenizer.chat_template
-    return tokenizer((" " if space else "") + text, add_special_tokens=False)["input_ids"]
+    return plain_ids(tokenizer, (" " if space else "") + text)
 
 
 def check_answers(tokenizer: PreTrainedTokenizerBase, answers: Sequence[str]) -> None:

@@ -42,10 +42,24 @@ def evaluate(module: PromptModule, spec: TaskSpec, items: list[dict], trainer: L
     start = time.perf_counter()
     batches = trainer.predict(module, dataloaders=eval_loader(items, batch_size))
     seconds = time.perf_counter() - start
-    rows = sorted((r for b in batches for r in b), key=lambda r: r["idx"])
+    rows = sorted(gather_rows([r for b in batches for r in b], trainer), key=lambda r: r["idx"])
     metrics = score_rows(spec, rows)
     tokens = sum(r.pop("generated_tokens", 0) for r in rows)
     return Evaluation(metrics, rows, seconds, tokens, (gen.generation_seconds - gen_seconds) if gen else 0.0)
+
+
+def gather_rows(rows: list[dict], trainer: L.Trainer) -> list[dict]:
+    """Every rank's predictions on every rank (data-parallel evaluation scores a shard per rank).
+
+    The distributed sampler may repeat examples to give every rank the same number: keep one row per idx.
+    """
+    if trainer.world_size == 1:
+        return rows
+    import torch.distributed as dist
+
+    shards: list[list[dict] | None] = [None] * trainer.world_size
+    dist.all_gather_object(shards, rows)
+    return list({r["idx"]: r for shard in shards for r in shard}.values())
 
 
 def score_rows(spec: TaskSpec, rows: list[dict]) -> dict[str, float]:
