@@ -1,6 +1,6 @@
 """promptlab-report on synthetic run records (schema 2, and schema 1 still read): numbers checked by hand,
-primary metrics other than accuracy, non-completed runs, corrupt files, outputs, paired statistics, and the
-HTML dashboard rendered in headless Chromium."""
+primary metrics other than accuracy, non-completed runs, corrupt files, grouping by config (config.yaml),
+outputs, paired statistics, the HTML dashboard rendered in headless Chromium, and a real tiny-model sweep."""
 
 from __future__ import annotations
 
@@ -9,18 +9,25 @@ import logging
 import re
 import shutil
 import subprocess
+import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import compose_config, subprocess_env
+from omegaconf import OmegaConf
 from scipy import stats
 
+from promptlab import tracking
 from promptlab.report import (
+    configs,
     load_runs,
     main,
     method_colors,
     paired_bootstrap,
     pareto_front,
+    plot_prompt_sensitivity,
     plot_score_vs_params,
     plot_score_vs_time,
     significance,
@@ -30,7 +37,7 @@ from promptlab.report import (
     write_report,
 )
 from promptlab.report import records as records_mod
-from promptlab.report.tables import display_table
+from promptlab.report.tables import REPEATS_NOTE, caption, display_table
 from promptlab.schema import Machine, MethodInfo, RunResult
 
 N_EVAL = 100
@@ -85,13 +92,22 @@ def _scores(value: float, metric: str) -> np.ndarray:
     return value + np.linspace(-0.1, 0.1, N_EVAL)
 
 
+def write_config(run_dir: Path, method: str, seed: int, overrides: Iterable[str]) -> None:
+    """config.yaml as promptlab-train writes it: the composed Hydra config (tiny model), resolved."""
+    cfg = compose_config(["model=tiny_random", f"method={method}", f"seed={seed}", *overrides])
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+
 def write_run(root: Path, rel: str, method: str, seed: int, value: float | None = None, *, scores=None,
               shuffle: bool = False, error: str | None = None, costs: dict | None = None,
-              gen_costs: bool = False, **record) -> Path:
-    """A run directory like promptlab-train writes: result.json (``make_record(**record)``) and, once
-    completed, predictions.jsonl with per-example ``scores`` (default: from ``value``)."""
+              gen_costs: bool = False, config: Iterable[str] | None = None, **record) -> Path:
+    """A run directory like promptlab-train writes: result.json (``make_record(**record)``), config.yaml when
+    ``config`` (overrides) is given and, once completed, predictions.jsonl with per-example ``scores``
+    (default: from ``value``)."""
     run_dir = root / rel
     run_dir.mkdir(parents=True)
+    if config is not None:
+        write_config(run_dir, method, seed, config)
     rec = make_record(rel, method, seed, **record)
     if rec["status"] == "completed":
         metric = rec["primary_metric"]
@@ -387,6 +403,114 @@ def test_rerun_of_a_seed_replaces_the_earlier_run(tmp_path):
     assert pt["score_mean"] == pytest.approx(70.0)
 
 
+def test_sweep_of_num_virtual_tokens_gives_a_row_per_value(tmp_path):
+    """The README's sweep: one row per num_virtual_tokens, each with its own seeds, labelled with its value."""
+    for n, accs in {5: [0.5, 0.6], 20: [0.7, 0.8]}.items():
+        for seed, acc in enumerate(accs):
+            write_run(tmp_path, f"sweep/{n}_s{seed}", "prompt_tuning", seed, acc,
+                      config=[f"method.num_virtual_tokens={n}"])
+    df = load_runs(tmp_path)
+    assert df["group_key"].nunique() == 2 and len(records_mod.latest_completed(df)) == 4
+    summary = summarize(df)
+    assert list(summary["config_label"]) == ["num_virtual_tokens=5", "num_virtual_tokens=20"]
+    assert list(summary["config_diff"]) == ["method.num_virtual_tokens=5", "method.num_virtual_tokens=20"]
+    assert list(summary["seeds"]) == ["0 1", "0 1"]
+    assert list(summary["score_mean"]) == [pytest.approx(55.0), pytest.approx(75.0)]
+    labels = ["Prompt tuning (num_virtual_tokens=5)", "Prompt tuning (num_virtual_tokens=20)"]
+    assert list(display_table(summary)["Method"]) == labels
+    sig = significance(df)
+    assert [sig["method_a"].iloc[0], sig["method_b"].iloc[0]] == labels and sig["n_seeds"].iloc[0] == 2
+    ax = plot_score_vs_params(df).axes[0]
+    assert set(labels) <= {t.get_text() for t in ax.get_legend().get_texts()}
+    markers = {c.get_label(): c.lines[0].get_marker() for c in ax.containers}  # one colour: a marker each
+    assert markers[labels[0]] != markers[labels[1]]
+
+    report = write_report(tmp_path, tmp_path / "out")
+    assert all(label in report.stdout for label in labels)
+    import pandas as pd
+
+    assert list(pd.read_csv(tmp_path / "out" / "table.csv")["config_diff"]) == list(summary["config_diff"])
+
+
+def test_labels_name_only_differing_keys_by_their_shortest_unambiguous_suffix(tmp_path):
+    write_run(tmp_path, "a", "prompt_tuning", 0, 0.5, config=["method.max_steps=3"])
+    write_run(tmp_path, "b", "prompt_tuning", 0, 0.6, config=["method.max_steps=30", "method.lr=0.1"])
+    summary = summarize(load_runs(tmp_path))
+    # trainer.max_steps mirrors method.max_steps: in the full diff, not repeated in the label
+    assert list(summary["config_label"]) == ["lr=0.03, method.max_steps=3", "lr=0.1, method.max_steps=30"]
+    assert summary["config_diff"].iloc[0] == "method.lr=0.03; method.max_steps=3; trainer.max_steps=3"
+    assert summary["n_seeds"].tolist() == [1, 1]  # the same seed with another config: another row
+    assert configs.short_name("data.eval_limit", ["data.eval_limit", "data.name", "model.name"]) == "eval_limit"
+    assert configs.short_name("model.name", ["data.hub.name", "data.name", "model.name"]) == "model.name"
+
+
+def test_runs_with_another_eval_limit_are_another_row(tmp_path):
+    for limit in (16, 32):
+        for seed in range(2):
+            write_run(tmp_path, f"zs_{limit}_s{seed}", "zero_shot", seed, 0.4 + limit / 100,
+                      config=[f"data.eval_limit={limit}"])
+    df = load_runs(tmp_path)
+    summary = summarize(df)
+    assert list(summary["config_label"]) == ["eval_limit=16", "eval_limit=32"]
+    assert list(summary["n_seeds"]) == [2, 2]
+    ticks = [t.get_text() for t in plot_prompt_sensitivity(df).axes[0].get_xticklabels()]
+    assert "eval_limit=16" in ticks[0] and "eval_limit=32" in ticks[1]
+
+
+def test_identical_configs_with_other_seeds_are_one_row(tmp_path):
+    for seed in range(2):
+        write_run(tmp_path, f"s{seed}", "prompt_tuning", seed, 0.5 + 0.1 * seed, config=[])
+    summary = summarize(load_runs(tmp_path))
+    pt = row(summary, "prompt_tuning")
+    assert (pt["n_seeds"], pt["n_repeats"], pt["config_label"]) == (2, 0, "")
+    assert display_table(summary)["Method"].tolist() == ["Prompt tuning"]
+
+
+def test_exact_repeat_of_a_run_is_counted_not_lost(tmp_path):
+    write_run(tmp_path, "a", "prompt_tuning", 0, 0.5, config=[])
+    rerun = write_run(tmp_path, "b", "prompt_tuning", 0, 0.7, config=[])
+    rec = json.loads((rerun / "result.json").read_text())
+    (rerun / "result.json").write_text(json.dumps({**rec, "finished_at": "2026-11-24T09:00:00"}))
+    summary = summarize(load_runs(tmp_path))
+    pt = row(summary, "prompt_tuning")
+    assert (pt["n_seeds"], pt["n_completed"], pt["n_repeats"]) == (1, 2, 1)
+    assert pt["score_mean"] == pytest.approx(70.0)  # the latest run of the seed
+    table = display_table(summary, compact=True)
+    assert (table["Seeds"].iloc[0], table["Runs"].iloc[0]) == ("1", "2")
+    assert REPEATS_NOTE in caption(summary)
+
+
+def test_runs_without_a_readable_config_still_read(tmp_path, caplog):
+    write_run(tmp_path, "new", "prompt_tuning", 0, 0.5, config=[])
+    write_run(tmp_path, "old", "prompt_tuning", 1, 0.7)  # written before config.yaml
+    broken = write_run(tmp_path, "broken", "prompt_tuning", 2, 0.6)
+    (broken / "config.yaml").write_text("method: {name: [unclosed\n")
+    with caplog.at_level(logging.WARNING, logger="promptlab.report"):
+        df = load_runs(tmp_path)
+    assert any("broken/config.yaml" in r.getMessage() for r in caplog.records)
+    assert len(df) == 3 and df["group_key"].isna().sum() == 2
+    summary = summarize(df)
+    assert list(summary["config_label"]) == ["", "config unknown"]
+    assert list(summary["n_seeds"]) == [1, 2]  # the two without a config: grouped by their records, as before
+
+
+def test_non_semantic_keys_mirror_tracking():
+    assert configs.NON_SEMANTIC_KEYS == tracking.NON_SEMANTIC_KEYS
+
+
+def test_cli_on_a_real_tiny_model_sweep(tmp_path, data_root, capsys):
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "promptlab.train", "-m", "model=tiny_random", "logger=none", "data.k_shot=2",
+           f"paths.data_root={data_root}", f"paths.cache_dir={tmp_path / 'cache'}", "method=prompt_tuning",
+           "method.max_steps=2", "method.batch_size=4", "method.num_virtual_tokens=5,20", f"hydra.sweep.dir={sweep}"]
+    done = subprocess.run(cmd, env=subprocess_env(), stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert main([str(sweep)]) == 0
+    out = capsys.readouterr().out
+    assert "Prompt tuning (num_virtual_tokens=5)" in out and "Prompt tuning (num_virtual_tokens=20)" in out
+
+
 def test_paired_bootstrap_is_scipys_and_covers_the_true_mean():
     rng = np.random.default_rng(1)
     a, b = rng.random(200) < 0.8, rng.random(200) < 0.4
@@ -516,6 +640,7 @@ def test_wandb_runs_become_rows(runs, monkeypatch):
     assert (new["dataset"], new["metric"], new["score"]) == ("samsum", "rougeL", 0.4)
     assert new["status"] == "completed"
     assert new["display_name"] == "Prompt tuning" and new["machine"] == f"{CPU} (2 cores)"
+    assert old["group_key"] == new["group_key"] is not None  # the run's config, minus the logged record
 
 
 def test_dashboard_is_self_contained(runs, tmp_path):

@@ -80,7 +80,8 @@ def test_rerun_skips_completed_members_and_force_redoes(tmp_path, data_root):
 
     again = _multirun(tmp_path, data_root, "seed=1,2")
     assert again.returncode == 0, again.stderr[-2000:]
-    assert again.stdout.count("skipped") + again.stderr.count("skipped") == 2
+    assert (again.stdout + again.stderr).count("already completed with config hash") == 2
+    assert "sweep" in again.stderr and ": 2 skipped" in again.stderr  # the summary
     assert [read_result(j)["run_id"] for j in jobs] == ids  # untouched
 
     forced = _multirun(tmp_path, data_root, "seed=1,2", "skip_completed=false")
@@ -91,12 +92,15 @@ def test_rerun_skips_completed_members_and_force_redoes(tmp_path, data_root):
 def test_failing_member_is_recorded_and_sweep_continues(tmp_path, data_root):
     # k_shot=100 is more than the 6 examples per class the tiny data has: members fail, the sweep goes on.
     proc = _multirun(tmp_path, data_root, "method=few_shot", "data.k_shot=2,100")
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.returncode == 1, proc.stderr[-2000:]  # the sweep ran to its end, and says a member failed
     records = {json.loads(p.read_text())["k_shot"]: json.loads(p.read_text())
                for p in (tmp_path / "sweep").glob("*/result.json")}
     assert records[2]["status"] == "completed"
     assert records[100]["status"] == "failed" and "k_shot=100" in records[100]["error"]
     assert "Traceback" not in proc.stderr
+    # the summary: one line for the sweep, one per member that did not complete (dir, status, first error line)
+    assert f"promptlab: sweep {tmp_path / 'sweep'}: 1 completed, 1 failed" in proc.stderr
+    assert f"  failed: {tmp_path / 'sweep' / '1_few_shot_sst2_s0'}: ConfigError: k_shot=100" in proc.stderr
 
 
 def test_sweep_members_share_dir_and_wandb_group(tmp_path, data_root):

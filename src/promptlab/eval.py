@@ -80,6 +80,7 @@ def run_eval(source: Path, overrides: list[str]) -> tuple[dict, Path]:
     quiet_third_party_noise()
     memory = PeakMemory()
     memory.reset()
+    record.start_heartbeat()
     try:
         record.describe(p.method.info(), p.spec, get_metric(p.spec.primary_metric).higher_is_better)
         backbone = load_backbone(cfg.model, cfg.paths.cache_dir)
@@ -94,6 +95,8 @@ def run_eval(source: Path, overrides: list[str]) -> tuple[dict, Path]:
     except BaseException as err:
         record.fail(err)
         raise
+    finally:
+        record.close()
 
 
 def main(argv: list[str] | None = None) -> int:

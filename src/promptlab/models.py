@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import socket
 import time
@@ -39,8 +40,47 @@ class Backbone:
     from_cache: bool
 
 
+SOURCES = ("bundled_gguf", "hub", "tiny_random")
+HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")  # "gpt2" or "org/name"
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def check_model(cfg: DictConfig) -> None:
+    """Everything about a ``model/`` config that can be known without loading it; ConfigError otherwise."""
+    source = cfg.get("source")
+    if source not in SOURCES:
+        raise ConfigError(f"unknown model.source {source!r}", f"use one of: {', '.join(SOURCES)}")
+    dtype = cfg.get("dtype", "float32")
+    if not isinstance(getattr(torch, str(dtype), None), torch.dtype):
+        raise ConfigError(f"model.dtype={dtype!r} is not a torch dtype", "use float32, bfloat16 or float16")
+    if source == "hub":
+        check_hub_id(cfg.get("hub_id"))
+
+
+def check_hub_id(hub_id: object) -> None:
+    """A Hub id (``org/name``) or a local model folder; a path that does not hold a model is named here,
+    not reported later as "not in the Hugging Face cache"."""
+    if not isinstance(hub_id, str) or not hub_id.strip():
+        raise ConfigError(f"model.hub_id={hub_id!r} is empty", "use model.hub_id=org/name or a local model folder")
+    path = Path(hub_id).expanduser()
+    looks_local = hub_id.startswith(("/", ".", "~")) or not HUB_ID.match(hub_id) or path.exists()
+    if not looks_local:
+        return
+    if not path.exists():
+        raise ConfigError(f"model.hub_id={hub_id} is a local path that does not exist",
+                          "point model.hub_id at a folder written by save_pretrained, or use a Hub id org/name")
+    wanted = (("config.json", ("config.json",)), ("weights (*.safetensors, *.bin)", WEIGHT_FILES),
+              ("tokenizer files", TOKENIZER_FILES))
+    missing = [what for what, patterns in wanted if not path.is_dir() or not any(any(path.glob(p)) for p in patterns)]
+    if missing:
+        raise ConfigError(f"{path} is not a model folder: it lacks {', '.join(missing)}",
+                          "point model.hub_id at a folder written by save_pretrained (model and tokenizer)")
+
+
 def load_backbone(cfg: DictConfig, cache_dir: str | os.PathLike) -> Backbone:
     """Load the backbone named by a ``model/`` config."""
+    check_model(cfg)
     start = time.perf_counter()
     dtype = getattr(torch, cfg.get("dtype", "float32"))
     if cfg.source == "bundled_gguf":
@@ -50,15 +90,11 @@ def load_backbone(cfg: DictConfig, cache_dir: str | os.PathLike) -> Backbone:
     elif cfg.source == "hub":
         path, from_cache = cfg.hub_id, True
         model, tokenizer = _from_hub(cfg.hub_id, cfg.get("revision"), dtype)
-    elif cfg.source == "tiny_random":
+    else:  # tiny_random (check_model admits no other source)
         path, from_cache = str(Path(cache_dir).expanduser() / "tiny_random_tokenizer"), False
         tokenizer = tiny_tokenizer()
         tokenizer.save_pretrained(path)
         model = tiny_llama(tokenizer, cfg)
-    else:
-        raise ConfigError(
-            f"unknown model.source '{cfg.source}'", "use one of: bundled_gguf, hub, tiny_random"
-        )
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return Backbone(model, tokenizer, str(path), time.perf_counter() - start, from_cache)
@@ -115,7 +151,7 @@ def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
 
 
 def _from_hub(hub_id: str, revision: str | None, dtype: torch.dtype):
-    if not hub_reachable():
+    if not Path(hub_id).expanduser().is_dir() and not hub_reachable():
         # Say we are offline, or transformers retries the Hub for ~25 s even with local_files_only=True.
         import huggingface_hub.constants
 

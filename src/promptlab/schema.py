@@ -13,10 +13,15 @@ Conventions, in one place:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from typing import Any, Literal
 
 SCHEMA_VERSION = 2
-Status = Literal["running", "completed", "failed"]
+HEARTBEAT_SECONDS = 60  # a running record's heartbeat_at is refreshed this often
+STALE_AFTER_SECONDS = 3 * HEARTBEAT_SECONDS
+# interrupted: stopped by SIGINT/SIGTERM (``error`` names the signal). A ``running`` record whose heartbeat is
+# older than STALE_AFTER_SECONDS belongs to a process that died without a word (SIGKILL, power loss).
+Status = Literal["running", "completed", "failed", "interrupted"]
 Kind = Literal["train", "eval"]  # promptlab-train, or promptlab-eval re-scoring a saved run
 OutputType = Literal["choice", "generate"]
 
@@ -80,6 +85,9 @@ class RunResult:
     finished_at: str | None = None
     error: str | None = None
     traceback: str | None = None
+    pid: int | None = None  # the process that wrote the record, and its host
+    host: str | None = None
+    heartbeat_at: str | None = None  # refreshed while running (see is_stale)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -118,6 +126,21 @@ def record_problem(rec: Any) -> str | None:
         if not isinstance(rec.get(section) or {}, dict):
             return f"{section!r} is not an object"
     return None
+
+
+def is_stale(rec: dict, now: datetime | None = None) -> bool:
+    """A ``running`` record whose process stopped writing its heartbeat: it died (e.g. SIGKILL) or hangs.
+
+    Records without a heartbeat (written before it existed) are never called stale.
+    """
+    beat = rec.get("heartbeat_at") if rec.get("status") == "running" else None
+    if not isinstance(beat, str):
+        return False
+    try:
+        then = datetime.fromisoformat(beat)
+    except ValueError:
+        return False
+    return ((now or datetime.now(timezone.utc)) - then).total_seconds() > STALE_AFTER_SECONDS
 
 
 def primary_metric(rec: dict) -> str:

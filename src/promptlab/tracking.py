@@ -4,25 +4,46 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import platform
 import resource
+import signal
+import socket
 import subprocess
 import tempfile
+import threading
 import traceback
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from promptlab.schema import SCHEMA_VERSION, Machine, MethodInfo
+from promptlab import signals
+from promptlab.schema import HEARTBEAT_SECONDS, SCHEMA_VERSION, Machine, MethodInfo
+
+log = logging.getLogger("promptlab")
 
 # Parts of the config that do not change what a run computes: left out of the config hash.
 NON_SEMANTIC_KEYS = ("paths", "logger", "hydra", "tags", "skip_completed", "num_threads")
+
+
+def _file_mode() -> int:
+    """What ``open()`` would give a new file (0644 under the usual umask 022). mkstemp's 0600 would hide
+    records from the rest of a group sharing a runs dir."""
+    umask = os.umask(0o022)  # reading the umask means setting it: done once, at import, not per write
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+FILE_MODE = _file_mode()
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -30,6 +51,7 @@ def _write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
@@ -150,39 +172,77 @@ def load_average() -> list[float]:
         return []
 
 
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+def _value(node: Any, key: str) -> Any:
+    """``node[key]`` as a JSON scalar, or None: a record is written even for a config that does not resolve
+    or holds values of the wrong type (the run then fails with a ConfigError saying which)."""
+    try:
+        value = node.get(key)
+    except Exception:  # an interpolation that does not resolve, a node that is not a mapping
+        return None
+    return value if value is None or isinstance(value, str | int | float | bool) else str(value)
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _config_text(cfg: DictConfig) -> tuple[str, str | None]:
+    """(config.yaml text, config hash); unresolved text and no hash when the config does not resolve."""
+    try:
+        return OmegaConf.to_yaml(cfg, resolve=True), config_hash(cfg)
+    except Exception:
+        return OmegaConf.to_yaml(cfg), None
+
+
 class RunRecord:
     """The run's ``result.json`` (``promptlab.schema.RunResult``): written at start (running), described once
-    the task and method are validated, and written again at the end (completed/failed)."""
+    the task and method are validated, refreshed by a heartbeat while running, and written a last time at
+    the end (completed/failed/interrupted).
+
+    One lock orders every write, so the heartbeat thread never writes over the final record.
+    """
 
     def __init__(self, run_dir: str | os.PathLike, cfg: DictConfig, run_id: str, kind: str = "train"):
         self.dir = Path(run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        data, method = cfg.data, cfg.method
+        text, digest = _config_text(cfg)
+        (self.dir / "config.yaml").write_text(text)
+        self.phase = "setup"  # what the run was doing: named in the error of an interrupted run
+        self._lock = threading.RLock()
+        self._done = False
+        self._stop = threading.Event()
+        data, method = cfg.get("data") or {}, cfg.get("method") or {}
         self.data: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
             "run_id": run_id,
             "status": "running",
             "kind": kind,
-            "method": method.get("name"),
+            "method": _value(method, "name"),
             "method_info": None,
-            "model": cfg.model.get("name"),
-            "dataset": data.get("name"),
-            "output_type": data.get("output_type"),
-            "primary_metric": data.get("primary_metric"),
+            "model": _value(cfg.get("model") or {}, "name"),
+            "dataset": _value(data, "name"),
+            "output_type": _value(data, "output_type"),
+            "primary_metric": _value(data, "primary_metric"),
             "higher_is_better": None,
             "chance": None,
-            "seed": cfg.get("seed"),
-            "k_shot": data.get("k_shot"),
-            "train_size": data.get("train_size"),
-            "template_id": data.get("template"),
-            "num_demos": method.get("num_demos", 0),
-            "eval_split": data.get("eval_split"),
-            "config_hash": config_hash(cfg),
+            "seed": _int_or_none(_value(cfg, "seed")),
+            "k_shot": _int_or_none(_value(data, "k_shot")),
+            "train_size": _int_or_none(_value(data, "train_size")),
+            "template_id": _int_or_none(_value(data, "template")),
+            "num_demos": _int_or_none(_value(method, "num_demos")) or 0,
+            "eval_split": _value(data, "eval_split"),
+            "config_hash": digest,
             "git_commit": git_commit(Path(__file__).parent),
             "versions": versions(),
             "machine": machine_info(),
-            "started_at": datetime.now(timezone.utc).isoformat(),
+            "started_at": _now(),
+            "pid": os.getpid(),
+            "host": platform.node(),
+            "heartbeat_at": _now(),
             "metrics": {},
             "costs": {},
         }
@@ -193,38 +253,109 @@ class RunRecord:
         return self.dir / "result.json"
 
     def write(self) -> None:
-        write_json_atomic(self.path, self.data)
+        # deferred: a signal during the write is raised after it, so the file is never left half-updated
+        with self._lock, signals.deferred():
+            write_json_atomic(self.path, self.data)
+
+    def start_heartbeat(self, every: float = HEARTBEAT_SECONDS) -> None:
+        """Refresh ``heartbeat_at`` every ``every`` seconds until the run ends: a record whose heartbeat is old
+        belongs to a process that died without a word (``schema.is_stale``)."""
+        threading.Thread(target=self._beat, args=(every,), name="promptlab-heartbeat", daemon=True).start()
+
+    def _beat(self, every: float) -> None:
+        while not self._stop.wait(every):
+            with self._lock:
+                if self._done:
+                    return
+                self.data["heartbeat_at"] = _now()
+                try:
+                    self.write()
+                except OSError as err:  # a full disk must not kill the run; the next beat tries again
+                    log.warning("could not refresh the heartbeat of %s: %s", self.path, err)
 
     def describe(self, method_info: MethodInfo, spec, higher_is_better: bool) -> None:
         """What the validated method and task are (display name, output type, primary metric, chance)."""
-        self.data.update(method_info=asdict(method_info), output_type=spec.output_type,
-                         primary_metric=spec.primary_metric, higher_is_better=higher_is_better, chance=spec.chance)
-        self.write()
+        with self._lock:
+            self.data.update(method_info=asdict(method_info), output_type=spec.output_type,
+                             primary_metric=spec.primary_metric, higher_is_better=higher_is_better,
+                             chance=spec.chance)
+            self.write()
 
-    def _finish(self, status: str) -> None:
-        self.data.update(status=status, finished_at=datetime.now(timezone.utc).isoformat())
-        self.data["machine"]["load_end"] = load_average()
-        self.write()
+    def _finish(self, status: str, **fields: Any) -> None:
+        """The last write; later calls change nothing (a signal after completion must not undo it)."""
+        with signals.deferred(), self._lock:
+            if self._done:
+                return
+            self._stop.set()
+            now = _now()
+            self.data.update(fields, status=status, finished_at=now, heartbeat_at=now)
+            self.data["machine"]["load_end"] = load_average()
+            self.write()
+            self._done = True
+
+    @property
+    def finished(self) -> bool:
+        return self._done
+
+    def close(self) -> None:
+        """Stop the heartbeat even if the last write failed: a dead run must not look alive."""
+        self._stop.set()
 
     def complete(self, metrics: dict, costs: dict, **extra: Any) -> None:
-        self.data.update(metrics=metrics, costs=costs, **extra)
-        self._finish("completed")
+        self._finish("completed", metrics=metrics, costs=costs, **extra)
 
     def fail(self, err: BaseException, costs: dict | None = None) -> None:
-        self.data.update(error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
-        if costs:
-            self.data["costs"] = costs
-        self._finish("failed")
+        """``failed`` with the error, or ``interrupted`` when ``err`` means SIGINT/SIGTERM."""
+        extra = {"costs": costs} if costs else {}
+        signum = signals.signal_of(err)
+        if signum is not None:
+            name = signal.Signals(signum).name
+            self._finish("interrupted", error=f"Interrupted: {name} during {self.phase}", traceback=None, **extra)
+            return
+        message = str(err).strip()
+        self._finish("failed", error=f"{type(err).__name__}: {message}" if message else type(err).__name__,
+                     traceback=traceback.format_exc(), **extra)
+
+
+def read_record(run_dir: str | os.PathLike) -> dict | None:
+    """The run's result.json, or None when there is none or it cannot be read."""
+    try:
+        record = json.loads((Path(run_dir) / "result.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def completed_record(run_dir: str | os.PathLike, cfg: DictConfig) -> dict | None:
     """The run's result.json if it completed with this exact config (same hash), else None."""
-    try:
-        record = json.loads((Path(run_dir) / "result.json").read_text())
-    except (OSError, ValueError):
-        return None
-    same = record.get("status") == "completed" and record.get("config_hash") == config_hash(cfg)
+    record = read_record(run_dir)
+    same = record is not None and record.get("status") == "completed" and record.get("config_hash") == config_hash(cfg)
     return record if same else None
+
+
+@contextmanager
+def run_lock(run_dir: str | os.PathLike) -> Iterator[bool]:
+    """Hold an exclusive lock on ``<run_dir>/.lock`` for the block; yields False when another live process
+    holds it (two sweeps in one directory must not both run a member). The OS drops the lock when its
+    holder dies, so a crashed run never leaves the directory locked. Where flock does not exist, yields True.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield True
+        return
+    path = Path(run_dir) / ".lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)  # closing releases the lock; the file stays (removing it would race with a new holder)
 
 
 def wandb_mode(requested: str) -> str:
@@ -243,21 +374,60 @@ def wandb_mode(requested: str) -> str:
         return "offline"
 
 
-def make_loggers(cfg: DictConfig, run_dir: Path, run_id: str) -> list:
-    """Lightning loggers from the ``logger/`` config: wandb, csv, both or none."""
+def wandb_server() -> tuple[str, int]:
+    """The wandb API's host and port (``WANDB_BASE_URL`` for a self-hosted server)."""
+    url = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai")
+    return url.hostname or "api.wandb.ai", url.port or (80 if url.scheme == "http" else 443)
+
+
+def wandb_reachable(timeout: float = 3.0) -> bool:
+    """True when the wandb API accepts a connection; fast (at most ``timeout``) when there is no network."""
+    try:
+        socket.create_connection(wandb_server(), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def effective_wandb_mode(requested: str) -> str:
+    """``wandb_mode``, made safe before anything loads: ``disabled`` when wandb cannot be imported, ``offline``
+    when online is asked but the server cannot be reached (wandb.init would wait 90 s). One warning each."""
+    mode = wandb_mode(requested)
+    if mode == "disabled":
+        return mode
+    try:
+        import wandb  # noqa: F401
+    except Exception as err:  # not installed, or broken: neither is a reason to lose the run
+        log.warning("wandb cannot be imported (%s): this run is not logged to wandb "
+                    "(fix: pip install wandb, or logger=csv)", err)
+        return "disabled"
+    if mode == "online" and not wandb_reachable():
+        host, port = wandb_server()
+        log.warning("wandb: %s:%d cannot be reached; logging offline under the run directory "
+                    "(`wandb sync` uploads it later)", host, port)
+        if os.environ.get("WANDB_MODE"):  # the environment would otherwise win over the logger's mode
+            os.environ["WANDB_MODE"] = "offline"
+        return "offline"
+    return mode
+
+
+def make_loggers(cfg: DictConfig, run_dir: Path, run_id: str, mode: str | None = None) -> list:
+    """Lightning loggers from the ``logger/`` config: wandb, csv, both or none. ``mode``: the wandb mode
+    already resolved by ``effective_wandb_mode`` (resolved here when None)."""
     from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
     loggers = []
     if cfg.logger.get("csv"):
         loggers.append(CSVLogger(save_dir=run_dir, name="csv", version=""))
     wb = cfg.logger.get("wandb")
-    if wb and wandb_mode(wb.mode) != "disabled":
+    mode = (mode or effective_wandb_mode(wb.mode)) if wb else "disabled"
+    if mode != "disabled":
         os.environ.setdefault("WANDB_SILENT", "true")
         os.environ.setdefault("WANDB_CONSOLE", "off")
         loggers.append(WandbLogger(
             name=run_id, id=run_id, project=wb.project, entity=wb.get("entity"), group=wb.get("group"),
             job_type=cfg.method.name, tags=[cfg.method.name, cfg.data.name, cfg.model.name, *wb.get("tags", [])],
-            save_dir=str(run_dir), mode=wandb_mode(wb.mode), config=OmegaConf.to_container(cfg, resolve=True),
+            save_dir=str(run_dir), mode=mode, config=OmegaConf.to_container(cfg, resolve=True),
             add_file_policy="immutable",
         ))
     return loggers

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 import time
 import uuid
@@ -22,24 +23,30 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from promptlab import signals, sweep
+from promptlab.config import Settings, check_writable, skip_completed
 from promptlab.data import PromptDataModule, eval_items
 from promptlab.errors import ConfigError
 from promptlab.evaluation.evaluate import evaluate
 from promptlab.evaluation.metrics import get_metric
 from promptlab.methods import Method, build_method, count_parameters
-from promptlab.models import Backbone, load_backbone
+from promptlab.models import Backbone, check_model, load_backbone
 from promptlab.module import PromptModule
 from promptlab.progress import progress_callbacks
 from promptlab.prompts import Encoder
+from promptlab.sweep import note
 from promptlab.tasks import Task, TaskSpec, load_task, sample_demos, training_subset
 from promptlab.tracking import (
     PeakMemory,
     RunRecord,
-    completed_record,
+    config_hash,
     dir_bytes,
+    effective_wandb_mode,
     finish_wandb,
     make_loggers,
     new_run_id,
+    read_record,
+    run_lock,
     write_jsonl_atomic,
 )
 
@@ -52,6 +59,8 @@ OmegaConf.register_new_resolver("uid", lambda: uuid.uuid4().hex[:6], use_cache=T
 def quiet_third_party_noise() -> None:
     """Silence library chatter that says nothing about the run (tips, deprecations inside libraries)."""
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    # "Received SIGTERM": promptlab says what it did about it (recorded, exit 143)
+    logging.getLogger("lightning.pytorch.trainer.connectors.signal_connector").setLevel(logging.WARNING)
     for pattern in (".*LeafSpec.*", ".*is_gradient_checkpointing.*", ".*anonymous setting.*",
                     ".*smaller than the logging interval.*", ".*does not have many workers.*",
                     ".*Position ids are not supported.*"):
@@ -62,6 +71,7 @@ def quiet_third_party_noise() -> None:
 class Plan:
     """Everything a run decides before the model loads (so every config error comes first)."""
 
+    settings: Settings
     spec: TaskSpec
     method: Method
     task: Task
@@ -69,16 +79,22 @@ class Plan:
     demos: list[dict]
 
 
+class OccupiedRunDir(ConfigError):
+    """The run directory holds a completed run of another configuration: it is never replaced."""
+
+
 def plan(cfg: DictConfig) -> Plan:
-    """Validate the task and method, load the data, draw the budget and the demonstrations."""
+    """Check the settings, model, task and method; load the data, draw the budget and the demonstrations."""
+    settings = Settings.from_config(cfg)  # first: typed values, before anything reads them
+    check_model(cfg.model)
     spec = TaskSpec.from_config(cfg.data)
     method = build_method(cfg.method)
     method.validate(spec)
     task = load_task(spec, cfg.paths.data_root)
     needs_train = method.trains or method.num_demos > 0
-    train_rows = training_subset(task, cfg.seed) if needs_train else []
-    demos = sample_demos(train_rows, task, method.num_demos, cfg.seed)
-    return Plan(spec, method, task, train_rows if method.trains else [], demos)
+    train_rows = training_subset(task, settings.seed) if needs_train else []
+    demos = sample_demos(train_rows, task, method.num_demos, settings.seed)
+    return Plan(settings, spec, method, task, train_rows if method.trains else [], demos)
 
 
 def build_module(p: Plan, backbone: Backbone, model: torch.nn.Module) -> tuple[PromptModule, Encoder]:
@@ -97,56 +113,64 @@ def make_trainer(cfg: DictConfig, run_dir: Path, loggers: list, trains: bool) ->
 
 
 def run(cfg: DictConfig, run_dir: str | Path) -> dict:
-    """One promptlab run in ``run_dir``; returns the run record (also written to result.json)."""
-    run_dir = Path(run_dir)
-    record = RunRecord(run_dir, cfg, new_run_id(cfg.method.name, cfg.data.name, cfg.seed))
+    """One promptlab run in ``run_dir``; returns the run record (also written to result.json).
+
+    SIGINT/SIGTERM at any point end it as ``interrupted`` (``signals.Interrupted`` is re-raised).
+    """
+    run_dir = check_writable(run_dir)  # nowhere to record a failure if this fails: a ConfigError, nothing else
+    with signals.handling():
+        run_id = new_run_id(_group_name(cfg, "method"), _group_name(cfg, "data"), cfg.get("seed"))
+        record = RunRecord(run_dir, cfg, run_id)
+        try:
+            record.start_heartbeat()
+            return _run(cfg, run_dir, record)
+        except BaseException as err:
+            record.fail(err)  # a no-op when _run recorded it; covers a signal before _run's own handler
+            raise
+        finally:
+            record.close()
+
+
+def _group_name(cfg: DictConfig, group: str) -> str:
+    """A group's name for the run id, whatever the config holds."""
+    try:
+        return str(cfg[group].name)
+    except Exception:
+        return group
+
+
+def _run(cfg: DictConfig, run_dir: Path, record: RunRecord) -> dict:
     quiet_third_party_noise()
     memory = PeakMemory()
     memory.reset()
     loggers, costs = [], {}
     try:
-        L.seed_everything(cfg.seed, workers=True, verbose=False)
-        if cfg.get("num_threads"):
-            torch.set_num_threads(cfg.num_threads)
+        record.phase = "loading data"  # and checking the config, which takes no time
         p = plan(cfg)  # all checks run before the (slow) model load
         record.describe(p.method.info(), p.spec, get_metric(p.spec.primary_metric).higher_is_better)
+        wandb = effective_wandb_mode(p.settings.wandb_mode) if p.settings.wandb_mode else "disabled"
+        L.seed_everything(p.settings.seed, workers=True, verbose=False)
+        if p.settings.num_threads:
+            torch.set_num_threads(p.settings.num_threads)
 
+        record.phase = "loading the model"
         backbone = load_backbone(cfg.model, cfg.paths.cache_dir)
         model = p.method.prepare(backbone, p.spec)
         module, encoder = build_module(p, backbone, model)
-        loggers = make_loggers(cfg, run_dir, record.data["run_id"])
+        loggers = make_loggers(cfg, run_dir, record.data["run_id"], mode=wandb)
         trainer = make_trainer(cfg, run_dir, loggers, p.method.trains)
         trainable, total = count_parameters(model)
         costs = {"trainable_params": trainable, "total_params": total, "trainable_fraction": trainable / total,
                  "model_load_seconds": round(backbone.load_seconds, 3)}
 
-        train_seconds, checkpoint = 0.0, None
-        if p.method.trains:
-            datamodule = PromptDataModule(encoder, p.train_rows, [], cfg.method.batch_size, cfg.eval_batch_size,
-                                          cfg.seed)
-            start = time.perf_counter()
-            trainer.fit(module, datamodule=datamodule)
-            train_seconds = time.perf_counter() - start
-            checkpoint = run_dir / "checkpoint"
-            p.method.save(model, checkpoint)
+        record.phase = "training"
+        train_seconds, checkpoint = fit(p, module, encoder, trainer, run_dir)
+        record.phase = "evaluation"
         module.model.eval()
-        ev = evaluate(module, p.spec, eval_items(encoder, p.task.eval), trainer, cfg.eval_batch_size)
+        ev = evaluate(module, p.spec, eval_items(encoder, p.task.eval), trainer, p.settings.eval_batch_size)
+        record.phase = "writing the results"
         write_jsonl_atomic(run_dir / "predictions.jsonl", ev.rows)
-
-        costs.update({
-            "train_seconds": round(train_seconds, 3),
-            "train_steps": trainer.global_step if p.method.trains else 0,
-            "train_examples_seen": module.examples_seen,
-            "train_tokens_seen": module.tokens_seen,
-            "train_examples_per_second": module.examples_seen / train_seconds if train_seconds else None,
-            **ev.costs(),
-            **p.method.demo_costs,
-            "peak_rss_mb": round(memory.peak_rss_mb(), 1),
-            "peak_rss_reset_per_run": memory.reset_ok,
-            "peak_gpu_mb": memory.peak_gpu_mb(),
-            "checkpoint_bytes": dir_bytes(checkpoint) if checkpoint else 0,
-            "truncated_prompts": encoder.truncated,
-        })
+        costs.update(run_costs(p, module, encoder, trainer, ev, memory, train_seconds, checkpoint))
         for lg in loggers:
             lg.log_metrics({f"eval/{k}": v for k, v in ev.metrics.items()}, step=trainer.global_step)
             lg.save()  # the CSV logger only writes on save()
@@ -156,9 +180,41 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
         return record.data
     except BaseException as err:
         costs.setdefault("peak_rss_mb", round(memory.peak_rss_mb(), 1))
-        record.fail(err, costs)
+        record.fail(err, costs)  # interrupted when err is a signal; a completed record stays completed
         finish_wandb(loggers, record.data, None)
         raise
+
+
+def fit(p: Plan, module: PromptModule, encoder: Encoder, trainer: L.Trainer, run_dir: Path) -> tuple[float, Path | None]:
+    """Train a trained method and save its state; (seconds, checkpoint dir) — (0, None) for the others."""
+    if not p.method.trains:
+        return 0.0, None
+    datamodule = PromptDataModule(encoder, p.train_rows, [], p.method.cfg.batch_size, p.settings.eval_batch_size,
+                                  p.settings.seed)
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule)
+    seconds = time.perf_counter() - start
+    checkpoint = run_dir / "checkpoint"
+    p.method.save(module.model, checkpoint)
+    return seconds, checkpoint
+
+
+def run_costs(p: Plan, module: PromptModule, encoder: Encoder, trainer: L.Trainer, ev, memory: PeakMemory,
+              train_seconds: float, checkpoint: Path | None) -> dict:
+    return {
+        "train_seconds": round(train_seconds, 3),
+        "train_steps": trainer.global_step if p.method.trains else 0,
+        "train_examples_seen": module.examples_seen,
+        "train_tokens_seen": module.tokens_seen,
+        "train_examples_per_second": module.examples_seen / train_seconds if train_seconds else None,
+        **ev.costs(),
+        **p.method.demo_costs,
+        "peak_rss_mb": round(memory.peak_rss_mb(), 1),
+        "peak_rss_reset_per_run": memory.reset_ok,
+        "peak_gpu_mb": memory.peak_gpu_mb(),
+        "checkpoint_bytes": dir_bytes(checkpoint) if checkpoint else 0,
+        "truncated_prompts": encoder.truncated,
+    }
 
 
 def primary_value(record: dict) -> float:
@@ -167,29 +223,80 @@ def primary_value(record: dict) -> float:
     return value if record.get("higher_is_better", True) else -value
 
 
+def print_config_error(err: ConfigError) -> None:
+    print(f"promptlab: error: {err.problem}\n  fix: {err.fix}", file=sys.stderr, flush=True)
+
+
+def previous_run(run_dir: Path, cfg: DictConfig) -> dict | None:
+    """A completed record in ``run_dir`` that makes running here pointless (same config: skip it) or wrong
+    (another config: never replace it, ConfigError); None when the directory is free to use."""
+    record = read_record(run_dir)
+    if not record or record.get("status") != "completed":
+        return None
+    if record.get("config_hash") != config_hash(cfg):
+        raise OccupiedRunDir(
+            f"another configuration completed here: {run_dir} holds a completed run with config hash "
+            f"{record.get('config_hash')}, this run's is {config_hash(cfg)}; it is kept, not replaced",
+            "give this sweep a new hydra.sweep.dir=..., or delete that member directory to redo it")
+    return record if skip_completed(cfg) else None
+
+
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> float:
     """Hydra task: returns the primary metric so sweepers (e.g. Optuna) can optimise it."""
+    with signals.handling():  # also here: a launcher's worker process never ran main()
+        return hydra_task(cfg)
+
+
+def hydra_task(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    run_dir = Path(hydra_cfg.runtime.output_dir)
-    previous = completed_record(run_dir, cfg) if cfg.skip_completed else None
-    if previous:  # re-running a sweep in the same directory finishes it instead of restarting it
-        log.info("skipped %s: already completed with config hash %s (skip_completed=false redoes it)",
-                 run_dir, previous["config_hash"])
-        return primary_value(previous)
-    if multirun and cfg.logger.get("wandb") and not cfg.logger.wandb.get("group"):
+    sweep_dir = Path(os.path.abspath(hydra_cfg.sweep.dir)) if multirun else None  # as Hydra makes output_dir
+    return run_locked(cfg, Path(hydra_cfg.runtime.output_dir), sweep_dir)
+
+
+def run_locked(cfg: DictConfig, run_dir: Path, sweep_dir: Path | None) -> float:
+    """``run_member`` while holding the run directory's lock; a member another process holds is skipped."""
+    with run_lock(run_dir) as mine:
+        if not mine:  # another sweep (or a twin of this one) runs this member right now
+            log.warning("skipped %s: another process is running it now (its result.json names the pid and host)",
+                        run_dir)
+            if sweep_dir:
+                note(sweep_dir, run_dir, "running elsewhere", "another process was running this member")
+            return math.nan
+        return run_member(cfg, run_dir, sweep_dir)
+
+
+def run_member(cfg: DictConfig, run_dir: Path, sweep_dir: Path | None) -> float:
+    """Run (or skip) the job in ``run_dir`` while holding its lock; a multirun member never raises
+    (except on SIGINT/SIGTERM, which stops the sweep), a single run exits 2 on a ConfigError."""
+    if sweep_dir and cfg.logger.get("wandb") and not cfg.logger.wandb.get("group"):
         with open_dict(cfg):
-            cfg.logger.wandb.group = Path(hydra_cfg.sweep.dir).name  # one wandb group per sweep
+            cfg.logger.wandb.group = sweep_dir.name  # one wandb group per sweep
     try:
+        previous = previous_run(run_dir, cfg)
+        if previous:  # re-running a sweep in the same directory finishes it instead of restarting it
+            log.info("skipped %s: already completed with config hash %s (skip_completed=false redoes it)",
+                     run_dir, previous["config_hash"])
+            if sweep_dir:
+                note(sweep_dir, run_dir, "skipped", "already completed")
+            return primary_value(previous)
         result = run(cfg, run_dir)
     except ConfigError as err:
-        print(f"promptlab: error: {err.problem}\n  fix: {err.fix}", file=sys.stderr)
-        if multirun:  # the run is recorded as failed; the rest of the sweep goes on
-            return math.nan
-        raise SystemExit(2) from None
+        print_config_error(err)
+        if sweep_dir is None:
+            raise SystemExit(2) from None
+        # the summary prefers the member's own record; this note covers errors that left none (or an old one)
+        note(sweep_dir, run_dir, "refused" if isinstance(err, OccupiedRunDir) else "failed",
+             f"ConfigError: {err.problem}")
+        return math.nan  # the sweep goes on; the summary at its end lists this member
+    except signals.Interrupted as err:
+        recorded = (read_record(run_dir) or {}).get("status") == "interrupted"  # not when it came before run()
+        print(f"promptlab: {run_dir}: interrupted by {err.name}" + ("; recorded in result.json" if recorded else ""),
+              file=sys.stderr)
+        raise
     except Exception as err:
-        if not multirun:
+        if sweep_dir is None:
             raise
         log.exception("run failed (recorded in result.json); the sweep continues: %s", err)
         return math.nan
@@ -199,7 +306,18 @@ def hydra_main(cfg: DictConfig) -> float:
 
 
 def main() -> None:
-    hydra_main()
+    """``promptlab-train``: exit 0 when every run completed; 2 for a config error (single run); 1 when a
+    sweep member failed; 130/143 when stopped by SIGINT/SIGTERM."""
+    sweep.STATE = sweep.SweepState()  # fresh per call: tests call main() more than once per process
+    with signals.handling():
+        try:
+            hydra_main()
+        except signals.Interrupted as err:
+            sweep.stopped(err)
+            print(f"promptlab: stopped by {err.name} (exit {err.exit_code})", file=sys.stderr, flush=True)
+            sys.exit(err.exit_code)
+    if sweep.STATE.exit_code:
+        sys.exit(sweep.STATE.exit_code)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ Command line: ``promptlab-report runs/`` (see ``promptlab.report.cli``). From Py
 
     from promptlab.report import load_runs, summarize, plot_score_vs_params
     df = load_runs("runs")                 # one row per run; "score" = the record's primary metric
-    summarize(df)                          # one row per (dataset, model, method, split, budget, ...) group
+    summarize(df)                          # one row per (dataset, model, method, split, config) group
     plot_score_vs_params(df)               # a matplotlib Figure (or pass ax=)
 """
 

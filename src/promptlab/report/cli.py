@@ -75,7 +75,8 @@ def _not_completed(df: pd.DataFrame, root: Path) -> pd.DataFrame:
 
     return pd.DataFrame({
         "Status": bad["status"].replace("running", "running/crashed"), "Dataset": bad["dataset"],
-        "Method": bad["method"], "Seed": bad["seed"].astype(str), "Run": bad["run_dir"].map(rel),
+        "Method": bad["method"] + bad["config_label"].map(lambda c: f" ({c})" if c else ""),
+        "Seed": bad["seed"].astype(str), "Run": bad["run_dir"].map(rel),
         "Error": bad["error"].fillna("—").astype(str).str.slice(0, 160),
     })
 

@@ -15,6 +15,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 
+from promptlab.report.configs import natural_key
 from promptlab.report.records import latest_completed
 from promptlab.report.tables import (
     fmt_count,
@@ -136,8 +137,10 @@ def _cost_plot(df, dataset, ax, xcol, xlabel, tick_label, what):
     with mpl.rc_context(STYLE):
         fig, ax = _axes(ax, (6.4, 3.9))
         models = list(dict.fromkeys(rows["model"]))
+        variant = rows.groupby(["model", "method"], sort=False).cumcount().to_numpy()  # other config values
         for i, (_, r) in enumerate(rows.iterrows()):
-            ax.errorbar(xd[i], y[i], yerr=err[i], fmt=MARKERS[models.index(r["model"]) % len(MARKERS)],
+            marker = MARKERS[(models.index(r["model"]) + variant[i]) % len(MARKERS)]
+            ax.errorbar(xd[i], y[i], yerr=err[i], fmt=marker,
                         color=colors[r["method"]], ms=7, mec="white", mew=0.8, capsize=3, elinewidth=1.2,
                         label=labels.iloc[i], zorder=3)
         _value_labels(ax, xd, y)
@@ -181,12 +184,16 @@ def plot_score_vs_time(df: pd.DataFrame, dataset: str | None = None, ax=None) ->
                       "training time")
 
 
+# One line (budget curve) or box (prompt sensitivity) per these keys, and template or budget.
+CURVE_KEYS = ["model", "method", "num_demos", "config_label"]
+
+
 def _one_template(rows: pd.DataFrame, spread: str) -> pd.DataFrame:
-    """Per (model, method, demos): only the prompt template with the most distinct ``spread`` values
-    (budgets, or seeds), the lowest id on ties. Template spread is the prompt-sensitivity figure's job."""
+    """Per ``CURVE_KEYS``: only the prompt template with the most distinct ``spread`` values (budgets, or
+    seeds), the lowest id on ties. Template spread is the prompt-sensitivity figure's job."""
     if rows.empty:
         return rows
-    keys = ["model", "method", "num_demos", "template_id"]
+    keys = [*CURVE_KEYS, "template_id"]
     n = rows.groupby(keys, dropna=False)[spread].transform("nunique")
     ranked = rows.assign(_n=-n, _t=rows["template_id"].astype(float)).sort_values(["_n", "_t"])
     best = ranked.drop_duplicates(keys[:-1])[keys]
@@ -209,12 +216,15 @@ def plot_budget_curve(df: pd.DataFrame, dataset: str | None = None, ax=None) -> 
     with mpl.rc_context(STYLE):
         fig, ax = _axes(ax, (6.4, 3.9))
         labels = point_labels(curves.assign(budget="", template_id=0))
-        for _, rows in curves.groupby(["model", "method", "num_demos", "template_id"], dropna=False, sort=False):
+        lines: dict[str, int] = {}  # per method: a marker per line (model, config values)
+        for _, rows in curves.groupby([*CURVE_KEYS, "template_id"], dropna=False, sort=False):
             rows = rows.sort_values("budget_value")
             x, m = rows["budget_value"].to_numpy(float), rows["score_mean"].to_numpy(float)
             sd = np.nan_to_num(rows["score_std"].to_numpy(float))
-            color = colors[rows["method"].iloc[0]]
-            ax.plot(x, m, marker="o", ms=5, lw=1.6, color=color, label=labels[rows.index[0]])
+            method = rows["method"].iloc[0]
+            lines[method] = lines.get(method, -1) + 1
+            color, marker = colors[method], MARKERS[lines[method] % len(MARKERS)]
+            ax.plot(x, m, marker=marker, ms=5, lw=1.6, color=color, label=labels[rows.index[0]])
             ax.fill_between(x, m - sd, m + sd, color=color, alpha=0.18, lw=0)
             _value_labels(ax, x, m)
         for i, r in flat.iterrows():
@@ -235,16 +245,16 @@ def plot_budget_curve(df: pd.DataFrame, dataset: str | None = None, ax=None) -> 
 
 
 def _prompting_groups(done: pd.DataFrame) -> list[pd.DataFrame]:
-    """Runs of methods that train nothing, per (model, method, demos) at the data budget run with the most
-    templates (then the largest one); only groups of ≥2 runs."""
-    keys = ["model", "method", "num_demos", "budget"]
+    """Runs of methods that train nothing, per ``CURVE_KEYS`` at the data budget run with the most templates
+    (then the largest one); only groups of ≥2 runs."""
+    keys = [*CURVE_KEYS, "budget"]
     n_templates = done.groupby(keys, dropna=False)["template_id"].transform("nunique")
     ranked = done.assign(_t=-n_templates, _b=-done["budget_value"].fillna(0)).sort_values(["_t", "_b"])
     best = ranked.drop_duplicates(keys[:-1])
     groups = [g for _, g in done.groupby(keys, dropna=False, sort=False)
               if len(g) >= 2 and g.index.isin(best.index).any()]
     return sorted(groups, key=lambda g: (str(g["model"].iloc[0]), int(g["num_demos"].fillna(0).iloc[0]),
-                                         g["method"].iloc[0]))
+                                         g["method"].iloc[0], natural_key(str(g["config_label"].iloc[0]))))
 
 
 def plot_prompt_sensitivity(df: pd.DataFrame, dataset: str | None = None, ax=None) -> Figure | None:

@@ -4,6 +4,10 @@ pandas row per run.
 Unreadable records are never fatal: each is logged as a warning naming the file and kept in
 ``df.attrs["unreadable"]`` so the report can list it. Schema-1 records (accuracy only, no ``method_info``,
 ``machine`` or ``kind``) stay readable: their primary metric is accuracy and they count as training runs.
+
+Each run's resolved ``config.yaml`` (next to result.json; for wandb runs, the run's config) gives its
+``group_key`` (see ``promptlab.report.configs``): runs that differ in any config value but the seed are never
+merged. A run without a readable config is grouped by its record's fields alone.
 """
 
 from __future__ import annotations
@@ -15,14 +19,17 @@ from pathlib import Path
 
 import pandas as pd
 
+from promptlab.report.configs import config_columns, config_variants, read_config
 from promptlab.schema import primary_metric, record_problem
 
 log = logging.getLogger("promptlab.report")
 
-# The keys that make two runs the same experiment, up to the seed: one table row per group. ``kind`` and
-# ``eval_split`` keep an eval record (a run re-scored on another split) apart from its training record.
-GROUP_KEYS = ["dataset", "model", "method", "kind", "eval_split", "metric", "budget", "num_demos",
-              "template_id"]
+# One method's runs on one dataset, model, split and metric: their groups are told apart (in labels) by
+# budget, template or config. ``kind`` keeps an eval record (a run re-scored) apart from its training record.
+METHOD_KEYS = ["dataset", "model", "method", "kind", "eval_split", "metric"]
+# The keys that make two runs the same experiment, up to the seed: one table row per group. ``group_key``
+# (the config's hash) is missing for runs without a config: those are grouped by the record's fields alone.
+GROUP_KEYS = [*METHOD_KEYS, "budget", "num_demos", "template_id", "group_key"]
 COLUMNS = [
     "run_id", "status", "kind", "method", "display_name", "modifies", "trains", "model", "dataset",
     "eval_split", "seed", "k_shot", "train_size", "template_id", "num_demos", "budget", "budget_kind",
@@ -30,7 +37,8 @@ COLUMNS = [
     "trainable_params", "total_params", "trainable_fraction", "train_seconds", "train_examples_per_second",
     "eval_seconds", "eval_examples", "generation_seconds", "generated_tokens_per_second", "peak_rss_mb",
     "peak_rss_reset_per_run", "peak_gpu_mb", "checkpoint_bytes", "num_train_examples", "machine",
-    "load_start", "load_end", "error", "started_at", "finished_at", "run_dir", "source",
+    "load_start", "load_end", "error", "started_at", "finished_at", "run_dir", "source", "group_key",
+    "config_label", "config_diff", "config",
 ]
 NUMERIC = ["score", "chance", "accuracy", "macro_f1", "trainable_params", "total_params",
            "trainable_fraction", "train_seconds", "train_examples_per_second", "eval_seconds",
@@ -84,9 +92,10 @@ def _machine(rec: dict) -> dict:
     return {"machine": name, "load_start": load("load_start"), "load_end": load("load_end")}
 
 
-def flatten(rec: dict, run_dir: str, source: str = "local") -> dict:
+def flatten(rec: dict, run_dir: str, source: str = "local", config: dict | None = None) -> dict:
     """One flat row: top-level fields, method_info and machine, then metrics and costs by name (prefixed only
-    on a name clash), and ``metric``/``score``: the primary metric's name and value (a fraction)."""
+    on a name clash), ``metric``/``score``: the primary metric's name and value (a fraction), and the run's
+    ``config`` (flattened, as JSON) with its ``group_key``."""
     info = rec.get("method_info") if isinstance(rec.get("method_info"), dict) else {}
     row = {k: v for k, v in rec.items() if k not in NESTED}
     row.update(display_name=info.get("display_name") or str(rec["method"]).replace("_", " ").capitalize(),
@@ -103,6 +112,7 @@ def flatten(rec: dict, run_dir: str, source: str = "local") -> dict:
                score=(rec.get("metrics") or {}).get(metric), kind=rec.get("kind") or "train",
                higher_is_better=rec.get("higher_is_better") is not False)
     row.setdefault("model", "?")
+    row.update(config_columns(config))
     return row
 
 
@@ -135,6 +145,7 @@ def _frame(rows: list[dict]) -> pd.DataFrame:
     df["eval_split"] = _split_from_siblings(df)
     for col in NUMERIC:
         df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
+    df[["config_diff", "config_label"]] = config_variants(df, METHOD_KEYS, GROUP_KEYS).to_numpy()
     return df.sort_values(["dataset", "method", "seed", "run_dir"], na_position="last").reset_index(drop=True)
 
 
@@ -142,7 +153,9 @@ def load_runs(path: str | Path, wandb_project: str | None = None) -> pd.DataFram
     """Every run under ``path`` (and, optionally, a wandb ``entity/project``) as one row per run.
 
     Columns: see ``COLUMNS`` (metrics and costs flattened by name; ``score`` = the primary metric, a fraction
-    in [0, 1]). ``df.attrs["unreadable"]`` lists ``(file, reason)`` for each skipped record.
+    in [0, 1]; ``config_label``: the config values that tell the run's group from its method's other groups,
+    ``config_diff`` the same with full keys). ``df.attrs["unreadable"]`` lists ``(file, reason)`` for each
+    skipped record.
     """
     root = Path(path)
     if not root.is_dir():
@@ -154,7 +167,7 @@ def load_runs(path: str | Path, wandb_project: str | None = None) -> pd.DataFram
             log.warning("skipping unreadable run record %s (%s)", file, reason)
             unreadable.append((str(file), reason))
             continue
-        rows.append(flatten(rec, str(file.parent)))
+        rows.append(flatten(rec, str(file.parent), config=read_config(file.parent / "config.yaml")))
     if wandb_project:
         local_ids = {r.get("run_id") for r in rows}
         rows += [r for r in load_wandb_rows(wandb_project, unreadable) if r.get("run_id") not in local_ids]
@@ -164,7 +177,8 @@ def load_runs(path: str | Path, wandb_project: str | None = None) -> pd.DataFram
 
 
 def latest_completed(df: pd.DataFrame) -> pd.DataFrame:
-    """Completed runs, one per (group, seed): a re-run of the same seed replaces the earlier one."""
+    """Completed runs, one per (group, seed): an exact repeat (same config and seed) stands in for the earlier
+    runs, which ``summarize`` counts; runs with another config are another group, never dropped."""
     done = df[df["status"] == "completed"].copy()
     done = done.sort_values("finished_at", na_position="first", key=lambda s: s.astype(str))
     return done.drop_duplicates(GROUP_KEYS + ["seed"], keep="last").sort_index()
@@ -174,6 +188,11 @@ def latest_completed(df: pd.DataFrame) -> pd.DataFrame:
 
 WANDB_STATE = {"finished": "completed", "failed": "failed", "crashed": "running", "killed": "failed",
                "running": "running"}
+
+
+def _wandb_config(run) -> dict:
+    """The run's Hydra config: its wandb config minus the record's description and wandb's own keys."""
+    return {k: v for k, v in dict(run.config).items() if k != "record" and not k.startswith("_")}
 
 
 def _wandb_record(run) -> dict:
@@ -218,5 +237,6 @@ def load_wandb_rows(project: str, unreadable: list | None = None, timeout: int =
             if unreadable is not None:
                 unreadable.append((f"wandb:{project}/{run.id}", problem))
             continue
-        rows.append(flatten(rec, run_dir=getattr(run, "url", f"wandb:{project}/{run.id}"), source="wandb"))
+        rows.append(flatten(rec, run_dir=getattr(run, "url", f"wandb:{project}/{run.id}"), source="wandb",
+                            config=_wandb_config(run)))
     return rows

@@ -11,7 +11,8 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
-from promptlab.report.records import GROUP_KEYS, latest_completed
+from promptlab.report.configs import natural_key
+from promptlab.report.records import GROUP_KEYS, METHOD_KEYS, latest_completed
 
 METRIC_NAMES = {"accuracy": "Accuracy", "macro_f1": "Macro-F1", "exact_match": "Exact match",
                 "rougeL": "ROUGE-L", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "chrf": "chrF", "bleu": "BLEU"}
@@ -20,8 +21,11 @@ STD_NOTE = "mean ± sample standard deviation (ddof=1) over seeds; no ± with a 
 # Table columns that are shown only when they vary within a method, with their headers.
 VARIANTS = {"model": "Model", "kind": "Kind", "eval_split": "Split", "budget": "Budget", "num_demos": "Demos",
             "template_id": "Template"}
-# One headline row per these keys: runs on another split or with another metric are not comparable.
-HEADLINE_KEYS = ["dataset", "model", "method", "kind", "eval_split", "metric"]
+# One headline row per these keys: runs on another split or with another metric are not comparable, and
+# runs with other config values (other than budget, demos or template) are other experiments.
+HEADLINE_KEYS = [*METHOD_KEYS, "config_label"]
+REPEATS_NOTE = ("Runs: completed runs, counting exact repeats (same config and seed); the mean takes the "
+                "latest run of each seed.")
 
 
 def metric_name(metric: str) -> str:
@@ -50,15 +54,18 @@ def _points(values: pd.Series, name: str) -> dict[str, float]:
 def _group_row(key: tuple, runs: pd.DataFrame, ok: pd.DataFrame) -> dict:
     status = runs["status"].value_counts()
     n_known = sum(int(status.get(s, 0)) for s in ("completed", "failed", "running"))
+    n_completed = int(status.get("completed", 0))
     trains, loads = runs["trains"].dropna(), ok[["load_start", "load_end"]]
     return {
         **dict(zip(GROUP_KEYS, key, strict=True)),
         "display_name": runs["display_name"].iloc[0], "modifies": runs["modifies"].iloc[0],
+        "config_label": runs["config_label"].iloc[0], "config_diff": runs["config_diff"].iloc[0],
         "trains": bool(trains.iloc[0]) if len(trains) else None,
         "higher_is_better": bool(runs["higher_is_better"].iloc[0]), "chance": runs["chance"].median(),
         "budget_kind": runs["budget_kind"].iloc[0], "budget_value": runs["budget_value"].iloc[0],
         "n_seeds": len(ok), "seeds": " ".join(str(s) for s in sorted(ok["seed"].dropna())),
-        "n_runs": len(runs), "n_failed": int(status.get("failed", 0)),
+        "n_runs": len(runs), "n_completed": n_completed, "n_repeats": n_completed - len(ok),
+        "n_failed": int(status.get("failed", 0)),
         "n_running": int(status.get("running", 0)), "n_other": len(runs) - n_known,
         **_points(ok["score"], "score"), **_points(ok["macro_f1"], "macro_f1"),
         "trainable_params": ok["trainable_params"].median(), "total_params": ok["total_params"].median(),
@@ -76,9 +83,11 @@ def _group_row(key: tuple, runs: pd.DataFrame, ok: pd.DataFrame) -> dict:
 
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per group (``GROUP_KEYS``) with raw numbers: seeds and non-completed runs counted, the
-    primary metric (``score_*``) and macro-F1 x100 (mean and ddof=1 std over seeds), costs averaged over
-    completed runs (peak memory: max), and the machines and load range the timings were measured under."""
+    """One row per group (``GROUP_KEYS``: same config up to the seed) with raw numbers: seeds, exact repeats
+    (``n_repeats``) and non-completed runs counted, the config values that tell the row from its method's
+    other rows (``config_label``, ``config_diff``), the primary metric (``score_*``) and macro-F1 x100 (mean and
+    ddof=1 std over seeds), costs averaged over completed runs (peak memory: max), and the machines and load
+    range the timings were measured under."""
     done = latest_completed(df)
     rows = [_group_row(key, runs, done[same_group(done, runs.iloc[0])])
             for key, runs in df.groupby(GROUP_KEYS, dropna=False, sort=False)]
@@ -98,8 +107,14 @@ def _ordered(out: pd.DataFrame) -> pd.DataFrame:
         "demos": num("num_demos").groupby(by_method).transform("min"), "method": out["method"],
         "kind": out["kind"].ne("train"), "split": out["eval_split"].astype(str),
         "budget": num("budget_value"), "num_demos": num("num_demos"), "template": num("template_id"),
+        "config": out["config_diff"].map(_rank(out["config_diff"])),
     })
     return out.loc[keys.sort_values(list(keys.columns), kind="stable").index].reset_index(drop=True)
+
+
+def _rank(texts: pd.Series) -> dict[str, int]:
+    """Each distinct text's position in natural order (numbers as numbers)."""
+    return {t: i for i, t in enumerate(sorted(set(texts), key=natural_key))}
 
 
 def same_group(done: pd.DataFrame, ref: pd.Series) -> pd.Series:
@@ -112,7 +127,8 @@ def same_group(done: pd.DataFrame, ref: pd.Series) -> pd.Series:
 
 
 def headline(summary: pd.DataFrame) -> pd.DataFrame:
-    """One row per ``HEADLINE_KEYS``: the largest budget, then most seeds, lowest template id."""
+    """One row per ``HEADLINE_KEYS`` (a method, and each of its other config values): the largest budget, then
+    most seeds, lowest template id."""
     if summary.empty:
         return summary
     s = summary.assign(_b=summary["budget_value"].fillna(-1), _t=summary["template_id"].astype(float).fillna(-1))
@@ -121,10 +137,16 @@ def headline(summary: pd.DataFrame) -> pd.DataFrame:
     return s.loc[sorted(s.index)]
 
 
+def method_labels(rows: pd.DataFrame) -> pd.Series:
+    """The display name plus the config values that tell the row apart: "Prompt tuning (num_virtual_tokens=5)"."""
+    config = rows["config_label"].fillna("").astype(str)
+    return rows["display_name"].astype(str) + config.map(lambda c: f" ({c})" if c else "")
+
+
 def point_labels(summary: pd.DataFrame) -> pd.Series:
-    """A label per row: the method's display name plus whatever varies among that method's rows of the dataset
+    """A label per row: ``method_labels`` plus whatever else varies among that method's rows of the dataset
     (budget, split, ...)."""
-    labels = summary["display_name"].astype(str)
+    labels = method_labels(summary)
     for _, rows in summary.groupby(["dataset", "method"], sort=False):
         for col in _varying(rows):
             fmt = {"num_demos": "{} demos", "template_id": "t{}"}.get(col, "{}")
@@ -208,6 +230,11 @@ def _show_f1(summary: pd.DataFrame) -> bool:
     return bool(summary["macro_f1_mean"].notna().any() and (summary["metric"] != "macro_f1").any())
 
 
+def _repeats(summary: pd.DataFrame) -> bool:
+    """Whether any row's mean stands for exact repeats of a run (shown as a "Runs" column)."""
+    return bool((summary["n_repeats"] > 0).any())
+
+
 def _has(summary: pd.DataFrame, col: str) -> bool:
     return bool(summary[col].notna().any())
 
@@ -219,13 +246,15 @@ def _generates(summary: pd.DataFrame) -> bool:
 
 def display_table(summary: pd.DataFrame, compact: bool = False) -> pd.DataFrame:
     """Summary rows of one dataset as strings with readable headers (compact: the stdout/README columns)."""
-    cols: dict[str, pd.Series | list] = {"Method": summary["display_name"]}
+    cols: dict[str, pd.Series | list] = {"Method": method_labels(summary)}
     for col in _varying(summary):
         cols[VARIANTS[col]] = summary[col].map(lambda v: "—" if pd.isna(v) else str(v))
     if summary["metric"].nunique() > 1:
         cols["Metric"] = summary["metric"].map(metric_name)
     rows = summary.to_dict("records")
     cols["Seeds"] = summary["n_seeds"].astype(str)
+    if _repeats(summary):
+        cols["Runs"] = summary["n_completed"].astype(str)
     cols[value_label(summary["metric"])] = [fmt_pct(r["score_mean"], r["score_std"]) for r in rows]
     if not compact and _show_f1(summary):
         cols["Macro-F1 (%)"] = [fmt_pct(r["macro_f1_mean"], r["macro_f1_std"]) for r in rows]
@@ -279,6 +308,8 @@ def caption(summary: pd.DataFrame, compact: bool = False) -> str:
         if _generates(summary):
             notes.append("Gen tok/s, Gen time: generated tokens per second and seconds spent generating "
                          "(evaluation).")
+    if _repeats(summary):
+        notes.append(REPEATS_NOTE)
     if summary["peak_rss_upper_bound"].any():
         notes.append("* peak RSS could not be reset per run: an upper bound.")
     notes.append(timing_note(summary))
@@ -288,7 +319,8 @@ def caption(summary: pd.DataFrame, compact: bool = False) -> str:
 def qualitative_caption(summary: pd.DataFrame) -> str:
     """The qualitative table's caption (same rows as ``headline``)."""
     return " ".join(n for n in [
-        "Headline configuration per method (largest data budget, most seeds, lowest template id);",
+        "Headline configuration per method and other config values (largest data budget, most seeds, lowest "
+        "template id);",
         _values_note(summary, with_f1=False), "Storage: checkpoint size per task.",
         timing_note(headline(summary)),
     ] if n)

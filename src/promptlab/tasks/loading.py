@@ -87,13 +87,10 @@ def read_split(spec: TaskSpec, split: str, data_root: str | None) -> list[dict]:
     path = _local_file(spec, split, data_root)
     if path is not None:
         builder, kwargs = BUILDERS[path.suffix]
-        try:
-            ds = datasets.load_dataset(builder, data_files={split: str(path)}, split=split, **kwargs)
+        try:  # to_list() too: text that is not UTF-8 may only fail when it is decoded
+            return datasets.load_dataset(builder, data_files={split: str(path)}, split=split, **kwargs).to_list()
         except Exception as err:  # the builders raise many types for a malformed file
-            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
-            raise ConfigError(f"cannot read {path}: {reason}",
-                              f"make it valid {path.suffix[1:].upper()} with a header/keys per column") from None
-        return ds.to_list()
+            raise _unreadable(path, err) from None
     from promptlab.models import hub_reachable
 
     if not spec.hub.get("path"):
@@ -104,6 +101,21 @@ def read_split(spec: TaskSpec, split: str, data_root: str | None) -> list[dict]:
                           f"reached to fetch '{spec.hub['path']}'",
                           f"set PROMPTLAB_DATA to a folder holding {spec.local_dir or spec.name}/, or run with network")
     return datasets.load_dataset(spec.hub["path"], spec.hub.get("name"), split=split).to_list()
+
+
+def _unreadable(path: Path, err: Exception) -> ConfigError:
+    """One line for a file the builder could not read; the fix depends on whether the encoding is the cause."""
+    chain, cause = [], err
+    while cause is not None:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+    if any(isinstance(e, UnicodeDecodeError) or "utf-8" in str(e).lower() or "utf8" in str(e).lower()
+           for e in chain):
+        return ConfigError(f"cannot read {path}: it is not UTF-8 text ({reason})",
+                           f"re-save it as UTF-8, e.g. iconv -f latin1 -t utf-8 {path.name} > fixed{path.suffix}")
+    return ConfigError(f"cannot read {path}: {reason}",
+                       f"make it valid {path.suffix[1:].upper()} with a header/keys per column")
 
 
 def validate_rows(rows: list[dict], spec: TaskSpec, where: str) -> None:
@@ -131,15 +143,26 @@ def validate_rows(rows: list[dict], spec: TaskSpec, where: str) -> None:
                     "fix the row, or the data config's choices / label_names to match the data's label ids")
 
 
+def _has_own_ids(rows: list[dict]) -> bool:
+    """Whether the data's ``idx`` column can identify rows: an integer in every row, no two alike."""
+    ids = [r.get("idx") for r in rows]
+    return all(isinstance(i, int) and not isinstance(i, bool) for i in ids) and len(set(ids)) == len(ids)
+
+
 def prepare_rows(rows: list[dict], spec: TaskSpec) -> list[dict]:
-    """Give every row an integer ``idx`` (its position when the data has none) and, for generation, its
-    ``references`` (the reference column, or the target, after the reference filters)."""
+    """Give every row an integer ``idx`` and, for generation, its ``references`` (the reference column, or
+    the target, after the reference filters).
+
+    ``idx`` is the data's own when every row has a distinct integer one, else every row's position: a mix
+    (some strings, some repeats) would give two predictions the same idx, and paired comparisons match on it.
+    """
     from promptlab.evaluation.filters import build_filters
 
     clean = build_filters(spec.reference_filters) if spec.output_type == "generate" else None
+    own_ids = _has_own_ids(rows)
     out = []
     for i, row in enumerate(rows):
-        row = {**row, "idx": row["idx"] if isinstance(row.get("idx"), int) else i}
+        row = {**row, "idx": row["idx"] if own_ids else i}
         if clean is not None:
             refs = row.get(spec.reference_column) if spec.reference_column else None
             refs = [spec.target_of(row)] if refs is None else refs if isinstance(refs, list) else [refs]

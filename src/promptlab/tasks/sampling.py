@@ -21,6 +21,10 @@ def sample_k_shot(labels: list[int], k: int, num_classes: int, seed: int) -> lis
     chosen = []
     for c in range(num_classes):
         pool = np.flatnonzero(labels_arr == c)
+        if not len(pool):  # no k fits: "use k_shot <= 0" would be no advice at all
+            raise ConfigError(f"k_shot={k} but class {c} has no training examples at all",
+                              "check the training split's labels (a filtered or carved-down split?), or use "
+                              "data.k_shot=null data.train_size=N")
         if k > len(pool):
             raise ConfigError(f"k_shot={k} but class {c} has only {len(pool)} training examples",
                               f"use data.k_shot <= {len(pool)}, or data.k_shot=null data.train_size=N")

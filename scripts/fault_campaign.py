@@ -1,0 +1,198 @@
+"""Fault campaign: the failure cases users reported, run for real on the tiny model, as a table of
+case / expected / observed. Nothing is mocked: each case runs the ``promptlab-train`` / ``promptlab-report``
+commands in subprocesses, sends real signals, corrupts real files.
+
+    python scripts/fault_campaign.py --data-root ../shared/data [--out results/fault_campaign.json]
+
+Exit status 0 when every case behaved as expected, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+TINY = ["model=tiny_random", "data.eval_limit=16", "data.k_shot=4", "logger=none", "num_threads=1"]
+
+
+@dataclass
+class Case:
+    name: str
+    expected: str
+    observed: str = ""
+    ok: bool = False
+
+
+def train(args: list[str], env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "promptlab.train", *TINY, *args], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def record(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / "result.json").read_text())
+    except (OSError, ValueError) as err:
+        return {"status": f"unreadable ({type(err).__name__})"}
+
+
+def last_line(text: str) -> str:
+    lines = [x for x in text.strip().splitlines() if x.strip()]
+    return lines[-1][:160] if lines else ""
+
+
+def signal_during_training(sig: signal.Signals, env: dict, work: Path) -> Case:
+    """Send a signal once training has started; expect an `interrupted` record and a non-zero exit."""
+    run_dir = work / f"sig_{sig.name}"
+    code = 128 + sig.value
+    case = Case(f"{sig.name} during training", f"record 'interrupted', exit {code}")
+    proc = subprocess.Popen([sys.executable, "-m", "promptlab.train", *TINY, "method=prompt_tuning",
+                             "method.max_steps=400", f"hydra.run.dir={run_dir}"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run_dir / "result.json").exists():
+        time.sleep(0.2)
+    time.sleep(4.0)  # into the training loop
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=120)
+    status = record(run_dir).get("status")
+    case.observed = f"record '{status}', exit {proc.returncode}"
+    case.ok = status == "interrupted" and proc.returncode == code
+    return case
+
+
+def kill9_leaves_a_stale_heartbeat(env: dict, work: Path) -> Case:
+    run_dir = work / "kill9"
+    case = Case("SIGKILL during training", "record 'running' with pid and heartbeat; the pid is gone afterwards")
+    proc = subprocess.Popen([sys.executable, "-m", "promptlab.train", *TINY, "method=prompt_tuning",
+                             "method.max_steps=400", f"hydra.run.dir={run_dir}"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run_dir / "result.json").exists():
+        time.sleep(0.2)
+    time.sleep(4.0)
+    proc.kill()
+    proc.wait()
+    rec = record(run_dir)
+    pid = rec.get("pid")
+    alive = pid is not None and Path(f"/proc/{pid}").exists()
+    case.observed = f"record '{rec.get('status')}', pid {pid} alive={alive}, heartbeat_at={rec.get('heartbeat_at')}"
+    case.ok = rec.get("status") == "running" and pid is not None and not alive and bool(rec.get("heartbeat_at"))
+    return case
+
+
+def sweep_with_a_failing_member(env: dict, work: Path) -> Case:
+    sweep = work / "sweep_fail"
+    case = Case("sweep with a failing member", "other members complete; summary names the failure; exit 1")
+    res = train(["-m", "method=zero_shot,prompt_tuning", "method.num_virtual_tokens=0",
+                 f"hydra.sweep.dir={sweep}"], env)
+    statuses = sorted(record(d).get("status", "?") for d in sweep.iterdir() if d.is_dir() and not d.name.startswith("."))
+    case.observed = f"statuses {statuses}, exit {res.returncode}, last line: {last_line(res.stdout + res.stderr)}"
+    case.ok = statuses == ["completed", "failed"] and res.returncode == 1
+    return case
+
+
+def reused_sweep_dir(env: dict, work: Path) -> Case:
+    sweep = work / "sweep_reuse"
+    case = Case("sweep dir reused with a changed override", "the completed template-0 record is kept")
+    train(["-m", "data.template=0", f"hydra.sweep.dir={sweep}"], env)
+    first = {d.name: record(d).get("config_hash") for d in sweep.iterdir() if (d / "result.json").exists()}
+    res = train(["-m", "data.template=1", f"hydra.sweep.dir={sweep}"], env)
+    after = {d.name: record(d).get("config_hash") for d in sweep.iterdir() if (d / "result.json").exists()}
+    kept = all(after.get(k) == v for k, v in first.items())
+    case.observed = f"kept={kept}, exit {res.returncode}, last line: {last_line(res.stdout + res.stderr)}"
+    case.ok = kept and res.returncode != 0
+    return case
+
+
+def overlapping_sweeps(env: dict, work: Path) -> Case:
+    sweep = work / "sweep_overlap"
+    case = Case("two identical sweeps started together", "each member runs once")
+    args = [sys.executable, "-m", "promptlab.train", *TINY, "-m", "method=prompt_tuning", "method.max_steps=20",
+            "seed=1,2", f"hydra.sweep.dir={sweep}"]
+    procs = [subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    finished = sum(o.count("prompt_tuning on sst2:") for o in outs)
+    case.observed = f"{finished} member runs finished in all (2 members), exits {[p.returncode for p in procs]}"
+    case.ok = finished == 2
+    return case
+
+
+def corrupt_records_in_report(env: dict, work: Path) -> Case:
+    runs = work / "corrupt"
+    case = Case("corrupt and truncated records", "report succeeds and lists each unreadable record")
+    train([f"hydra.run.dir={runs / 'good'}"], env)
+    (runs / "truncated").mkdir(parents=True)
+    good = (runs / "good" / "result.json").read_text()
+    (runs / "truncated" / "result.json").write_text(good[: len(good) // 2])
+    (runs / "garbage").mkdir()
+    (runs / "garbage" / "result.json").write_bytes(b"\xff\xfe not json")
+    res = subprocess.run([sys.executable, "-c", "from promptlab.report import main; raise SystemExit(main())",
+                          str(runs)], env=env, capture_output=True, text=True, timeout=300)
+    table = (runs / "report" / "table.md").read_text() if (runs / "report" / "table.md").exists() else ""
+    listed = table.count("truncated") >= 1 and table.count("garbage") >= 1
+    case.observed = f"exit {res.returncode}, both listed={listed}"
+    case.ok = res.returncode == 0 and listed
+    return case
+
+
+def bad_values(env: dict, work: Path) -> list[Case]:
+    """Values that used to be silently reinterpreted: each must be exit 2 with a cause and a fix."""
+    cases = []
+    for override in ["data.k_shot=0", "data.k_shot=1.5", "data.eval_limit=-3", "data.eval_limit=0",
+                     "method.max_steps=0", "method.max_steps=-1", "data.max_prompt_tokens=0", "seed=abc",
+                     "eval_batch_size=0", "num_threads=-2", "logger=wandb", "method.lr=abc"]:
+        extra = ["logger.wandb.mode=bogus"] if override == "logger=wandb" else []
+        method = "method=prompt_tuning" if override.startswith("method.") else "method=zero_shot"
+        res = train([method, override, *extra, f"hydra.run.dir={work / ('bad_' + override.replace('=', '_'))}"], env)
+        err = res.stderr.strip().splitlines()
+        clear = res.returncode == 2 and any(line.strip().startswith("fix:") for line in err)
+        shown = " ".join([override, *extra])
+        cases.append(Case(f"bad value {shown}", "exit 2, a cause and a fix",
+                          f"exit {res.returncode}: {last_line(res.stderr)}", clear))
+    return cases
+
+
+CASES: list[Callable[[dict, Path], Case | list[Case]]] = [
+    bad_values, sweep_with_a_failing_member, reused_sweep_dir, overlapping_sweeps, corrupt_records_in_report,
+    lambda env, work: signal_during_training(signal.SIGTERM, env, work),
+    lambda env, work: signal_during_training(signal.SIGINT, env, work),
+    kill9_leaves_a_stale_heartbeat,
+]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-root", default=os.environ.get("PROMPTLAB_DATA"), required=False)
+    parser.add_argument("--out", help="also write the table as JSON here")
+    args = parser.parse_args()
+    if not args.data_root:
+        parser.error("pass --data-root (the folder holding sst2/ ...) or set PROMPTLAB_DATA")
+    work = Path(tempfile.mkdtemp(prefix="promptlab-faults-"))
+    env = {**os.environ, "PROMPTLAB_DATA": str(Path(args.data_root).resolve()), "PROMPTLAB_CACHE": str(work / "cache"),
+           "WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    results: list[Case] = []
+    for make in CASES:
+        out = make(env, work)
+        for case in out if isinstance(out, list) else [out]:
+            results.append(case)
+            print(f"{'ok  ' if case.ok else 'FAIL'} | {case.name} | expected: {case.expected} | observed: {case.observed}",
+                  flush=True)
+    print(f"{sum(c.ok for c in results)} passed, {sum(not c.ok for c in results)} failed")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps([asdict(c) for c in results], indent=2))
+    return 0 if all(c.ok for c in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

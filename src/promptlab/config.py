@@ -1,0 +1,117 @@
+"""The run's own settings (top-level keys, budgets, the wandb mode), typed and range-checked in one place.
+
+Hydra passes overrides through as whatever YAML makes of them (``seed=abc`` is the string "abc"), so every
+value a user types is checked here, before data or the model load, and a bad one is a ``ConfigError``
+with one cause and one fix. Task and method knobs are checked by ``TaskSpec`` and ``Method.validate``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from promptlab.errors import ConfigError
+
+WANDB_MODES = ("auto", "online", "offline", "disabled")
+MAX_SEED = 2**32 - 1  # Lightning's seed_everything silently replaces larger seeds with a random one
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def whole_number(value: Any, key: str, low: int, example: int, high: int | None = None) -> int:
+    """``value`` if it is an int in [low, high]; else a ConfigError naming ``key``."""
+    if _is_int(value) and value >= low and (high is None or value <= high):
+        return value
+    bound = f">= {low}" if high is None else f"in {low}..{high}"
+    raise ConfigError(f"{key}={value!r} is not a whole number {bound}", f"use e.g. {key}={example}")
+
+
+def optional_whole_number(value: Any, key: str, example: int) -> int | None:
+    """A budget that may be null (= no limit) or a whole number >= 1."""
+    if value is None:
+        return None
+    if _is_int(value) and value >= 1:
+        return value
+    raise ConfigError(f"{key}={value!r} is not a whole number >= 1", f"use {key}={example}, or {key}=null")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What ``promptlab-train`` reads from the top level of its config (plus the data budgets)."""
+
+    seed: int
+    eval_batch_size: int
+    num_threads: int | None
+    skip_completed: bool
+    wandb_mode: str | None  # the requested mode; None when no wandb logger is configured
+    max_prompt_tokens: int
+    max_target_tokens: int
+    dev_size: int
+    k_shot: int | None
+    train_size: int | None
+    eval_limit: int | None
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> Settings:
+        data = cfg.data
+        return cls(
+            seed=whole_number(cfg.get("seed"), "seed", 0, 0, MAX_SEED),
+            eval_batch_size=whole_number(cfg.get("eval_batch_size"), "eval_batch_size", 1, 16),
+            num_threads=optional_whole_number(cfg.get("num_threads"), "num_threads", 2),
+            skip_completed=skip_completed(cfg),
+            wandb_mode=_wandb_mode(cfg),
+            max_prompt_tokens=whole_number(_data(data, "max_prompt_tokens"), "data.max_prompt_tokens", 1, 1024),
+            max_target_tokens=whole_number(_data(data, "max_target_tokens"), "data.max_target_tokens", 1, 256),
+            dev_size=whole_number(_data(data, "dev_size"), "data.dev_size", 1, 200),
+            k_shot=optional_whole_number(_data(data, "k_shot"), "data.k_shot", 16),
+            train_size=optional_whole_number(_data(data, "train_size"), "data.train_size", 100),
+            eval_limit=optional_whole_number(_data(data, "eval_limit"), "data.eval_limit", 100),
+        )
+
+
+def _data(data: DictConfig, key: str) -> Any:
+    """A data key, or TaskSpec's default when the task's YAML leaves it out."""
+    from promptlab.tasks.spec import TaskSpec
+
+    return data.get(key, TaskSpec.__dataclass_fields__[key].default)
+
+
+def skip_completed(cfg: DictConfig) -> bool:
+    value = cfg.get("skip_completed", True)
+    if not isinstance(value, bool):
+        raise ConfigError(f"skip_completed={value!r} is not true or false",
+                          "use skip_completed=true (finish a sweep) or false (redo completed runs)")
+    return value
+
+
+def _wandb_mode(cfg: DictConfig) -> str | None:
+    wb = cfg.get("logger", {}).get("wandb")
+    if not wb:
+        return None
+    mode = wb.get("mode", "auto")
+    if mode not in WANDB_MODES:
+        raise ConfigError(f"logger.wandb.mode={mode!r} is unknown", f"use one of {', '.join(WANDB_MODES)}")
+    return mode
+
+
+def check_writable(directory: str | Path, what: str = "the run directory") -> Path:
+    """Create ``directory`` (and parents) and prove a file can be written there; ConfigError if not.
+
+    Asked first, so a read-only or foreign runs dir is one line, not a traceback after the model loaded.
+    """
+    path = Path(directory).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise ConfigError(f"cannot write {what} {path}: {err.strerror or err}",
+                          "set paths.runs_dir=... (or PROMPTLAB_RUNS) to a folder you can write, "
+                          "or fix that folder's permissions") from None
+    return path
