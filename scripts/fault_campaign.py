@@ -33,8 +33,9 @@ class Case:
 
 
 def train(args: list[str], env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "promptlab.train", *TINY, *args], env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    flags = [a for a in args if a == "-m"]  # Hydra's parser wants -m before the overrides
+    return subprocess.run([sys.executable, "-m", "promptlab.train", *flags, *TINY, *(a for a in args if a != "-m")],
+                          env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def record(run_dir: Path) -> dict:
@@ -92,7 +93,7 @@ def kill9_leaves_a_stale_heartbeat(env: dict, work: Path) -> Case:
 def sweep_with_a_failing_member(env: dict, work: Path) -> Case:
     sweep = work / "sweep_fail"
     case = Case("sweep with a failing member", "other members complete; summary names the failure; exit 1")
-    res = train(["-m", "method=zero_shot,prompt_tuning", "method.num_virtual_tokens=0",
+    res = train(["-m", "method=zero_shot,prompt_tuning", "++method.num_virtual_tokens=0",
                  f"hydra.sweep.dir={sweep}"], env)
     statuses = sorted(record(d).get("status", "?") for d in sweep.iterdir() if d.is_dir() and not d.name.startswith("."))
     case.observed = f"statuses {statuses}, exit {res.returncode}, last line: {last_line(res.stdout + res.stderr)}"
@@ -116,7 +117,7 @@ def reused_sweep_dir(env: dict, work: Path) -> Case:
 def overlapping_sweeps(env: dict, work: Path) -> Case:
     sweep = work / "sweep_overlap"
     case = Case("two identical sweeps started together", "each member runs once")
-    args = [sys.executable, "-m", "promptlab.train", *TINY, "-m", "method=prompt_tuning", "method.max_steps=20",
+    args = [sys.executable, "-m", "promptlab.train", "-m", *TINY, "method=prompt_tuning", "method.max_steps=20",
             "seed=1,2", f"hydra.sweep.dir={sweep}"]
     procs = [subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for _ in range(2)]
@@ -182,7 +183,10 @@ def main() -> int:
            "WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     results: list[Case] = []
     for make in CASES:
-        out = make(env, work)
+        try:
+            out = make(env, work)
+        except Exception as err:  # a case that cannot even run is a failed case, not a crashed campaign
+            out = Case(getattr(make, "__name__", "case"), "runs", f"{type(err).__name__}: {err}", False)
         for case in out if isinstance(out, list) else [out]:
             results.append(case)
             print(f"{'ok  ' if case.ok else 'FAIL'} | {case.name} | expected: {case.expected} | observed: {case.observed}",

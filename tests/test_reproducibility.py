@@ -30,29 +30,23 @@ def assert_same(a: list[dict], b: list[dict], tol: float = 1e-5) -> None:
             assert p == pytest.approx(q, abs=tol)
 
 
-def test_choice_scores_do_not_depend_on_the_eval_batch(make_cfg, tmp_path):
-    first, *rest = runs_with_batch_sizes(make_cfg(method="few_shot"), tmp_path)
-    for other in rest:
-        assert_same(first, other)
+# (method, task config or None for the default SST-2 fixture, its folder, rows for (train, eval))
+CASES = {
+    "choice": ("few_shot", None, None, None),
+    "per-example multi-token choices": ("zero_shot", COPA_LIKE, "tinycopa", (copa_rows(8), copa_rows(7))),
+    "generation": ("zero_shot_cot", GEN_TASK, "tinyqa", (qa_rows(12), qa_rows(7))),
+}
 
 
-def test_per_example_multi_token_choices_do_not_depend_on_the_eval_batch(make_cfg, data_root, tmp_path):
-    write_jsonl(data_root / "tinycopa" / "validation.jsonl", copa_rows(7))
-    write_jsonl(data_root / "tinycopa" / "train.jsonl", copa_rows(8))
-    cfg = make_cfg(method="zero_shot")
-    with open_dict(cfg):
-        cfg.data = OmegaConf.create(COPA_LIKE)
-    first, *rest = runs_with_batch_sizes(cfg, tmp_path)
-    for other in rest:
-        assert_same(first, other)
-
-
-def test_generation_does_not_depend_on_the_eval_batch(make_cfg, data_root, tmp_path):
-    write_jsonl(data_root / "tinyqa" / "train.jsonl", qa_rows(12))
-    write_jsonl(data_root / "tinyqa" / "test.jsonl", qa_rows(7))
-    cfg = make_cfg(method="zero_shot_cot")
-    with open_dict(cfg):
-        cfg.data = OmegaConf.create(GEN_TASK)
+@pytest.mark.parametrize("case", CASES)
+def test_predictions_do_not_depend_on_the_eval_batch(make_cfg, data_root, tmp_path, case):
+    method, task, folder, rows = CASES[case]
+    cfg = make_cfg(method=method)
+    if task:
+        write_jsonl(data_root / folder / "train.jsonl", rows[0])
+        write_jsonl(data_root / folder / f"{task['eval_split']}.jsonl", rows[1])
+        with open_dict(cfg):
+            cfg.data = OmegaConf.create(task)
     first, *rest = runs_with_batch_sizes(cfg, tmp_path)
     for other in rest:
         assert_same(first, other)
