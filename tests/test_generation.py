@@ -107,7 +107,7 @@ def test_zero_shot_generation_run_records_text_answer_and_costs(gen_cfg, run_dir
     assert result["chance"] is None
     costs = result["costs"]
     assert costs["generated_tokens"] > 0 and costs["generation_seconds"] > 0
-    assert costs["generated_tokens_per_second"] == pytest.approx(costs["generated_tokens"] / costs["generation_seconds"], rel=0.05)
+    assert costs["generated_tokens_per_second"] == pytest.approx(costs["generated_tokens"] / costs["generation_seconds"])
     rows = read_predictions(run_dir)
     assert [r["idx"] for r in rows] == list(range(6))
     for r in rows:

@@ -50,3 +50,34 @@ def test_predictions_do_not_depend_on_the_eval_batch(make_cfg, data_root, tmp_pa
     first, *rest = runs_with_batch_sizes(cfg, tmp_path)
     for other in rest:
         assert_same(first, other)
+
+
+def test_record_holds_what_reproducing_the_run_needs(make_cfg, data_root, run_dir):
+    import hashlib
+    import json
+
+    promptlab.train.run(make_cfg(method="few_shot"), run_dir)
+    rec = json.loads((run_dir / "result.json").read_text())
+    prov = rec["provenance"]
+    assert prov["seeds"] == {"run": 0, "budget": 0, "demos": 1, "train_order": 0, "dev_split": 1234, "eval_subset": 0}
+    for split, file in (("train", "train.jsonl"), ("validation", "validation.jsonl")):
+        digest = hashlib.sha256((data_root / "sst2" / file).read_bytes()).hexdigest()[:16]
+        assert prov["data"][split] == f"{file} sha256:{digest}"
+    assert prov["model"] == {"source": "tiny_random", "path": prov["model"]["path"], "init_seed": 0}
+    assert rec["git_dirty"] in (True, False, None) and "git_commit" in rec
+
+
+def test_local_model_weights_are_hashed_once(tmp_path):
+    from omegaconf import OmegaConf
+
+    from promptlab.models import Backbone, fingerprint
+
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"weights")
+    backbone = Backbone(model=type("M", (), {"config": object()})(), tokenizer=None, path=str(tmp_path),
+                        load_seconds=0.0, from_cache=True)
+    cfg = OmegaConf.create({"source": "bundled_gguf"})
+    first = fingerprint(cfg, backbone)["weights_sha256"]
+    assert first == __import__("hashlib").sha256(b"weights").hexdigest()[:16]
+    assert (tmp_path / ".model.safetensors.sha256").exists()
+    assert fingerprint(cfg, backbone)["weights_sha256"] == first

@@ -22,6 +22,7 @@ from promptlab.data import eval_items
 from promptlab.errors import ConfigError
 from promptlab.evaluation.evaluate import evaluate
 from promptlab.evaluation.metrics import get_metric
+from promptlab.tasks.sampling import component_seeds
 from promptlab.tracking import PeakMemory, RunRecord, new_run_id, write_jsonl_atomic
 
 USAGE = "promptlab-eval run=<run directory> [data=<task>] [key=value ...]"
@@ -65,7 +66,7 @@ def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
 
 def run_eval(source: Path, overrides: list[str]) -> tuple[dict, Path]:
     """Evaluate the saved run ``source`` under ``overrides``; returns the new record and its directory."""
-    from promptlab.models import load_backbone
+    from promptlab.models import fingerprint, load_backbone
     from promptlab.train import build_module, make_trainer, plan, quiet_third_party_noise
 
     cfg, src_record = source_config(source)
@@ -83,7 +84,9 @@ def run_eval(source: Path, overrides: list[str]) -> tuple[dict, Path]:
     record.start_heartbeat()
     try:
         record.describe(p.method.info(), p.spec, get_metric(p.spec.primary_metric).higher_is_better)
+        record.provenance(seeds=component_seeds(p.settings.seed), data=p.task.sources)
         backbone = load_backbone(cfg.model, cfg.paths.cache_dir)
+        record.provenance(model=fingerprint(cfg.model, backbone))
         model = p.method.load(backbone, checkpoint) if p.method.trains else p.method.prepare(backbone, p.spec)
         module, encoder = build_module(p, backbone, model)
         ev = evaluate(module, p.spec, eval_items(encoder, p.task.eval), make_trainer(cfg, out, [], False),

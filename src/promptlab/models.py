@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import re
@@ -222,3 +223,40 @@ def tiny_llama(tokenizer: PreTrainedTokenizerFast, cfg: DictConfig) -> LlamaForC
     with torch.random.fork_rng():
         torch.manual_seed(cfg.get("init_seed", 0))
         return LlamaForCausalLM(config)
+
+
+def fingerprint(cfg: DictConfig, backbone: Backbone) -> dict:
+    """What identifies the weights a run started from: the Hub revision/commit, or a content hash of a local
+    weights file (computed once and kept beside it, keyed by size and mtime, since hashing 0.5 GB takes ~1 s)."""
+    info = {"source": cfg.source, "path": backbone.path}
+    if cfg.source == "tiny_random":
+        return {**info, "init_seed": cfg.get("init_seed", 0)}
+    info["commit"] = getattr(backbone.model.config, "_commit_hash", None)
+    if cfg.source == "hub":
+        info["revision"] = cfg.get("revision")
+    weights = Path(backbone.path) / "model.safetensors"
+    if weights.is_file():
+        info["weights_sha256"] = _cached_sha256(weights)
+    return info
+
+
+def _cached_sha256(path: Path) -> str:
+    import hashlib
+
+    stat = path.stat()
+    sidecar = path.with_name(f".{path.name}.sha256")
+    key = f"{stat.st_size}:{stat.st_mtime_ns}"
+    try:
+        cached_key, digest = sidecar.read_text().split()
+        if cached_key == key:
+            return digest
+    except (OSError, ValueError):
+        pass
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    digest = h.hexdigest()[:16]
+    with contextlib.suppress(OSError):  # a read-only model folder: hash again next time
+        sidecar.write_text(f"{key} {digest}")
+    return digest

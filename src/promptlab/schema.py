@@ -88,6 +88,9 @@ class RunResult:
     pid: int | None = None  # the process that wrote the record, and its host
     host: str | None = None
     heartbeat_at: str | None = None  # refreshed while running (see is_stale)
+    git_dirty: bool | None = None  # uncommitted changes in the source tree: the commit alone does not reproduce it
+    # seeds per component, data sources ("<file> sha256:<hash>" or "hub:..."), model identity (revision or hash)
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

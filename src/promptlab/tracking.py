@@ -87,6 +87,16 @@ def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
         return None
 
 
+def git_dirty(cwd: str | os.PathLike | None = None) -> bool | None:
+    """Whether the source tree has uncommitted changes (then the commit alone does not reproduce the run)."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True,
+                             text=True, timeout=5)
+        return bool(out.stdout.strip()) if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def versions() -> dict[str, str]:
     import lightning
     import peft
@@ -237,6 +247,7 @@ class RunRecord:
             "eval_split": _value(data, "eval_split"),
             "config_hash": digest,
             "git_commit": git_commit(Path(__file__).parent),
+            "git_dirty": git_dirty(Path(__file__).parent),
             "versions": versions(),
             "machine": machine_info(),
             "started_at": _now(),
@@ -279,6 +290,12 @@ class RunRecord:
             self.data.update(method_info=asdict(method_info), output_type=spec.output_type,
                              primary_metric=spec.primary_metric, higher_is_better=higher_is_better,
                              chance=spec.chance)
+            self.write()
+
+    def provenance(self, **parts: Any) -> None:
+        """What reproducing the run needs beyond its config: seeds per component, data sources, model identity."""
+        with self._lock:
+            self.data.setdefault("provenance", {}).update(parts)
             self.write()
 
     def _finish(self, status: str, **fields: Any) -> None:

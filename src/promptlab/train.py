@@ -30,12 +30,13 @@ from promptlab.errors import ConfigError
 from promptlab.evaluation.evaluate import evaluate
 from promptlab.evaluation.metrics import get_metric
 from promptlab.methods import Method, build_method, count_parameters
-from promptlab.models import Backbone, check_model, load_backbone
+from promptlab.models import Backbone, check_model, fingerprint, load_backbone
 from promptlab.module import PromptModule
 from promptlab.progress import progress_callbacks
 from promptlab.prompts import Encoder
 from promptlab.sweep import note
 from promptlab.tasks import Task, TaskSpec, load_task, sample_demos, training_subset
+from promptlab.tasks.sampling import component_seeds
 from promptlab.tracking import (
     PeakMemory,
     RunRecord,
@@ -148,6 +149,7 @@ def _run(cfg: DictConfig, run_dir: Path, record: RunRecord) -> dict:
         record.phase = "loading data"  # and checking the config, which takes no time
         p = plan(cfg)  # all checks run before the (slow) model load
         record.describe(p.method.info(), p.spec, get_metric(p.spec.primary_metric).higher_is_better)
+        record.provenance(seeds=component_seeds(p.settings.seed), data=p.task.sources)
         wandb = effective_wandb_mode(p.settings.wandb_mode) if p.settings.wandb_mode else "disabled"
         L.seed_everything(p.settings.seed, workers=True, verbose=False)
         if p.settings.num_threads:
@@ -155,6 +157,7 @@ def _run(cfg: DictConfig, run_dir: Path, record: RunRecord) -> dict:
 
         record.phase = "loading the model"
         backbone = load_backbone(cfg.model, cfg.paths.cache_dir)
+        record.provenance(model=fingerprint(cfg.model, backbone))
         model = p.method.prepare(backbone, p.spec)
         module, encoder = build_module(p, backbone, model)
         loggers = make_loggers(cfg, run_dir, record.data["run_id"], mode=wandb)

@@ -25,11 +25,11 @@ class Evaluation:
     generation_seconds: float
 
     def costs(self) -> dict[str, float | int | None]:
-        n, gen = len(self.rows), self.generation_seconds
+        n, gen = len(self.rows), round(self.generation_seconds, 6)  # the rate is derived from what is recorded
         return {
             "eval_seconds": round(self.seconds, 3), "eval_examples": n,
             "eval_examples_per_second": n / self.seconds if self.seconds else None,
-            "generated_tokens": self.generated_tokens, "generation_seconds": round(gen, 3),
+            "generated_tokens": self.generated_tokens, "generation_seconds": gen,
             "generated_tokens_per_second": self.generated_tokens / gen if gen else None,
         }
 

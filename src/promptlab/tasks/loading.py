@@ -3,6 +3,7 @@ cutting the splits a run uses: ``train`` (the budget is drawn from it), ``dev`` 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,7 @@ class Task:
     train: list[dict] = field(default_factory=list)
     dev: list[dict] = field(default_factory=list)
     eval: list[dict] = field(default_factory=list)
+    sources: dict[str, str] = field(default_factory=dict)  # split -> "<file> sha256:<hash>" or "hub:<path>"
 
     @property
     def name(self) -> str:
@@ -56,7 +58,20 @@ def load_task(spec: TaskSpec, data_root: str | None, eval_split: str | None = No
                               "use data.eval_limit=N (N >= 1), or null to evaluate every example")
         order = np.random.default_rng(EVAL_SUBSET_SEED).permutation(len(ev))[: spec.eval_limit]
         ev = [ev[i] for i in sorted(order)]
-    return Task(spec, train, dev, ev)
+    used = {spec.train_split, eval_split if eval_split != "dev" else spec.dev_split or spec.train_split}
+    return Task(spec, train, dev, ev, {split: data_source(spec, split, data_root) for split in sorted(used)})
+
+
+def data_source(spec: TaskSpec, split: str, data_root: str | None) -> str:
+    """Where a split's rows came from, for the run record: the local file and its content hash, or the Hub."""
+    path = _local_file(spec, split, data_root)
+    if path is None:
+        return f"hub:{spec.hub.get('path')}/{spec.hub.get('name')}:{split}"
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return f"{path.name} sha256:{digest.hexdigest()[:16]}"
 
 
 def _checked(spec: TaskSpec, split: str, data_root: str | None) -> list[dict]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from promptlab.errors import ConfigError
-from promptlab.tasks.loading import Task
+from promptlab.tasks.loading import DEV_SPLIT_SEED, EVAL_SUBSET_SEED, Task
 
 
 def _positive_int(value, key: str) -> int:
@@ -47,6 +47,12 @@ def training_subset(task: Task, seed: int) -> list[dict]:
     else:
         idx = range(len(task.train))
     return [task.train[i] for i in idx]
+
+
+def component_seeds(seed: int) -> dict[str, int]:
+    """Every random stream a run draws from, by what it decides (for the run record)."""
+    return {"run": seed, "budget": seed, "demos": seed + 1, "train_order": seed, "dev_split": DEV_SPLIT_SEED,
+            "eval_subset": EVAL_SUBSET_SEED}
 
 
 def sample_demos(pool: list[dict], task: Task, num_demos: int, seed: int) -> list[dict]:
