@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from promptlab.config import optional_whole_number
 from promptlab.errors import ConfigError
 from promptlab.tasks.spec import TaskSpec
 
@@ -52,10 +53,7 @@ def load_task(spec: TaskSpec, data_root: str | None, eval_split: str | None = No
         dev = [train[i] for i in sorted(order[:n_dev])]
         train = [train[i] for i in sorted(order[n_dev:])]
     ev = dev if eval_split == "dev" else _checked(spec, eval_split, data_root)
-    if spec.eval_limit is not None:
-        if not isinstance(spec.eval_limit, int) or isinstance(spec.eval_limit, bool) or spec.eval_limit < 1:
-            raise ConfigError(f"data.eval_limit={spec.eval_limit!r} is not a positive integer",
-                              "use data.eval_limit=N (N >= 1), or null to evaluate every example")
+    if optional_whole_number(spec.eval_limit, "data.eval_limit", 100) is not None:
         order = np.random.default_rng(EVAL_SUBSET_SEED).permutation(len(ev))[: spec.eval_limit]
         ev = [ev[i] for i in sorted(order)]
     used = {spec.train_split, eval_split if eval_split != "dev" else spec.dev_split or spec.train_split}

@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from promptlab.config import optional_whole_number
 from promptlab.errors import ConfigError
 from promptlab.tasks.loading import DEV_SPLIT_SEED, EVAL_SUBSET_SEED, Task
-
-
-def _positive_int(value, key: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"{key}={value!r} is not a positive integer", f"use {key}=N with N >= 1, or {key}=null")
-    return value
 
 
 def sample_k_shot(labels: list[int], k: int, num_classes: int, seed: int) -> list[int]:
@@ -36,10 +31,10 @@ def training_subset(task: Task, seed: int) -> list[dict]:
     """The budget: ``k_shot`` per class (choice tasks), else ``train_size`` at random, else everything."""
     spec = task.spec
     if spec.k_shot is not None:
-        k = _positive_int(spec.k_shot, "data.k_shot")
+        k = optional_whole_number(spec.k_shot, "data.k_shot", 16)
         idx = sample_k_shot([r[spec.label_column] for r in task.train], k, spec.num_choices, seed)
     elif spec.train_size is not None:
-        n = _positive_int(spec.train_size, "data.train_size")
+        n = optional_whole_number(spec.train_size, "data.train_size", 100)
         if n > len(task.train):
             raise ConfigError(f"train_size={n} but {task.name} has {len(task.train)} training examples",
                               f"use data.train_size <= {len(task.train)}")
