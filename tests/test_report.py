@@ -19,7 +19,6 @@ from conftest import compose_config, subprocess_env
 from omegaconf import OmegaConf
 from scipy import stats
 
-from promptlab import tracking
 from promptlab.report import (
     configs,
     load_runs,
@@ -492,10 +491,6 @@ def test_runs_without_a_readable_config_still_read(tmp_path, caplog):
     summary = summarize(df)
     assert list(summary["config_label"]) == ["", "config unknown"]
     assert list(summary["n_seeds"]) == [1, 2]  # the two without a config: grouped by their records, as before
-
-
-def test_non_semantic_keys_mirror_tracking():
-    assert configs.NON_SEMANTIC_KEYS == tracking.NON_SEMANTIC_KEYS
 
 
 def test_cli_on_a_real_tiny_model_sweep(tmp_path, data_root, capsys):

@@ -49,6 +49,8 @@ class Settings:
     eval_batch_size: int
     num_threads: int | None
     skip_completed: bool
+    resume: bool
+    checkpoint_every_n_steps: int | None
     wandb_mode: str | None  # the requested mode; None when no wandb logger is configured
     max_prompt_tokens: int
     max_target_tokens: int
@@ -65,6 +67,9 @@ class Settings:
             eval_batch_size=whole_number(cfg.get("eval_batch_size"), "eval_batch_size", 1, 16),
             num_threads=optional_whole_number(cfg.get("num_threads"), "num_threads", 2),
             skip_completed=skip_completed(cfg),
+            resume=flag(cfg, "resume", "continue an interrupted run from its last checkpoint"),
+            checkpoint_every_n_steps=optional_whole_number(cfg.get("checkpoint_every_n_steps"),
+                                                           "checkpoint_every_n_steps", 20),
             wandb_mode=_wandb_mode(cfg),
             max_prompt_tokens=whole_number(_data(data, "max_prompt_tokens"), "data.max_prompt_tokens", 1, 1024),
             max_target_tokens=whole_number(_data(data, "max_target_tokens"), "data.max_target_tokens", 1, 256),
@@ -83,10 +88,14 @@ def _data(data: DictConfig, key: str) -> Any:
 
 
 def skip_completed(cfg: DictConfig) -> bool:
-    value = cfg.get("skip_completed", True)
+    return flag(cfg, "skip_completed", "finish a sweep, not redo its completed runs")
+
+
+def flag(cfg: DictConfig, key: str, meaning: str) -> bool:
+    """A top-level true/false setting (default true)."""
+    value = cfg.get(key, True)
     if not isinstance(value, bool):
-        raise ConfigError(f"skip_completed={value!r} is not true or false",
-                          "use skip_completed=true (finish a sweep) or false (redo completed runs)")
+        raise ConfigError(f"{key}={value!r} is not true or false", f"use {key}=true ({meaning}) or {key}=false")
     return value
 
 

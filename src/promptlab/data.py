@@ -5,6 +5,8 @@ from __future__ import annotations
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
+from torchdata.stateful_dataloader import StatefulDataLoader
+from torchdata.stateful_dataloader.sampler import RandomSampler
 
 from promptlab.prompts import Encoder
 
@@ -33,10 +35,13 @@ class PromptDataModule(L.LightningDataModule):
             self.train_items = [self.encoder.item(r, train=True) for r in self.train_rows]
             self.eval_items = eval_items(self.encoder, self.eval_rows)
 
-    def train_dataloader(self) -> DataLoader:
-        gen = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.train_items, batch_size=self.batch_size, shuffle=True, generator=gen,
-                          collate_fn=collate)
+    def train_dataloader(self) -> StatefulDataLoader:
+        """Resumable: Lightning stores its position (order and batches taken) in every checkpoint, so a resumed
+        run sees the batches an uninterrupted one would. The sampler has a generator of its own: a loader's
+        generator also gives each epoch a base seed, and torchdata restores only the sampler's."""
+        sampler = RandomSampler(self.train_items, generator=torch.Generator().manual_seed(self.seed))
+        return StatefulDataLoader(self.train_items, batch_size=self.batch_size, sampler=sampler,
+                                  generator=torch.Generator().manual_seed(self.seed), collate_fn=collate)
 
     def predict_dataloader(self) -> DataLoader:
         return eval_loader(self.eval_items, self.eval_batch_size)

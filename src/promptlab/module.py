@@ -1,12 +1,16 @@
 """The LightningModule: the readout's loss for training, its predictions for evaluation; AdamW with linear
-warmup and decay over whatever the method left trainable."""
+warmup and decay over whatever the method left trainable. Its checkpoints (``promptlab.resume``) hold only
+what training changes: trainable weights, counters and random-number states."""
 
 from __future__ import annotations
 
+import random
+import time
 from collections import deque
 from dataclasses import dataclass
 
 import lightning as L
+import numpy as np
 import torch
 from transformers import get_linear_schedule_with_warmup
 
@@ -24,11 +28,15 @@ class Optim:
 class PromptModule(L.LightningModule):
     """Wraps a (possibly PEFT) causal LM and a readout (``promptlab.readout``)."""
 
+    strict_loading = False  # checkpoints leave out the frozen weights; on_load_checkpoint checks the rest
+
     def __init__(self, model: torch.nn.Module, readout, optim: Optim | None = None):
         super().__init__()
         self.model, self.readout, self.optim = model, readout, optim or Optim()
         self.examples_seen = 0
         self.tokens_seen = 0
+        self.train_seconds = 0.0  # before this fit: a resumed run counts the time of its earlier attempts
+        self._fit_started = time.perf_counter()
         self.loss_window = 20
         self._recent: deque[float] = deque(maxlen=self.loss_window)
 
@@ -43,6 +51,44 @@ class PromptModule(L.LightningModule):
         self.log("loss_avg", sum(self._recent) / len(self._recent), prog_bar=True, batch_size=n, logger=False)
         return loss
 
+    def on_train_start(self) -> None:
+        self._fit_started = time.perf_counter()
+
+    def elapsed_train_seconds(self) -> float:
+        """Training time over every attempt of this run, up to now."""
+        return self.train_seconds + time.perf_counter() - self._fit_started
+
+    def trainable_names(self) -> set[str]:
+        return {name for name, p in self.named_parameters() if p.requires_grad}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Frozen weights are the backbone's, loaded anyway: a prompt-tuning checkpoint stays kilobytes.
+        keep = self.trainable_names()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        checkpoint["promptlab"] = {
+            "examples_seen": self.examples_seen, "tokens_seen": self.tokens_seen,
+            "train_seconds": self.elapsed_train_seconds(),
+            # Lightning's checkpoint leaves random states out; dropout or sampling after a resume needs them.
+            "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": _numpy_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved, trainable = set(checkpoint["state_dict"]), self.trainable_names()
+        if saved != trainable:  # strict_loading is off, so a mismatch must be caught here
+            raise RuntimeError(f"the checkpoint holds weights {sorted(saved ^ trainable)[:5]} that this run's "
+                               "trainable weights do not match: it belongs to another model or method")
+        state = checkpoint["promptlab"]
+        self.examples_seen, self.tokens_seen = state["examples_seen"], state["tokens_seen"]
+        self.train_seconds = state["train_seconds"]
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        random.setstate(rng["python"])
+        name, keys, pos, has_gauss, gauss = rng["numpy"]
+        np.random.set_state((name, keys.numpy(), pos, has_gauss, gauss))
+        if rng["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         return self.readout.predict(self.model, batch)
 
@@ -52,3 +98,9 @@ class PromptModule(L.LightningModule):
         optimizer = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
         schedule = get_linear_schedule_with_warmup(optimizer, int(o.warmup_ratio * o.max_steps), max(o.max_steps, 1))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def _numpy_state() -> tuple:
+    """numpy's global random state with its key array as a tensor: torch.load(weights_only=True) reads it."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return name, torch.from_numpy(keys.copy()), pos, has_gauss, gauss

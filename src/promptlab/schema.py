@@ -16,6 +16,11 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal
 
+# Config sections that do not change what a run computes: left out of the config hash (tracking) and of the
+# report's grouping (report.configs).
+NON_SEMANTIC_KEYS = ("paths", "logger", "hydra", "tags", "skip_completed", "num_threads", "resume",
+                     "checkpoint_every_n_steps")
+
 SCHEMA_VERSION = 2
 HEARTBEAT_SECONDS = 60  # a running record's heartbeat_at is refreshed this often
 STALE_AFTER_SECONDS = 3 * HEARTBEAT_SECONDS
@@ -91,6 +96,8 @@ class RunResult:
     git_dirty: bool | None = None  # uncommitted changes in the source tree: the commit alone does not reproduce it
     # seeds per component, data sources ("<file> sha256:<hash>" or "hub:..."), model identity (revision or hash)
     provenance: dict[str, Any] = field(default_factory=dict)
+    # one entry per restart from a checkpoint: {"at", "from_step", "checkpoint", "previous_status"}
+    resumes: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,6 +111,7 @@ COST_KEYS = (
     "generated_tokens", "generation_seconds", "generated_tokens_per_second",
     "demo_generated_tokens", "demo_generation_seconds",  # model-written demonstrations (few-shot CoT)
     "peak_rss_mb", "peak_rss_reset_per_run", "peak_gpu_mb", "checkpoint_bytes", "truncated_prompts",
+    "resume_checkpoints", "resume_checkpoint_seconds", "resume_checkpoint_bytes",  # this attempt's saves
 )
 
 # predictions.jsonl, one row per evaluated example (sorted by idx):

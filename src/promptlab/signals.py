@@ -41,7 +41,7 @@ class _State:
 
 
 def _handler(signum: int, frame: object) -> None:
-    if _State.depth:
+    if _State.depth and _State.pending is None:  # a second signal does not wait: Ctrl-C twice stops now
         _State.pending = signum
         return
     raise Interrupted(signum)
@@ -82,6 +82,13 @@ def deferred() -> Iterator[None]:
         if not _State.depth and _State.pending is not None:
             signum, _State.pending = _State.pending, None
             raise Interrupted(signum)
+
+
+def take_pending() -> int | None:
+    """The signal that arrived inside ``deferred()`` and is still waiting (then no longer), else None: lets a
+    block end early at a safe point (training saves a checkpoint at the end of the step, then stops)."""
+    signum, _State.pending = _State.pending, None
+    return signum
 
 
 def signal_of(err: BaseException) -> int | None:

@@ -27,12 +27,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from promptlab import signals
-from promptlab.schema import HEARTBEAT_SECONDS, SCHEMA_VERSION, Machine, MethodInfo
+from promptlab.schema import HEARTBEAT_SECONDS, NON_SEMANTIC_KEYS, SCHEMA_VERSION, Machine, MethodInfo
 
 log = logging.getLogger("promptlab")
 
-# Parts of the config that do not change what a run computes: left out of the config hash.
-NON_SEMANTIC_KEYS = ("paths", "logger", "hydra", "tags", "skip_completed", "num_threads")
 
 
 def _file_mode() -> int:
@@ -216,7 +214,8 @@ class RunRecord:
     One lock orders every write, so the heartbeat thread never writes over the final record.
     """
 
-    def __init__(self, run_dir: str | os.PathLike, cfg: DictConfig, run_id: str, kind: str = "train"):
+    def __init__(self, run_dir: str | os.PathLike, cfg: DictConfig, run_id: str, kind: str = "train",
+                 resumes: list[dict] | None = None):
         self.dir = Path(run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         text, digest = _config_text(cfg)
@@ -254,6 +253,7 @@ class RunRecord:
             "pid": os.getpid(),
             "host": platform.node(),
             "heartbeat_at": _now(),
+            "resumes": resumes or [],
             "metrics": {},
             "costs": {},
         }
@@ -296,6 +296,13 @@ class RunRecord:
         """What reproducing the run needs beyond its config: seeds per component, data sources, model identity."""
         with self._lock:
             self.data.setdefault("provenance", {}).update(parts)
+            self.write()
+
+    def resumed(self, step: int, point: Any) -> None:
+        """This attempt continues from ``point`` (a ``resume.ResumePoint``), restored at optimiser step ``step``."""
+        with self._lock:
+            self.data["resumes"].append({"at": _now(), "from_step": step, "checkpoint": str(point.checkpoint),
+                                         "previous_status": point.previous_status})
             self.write()
 
     def _finish(self, status: str, **fields: Any) -> None:
@@ -446,6 +453,7 @@ def make_loggers(cfg: DictConfig, run_dir: Path, run_id: str, mode: str | None =
             job_type=cfg.method.name, tags=[cfg.method.name, cfg.data.name, cfg.model.name, *wb.get("tags", [])],
             save_dir=str(run_dir), mode=mode, config=OmegaConf.to_container(cfg, resolve=True),
             add_file_policy="immutable",
+            resume="allow",  # a resumed run (same id) continues its wandb run instead of starting another
         ))
     return loggers
 

@@ -10,7 +10,6 @@ import logging
 import math
 import os
 import sys
-import time
 import uuid
 import warnings
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from promptlab import signals, sweep
+from promptlab import resume, signals, sweep
 from promptlab.config import Settings, check_writable, skip_completed
 from promptlab.data import PromptDataModule, eval_items
 from promptlab.errors import ConfigError
@@ -64,7 +63,7 @@ def quiet_third_party_noise() -> None:
     logging.getLogger("lightning.pytorch.trainer.connectors.signal_connector").setLevel(logging.WARNING)
     for pattern in (".*LeafSpec.*", ".*is_gradient_checkpointing.*", ".*anonymous setting.*",
                     ".*smaller than the logging interval.*", ".*does not have many workers.*",
-                    ".*Position ids are not supported.*"):
+                    ".*Position ids are not supported.*", ".*set_vital.*"):
         warnings.filterwarnings("ignore", message=pattern)
 
 
@@ -105,11 +104,12 @@ def build_module(p: Plan, backbone: Backbone, model: torch.nn.Module) -> tuple[P
     return PromptModule(model, readout, p.method.optim()), Encoder(tok, p.spec, demos, p.method.assistant_prefix)
 
 
-def make_trainer(cfg: DictConfig, run_dir: Path, loggers: list, trains: bool) -> L.Trainer:
-    callbacks, bar = progress_callbacks()
+def make_trainer(cfg: DictConfig, run_dir: Path, loggers: list, trains: bool,
+                 callbacks: list[L.Callback] = ()) -> L.Trainer:
+    progress, bar = progress_callbacks()
     if loggers and trains:
-        callbacks.append(L.pytorch.callbacks.LearningRateMonitor("step"))
-    return hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
+        progress.append(L.pytorch.callbacks.LearningRateMonitor("step"))
+    return hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=[*progress, *callbacks],
                                    enable_progress_bar=bar, default_root_dir=str(run_dir))
 
 
@@ -120,11 +120,17 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
     """
     run_dir = check_writable(run_dir)  # nowhere to record a failure if this fails: a ConfigError, nothing else
     with signals.handling():
-        run_id = new_run_id(_group_name(cfg, "method"), _group_name(cfg, "data"), cfg.get("seed"))
-        record = RunRecord(run_dir, cfg, run_id)
+        point = resume.find_resume_point(run_dir, cfg)
+        if point:  # same run id: the record and the wandb run go on
+            run_id, resumes = point.run_id, (read_record(run_dir) or {}).get("resumes") or []
+            log.info("resuming %s from %s (it was %s)", run_dir, point.checkpoint, point.previous_status)
+        else:
+            resume.discard(run_dir)  # an unfinished run's checkpoint of another config (or resume=false)
+            run_id, resumes = new_run_id(_group_name(cfg, "method"), _group_name(cfg, "data"), cfg.get("seed")), []
+        record = RunRecord(run_dir, cfg, run_id, resumes=resumes)
         try:
             record.start_heartbeat()
-            return _run(cfg, run_dir, record)
+            return _run(cfg, run_dir, record, point)
         except BaseException as err:
             record.fail(err)  # a no-op when _run recorded it; covers a signal before _run's own handler
             raise
@@ -140,7 +146,7 @@ def _group_name(cfg: DictConfig, group: str) -> str:
         return group
 
 
-def _run(cfg: DictConfig, run_dir: Path, record: RunRecord) -> dict:
+def _run(cfg: DictConfig, run_dir: Path, record: RunRecord, point: resume.ResumePoint | None) -> dict:
     quiet_third_party_noise()
     memory = PeakMemory()
     memory.reset()
@@ -161,24 +167,27 @@ def _run(cfg: DictConfig, run_dir: Path, record: RunRecord) -> dict:
         model = p.method.prepare(backbone, p.spec)
         module, encoder = build_module(p, backbone, model)
         loggers = make_loggers(cfg, run_dir, record.data["run_id"], mode=wandb)
-        trainer = make_trainer(cfg, run_dir, loggers, p.method.trains)
+        saver = resume.ResumeCheckpoint(resume.checkpoint_path(run_dir), p.settings.checkpoint_every_n_steps,
+                                        on_start=(lambda step: record.resumed(step, point)) if point else None)
+        trainer = make_trainer(cfg, run_dir, loggers, p.method.trains, [saver] if p.method.trains else [])
         trainable, total = count_parameters(model)
         costs = {"trainable_params": trainable, "total_params": total, "trainable_fraction": trainable / total,
                  "model_load_seconds": round(backbone.load_seconds, 3)}
 
         record.phase = "training"
-        train_seconds, checkpoint = fit(p, module, encoder, trainer, run_dir)
+        train_seconds, checkpoint = fit(p, module, encoder, trainer, run_dir, point)
         record.phase = "evaluation"
         module.model.eval()
         ev = evaluate(module, p.spec, eval_items(encoder, p.task.eval), trainer, p.settings.eval_batch_size)
         record.phase = "writing the results"
         write_jsonl_atomic(run_dir / "predictions.jsonl", ev.rows)
-        costs.update(run_costs(p, module, encoder, trainer, ev, memory, train_seconds, checkpoint))
+        costs.update(run_costs(p, module, encoder, trainer, ev, memory, train_seconds, checkpoint), **saver.costs())
         for lg in loggers:
             lg.log_metrics({f"eval/{k}": v for k, v in ev.metrics.items()}, step=trainer.global_step)
             lg.save()  # the CSV logger only writes on save()
         record.complete(ev.metrics, costs, num_train_examples=len(p.train_rows), num_demos=len(p.demos),
                         checkpoint="checkpoint" if checkpoint else None)
+        resume.discard(run_dir)  # the trained weights are in checkpoint/; a completed run is not resumed
         finish_wandb(loggers, record.data, checkpoint)
         return record.data
     except BaseException as err:
@@ -188,18 +197,19 @@ def _run(cfg: DictConfig, run_dir: Path, record: RunRecord) -> dict:
         raise
 
 
-def fit(p: Plan, module: PromptModule, encoder: Encoder, trainer: L.Trainer, run_dir: Path) -> tuple[float, Path | None]:
-    """Train a trained method and save its state; (seconds, checkpoint dir) — (0, None) for the others."""
+def fit(p: Plan, module: PromptModule, encoder: Encoder, trainer: L.Trainer, run_dir: Path,
+        point: resume.ResumePoint | None) -> tuple[float, Path | None]:
+    """Train a trained method (from ``point`` when resuming) and save its state; (seconds over every attempt,
+    checkpoint dir) — (0, None) for the others."""
     if not p.method.trains:
         return 0.0, None
     datamodule = PromptDataModule(encoder, p.train_rows, [], p.method.cfg.batch_size, p.settings.eval_batch_size,
                                   p.settings.seed)
-    start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule)
-    seconds = time.perf_counter() - start
+    with signals.deferred():  # SIGINT/SIGTERM end the run at the end of a step (resume.ResumeCheckpoint)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=point.checkpoint if point else None)
     checkpoint = run_dir / "checkpoint"
     p.method.save(module.model, checkpoint)
-    return seconds, checkpoint
+    return module.elapsed_train_seconds(), checkpoint
 
 
 def run_costs(p: Plan, module: PromptModule, encoder: Encoder, trainer: L.Trainer, ev, memory: PeakMemory,
@@ -297,6 +307,10 @@ def run_member(cfg: DictConfig, run_dir: Path, sweep_dir: Path | None) -> float:
         recorded = (read_record(run_dir) or {}).get("status") == "interrupted"  # not when it came before run()
         print(f"promptlab: {run_dir}: interrupted by {err.name}" + ("; recorded in result.json" if recorded else ""),
               file=sys.stderr)
+        if resume.checkpoint_path(run_dir).exists():
+            again = f"hydra.sweep.dir={sweep_dir}" if sweep_dir else f"hydra.run.dir={run_dir}"
+            print(f"promptlab: to continue from its checkpoint, run the same command again with {again}",
+                  file=sys.stderr)
         raise
     except Exception as err:
         if sweep_dir is None:

@@ -19,11 +19,10 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from promptlab.schema import NON_SEMANTIC_KEYS
+
 log = logging.getLogger("promptlab.report")
 
-# A copy of promptlab.tracking.NON_SEMANTIC_KEYS (tracking imports torch; the report must not): the sections
-# that do not change what a run computes. tests/test_report.py checks that the two lists stay equal.
-NON_SEMANTIC_KEYS = ("paths", "logger", "hydra", "tags", "skip_completed", "num_threads")
 IGNORED_KEYS = (*NON_SEMANTIC_KEYS, "seed")
 # Config keys a table column already shows (Budget, Demos, Template): named in a label only when that
 # column does not tell the rows apart.
