@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -87,6 +88,126 @@ def kill9_leaves_a_stale_heartbeat(env: dict, work: Path) -> Case:
     alive = pid is not None and Path(f"/proc/{pid}").exists()
     case.observed = f"record '{rec.get('status')}', pid {pid} alive={alive}, heartbeat_at={rec.get('heartbeat_at')}"
     case.ok = rec.get("status") == "running" and pid is not None and not alive and bool(rec.get("heartbeat_at"))
+    return case
+
+
+def predictions(run_dir: Path) -> list:
+    try:
+        rows = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
+    except (OSError, ValueError):
+        return []
+    return [(r["idx"], r.get("log_probs")) for r in rows]
+
+
+def wait_for_step(proc: subprocess.Popen, run_dir: Path, step: int) -> None:
+    """Block until the run's plain progress log has passed optimiser step ``step`` (or the process ended)."""
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        log = (run_dir / "train.log").read_text() if (run_dir / "train.log").exists() else ""
+        done = [int(x.split("/")[0]) for x in log.split("train step ")[1:]]
+        if done and max(done) >= step:
+            return
+        time.sleep(0.1)
+
+
+RESUME = ["method=prompt_tuning", "method.max_steps=200", "method.batch_size=2", "data.k_shot=8",
+          "checkpoint_every_n_steps=5"]
+
+
+def stop_then_resume(how: str, env: dict, work: Path, rng: random.Random) -> Case:
+    """Stop a training run at a random step (SIGTERM, or kill -9), run the same command again: it must
+    continue from its checkpoint to the predictions of a run that was never stopped."""
+    whole, stopped = work / f"resume_whole_{how}", work / f"resume_{how}"
+    at = rng.randint(3, 150)
+    case = Case(f"{how} at step ~{at}, then the same command again",
+                "resumes from the last checkpoint; predictions identical to an uninterrupted run; exit 0")
+    train([*RESUME, f"hydra.run.dir={whole}"], env)
+    # a progress line per step, so the stop lands near `at`
+    env = {**env, "PROMPTLAB_PROGRESS_EVERY": "0"}
+    proc = subprocess.Popen([sys.executable, "-m", "promptlab.train", *TINY, *RESUME, f"hydra.run.dir={stopped}"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_step(proc, stopped, at)
+    proc.send_signal(signal.SIGTERM if how == "SIGTERM" else signal.SIGKILL)
+    proc.wait(timeout=120)
+    first = record(stopped).get("status")
+    res = train([*RESUME, f"hydra.run.dir={stopped}"], env)
+    rec = record(stopped)
+    steps = [r["from_step"] for r in rec.get("resumes", [])]
+    same = bool(predictions(whole)) and predictions(stopped) == predictions(whole)
+    case.observed = (f"first attempt '{first}' (exit {proc.returncode}); second exit {res.returncode}, "
+                     f"'{rec.get('status')}', resumed from step {steps}, predictions identical={same}")
+    case.ok = res.returncode == 0 and rec.get("status") == "completed" and len(steps) == 1 and same
+    return case
+
+
+def interrupted_sweep_rerun(env: dict, work: Path) -> Case:
+    """SIGTERM a sweep in its second member, run it again: the first is skipped, the second resumed."""
+    sweep = work / "sweep_resume"
+    case = Case("sweep stopped by SIGTERM, then run again", "member 0 skipped, member 1 resumed, both completed, exit 0")
+    args = ["-m", *RESUME, "seed=1,2", f"hydra.sweep.dir={sweep}"]
+    env = {**env, "PROMPTLAB_PROGRESS_EVERY": "0"}
+    proc = subprocess.Popen([sys.executable, "-m", "promptlab.train", "-m", *TINY, *args[1:]], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(sweep.glob("1_*/train.log")):
+        time.sleep(0.1)
+    member = next(iter(sweep.glob("1_*")), sweep)
+    wait_for_step(proc, member, 12)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+    res = train(args, env)
+    members = sorted(d for d in sweep.iterdir() if d.is_dir() and not d.name.startswith("."))
+    statuses = [record(d).get("status") for d in members]
+    resumed = [len(record(d).get("resumes", [])) for d in members]
+    case.observed = f"first exit {proc.returncode}; again: exit {res.returncode}, statuses {statuses}, resumes {resumed}"
+    case.ok = res.returncode == 0 and statuses == ["completed", "completed"] and resumed == [0, 1]
+    return case
+
+
+def full_disk(env: dict, work: Path) -> Case:
+    """A runs dir on a small tmpfs, filled up after one run completed there: the next run fails naming the
+    cause, and neither record is torn (the completed one is untouched)."""
+    case = Case("disk full (a 1 MB tmpfs, filled)", "clear error, non-zero exit; no torn result.json, the earlier "
+                "record intact")
+    mount = work / "tiny_disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True).returncode:
+        case.observed, case.ok = "not run: mounting a tmpfs is not permitted here", True
+        return case
+    try:
+        trained = ["method=prompt_tuning", "method.max_steps=3", f"paths.runs_dir={mount}"]
+        train([*trained, f"hydra.run.dir={mount / 'earlier'}"], env)
+        with open(mount / "filler", "wb") as f:  # leave 16 KB: the next run's first writes fit, later ones not
+            free = os.statvfs(mount).f_bavail * os.statvfs(mount).f_frsize
+            f.write(b"\0" * max(free - 16 * 1024, 0))
+        res = train([*trained, f"hydra.run.dir={mount / 'r'}"], env)
+        states = {}
+        for name in ("earlier", "r"):
+            path = mount / name / "result.json"
+            try:
+                states[name] = json.loads(path.read_text()).get("status") if path.exists() else "no record"
+            except ValueError:
+                states[name] = "TORN"
+        said = "No space left on device" in res.stderr + res.stdout
+        case.observed = f"exit {res.returncode}, records {states}, says 'No space left on device'={said}"
+        case.ok = res.returncode != 0 and states["earlier"] == "completed" and states["r"] != "TORN" and said
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)
+    return case
+
+
+def ddp_two_processes(env: dict, work: Path) -> Case:
+    case = Case("trainer=ddp_cpu (2 processes) vs 1 process", "one record, same predictions, same metrics")
+    one, two = work / "ddp_one", work / "ddp_two"
+    train(["method=few_shot", f"hydra.run.dir={one}"], env)
+    res = train(["method=few_shot", "trainer=ddp_cpu", f"hydra.run.dir={two}"], env)
+    preds_one, preds_two = predictions(one), predictions(two)
+    same = [i for i, _ in preds_one] == [i for i, _ in preds_two] and all(
+        abs(x - y) <= 1e-5 for (_, a), (_, b) in zip(preds_one, preds_two, strict=True) for x, y in zip(a, b, strict=True))
+    records = len(list(two.rglob("result.json")))
+    m1, m2 = record(one).get("metrics"), record(two).get("metrics")
+    case.observed = f"exit {res.returncode}, {records} record(s), predictions same={same}, metrics {m2} vs {m1}"
+    case.ok = res.returncode == 0 and records == 1 and same and m1 == m2
     return case
 
 
@@ -168,7 +289,11 @@ CASES: list[Callable[[dict, Path], Case | list[Case]]] = [
     lambda env, work: signal_during_training(signal.SIGTERM, env, work),
     lambda env, work: signal_during_training(signal.SIGINT, env, work),
     kill9_leaves_a_stale_heartbeat,
+    lambda env, work: stop_then_resume("SIGTERM", env, work, RNG),
+    lambda env, work: stop_then_resume("SIGKILL", env, work, RNG),
+    interrupted_sweep_rerun, full_disk, ddp_two_processes,
 ]
+RNG = random.Random(int(os.environ.get("FAULT_SEED", "0")))  # the random stop steps; FAULT_SEED varies them
 
 
 def main() -> int:

@@ -129,6 +129,21 @@ def test_trainer_gpu():
     assert cfg.trainer.max_steps == cfg.method.max_steps  # inherited from trainer/cpu
 
 
+def test_trainer_fsdp_builds_lightnings_strategy_with_a_layer_wrap_policy():
+    import hydra
+    from lightning.pytorch.strategies import FSDPStrategy
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+    cfg = compose_config(["trainer=fsdp", "method=prompt_tuning"])
+    assert cfg.trainer.accelerator == "gpu" and cfg.trainer.devices == "auto"
+    strategy = hydra.utils.instantiate(cfg.trainer.strategy)  # the Trainer itself needs CUDA for FSDP
+    assert isinstance(strategy, FSDPStrategy)
+    assert isinstance(strategy.kwargs["auto_wrap_policy"], ModuleWrapPolicy)
+    assert strategy.kwargs["auto_wrap_policy"]._module_classes == {LlamaDecoderLayer}
+    assert strategy.kwargs["use_orig_params"] is True
+
+
 def test_trainer_ddp():
     cfg = compose_config(["trainer=ddp", "method=full_finetune"])
     assert cfg.trainer.accelerator == "gpu"

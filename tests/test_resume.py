@@ -124,3 +124,15 @@ def test_bad_resume_values_are_config_errors(make_cfg, run_dir):
     for bad, key in (("resume=maybe", "resume"), ("checkpoint_every_n_steps=0", "checkpoint_every_n_steps")):
         with pytest.raises(ConfigError, match=key):
             promptlab.train.run(make_cfg(bad), run_dir)
+
+
+def test_resumed_run_continues_its_wandb_run(make_cfg, tmp_path, monkeypatch):
+    cfg = make_cfg(*STEPS, "logger=wandb", "logger.wandb.mode=offline", method="prompt_tuning")
+    run_dir = tmp_path / "r"
+    with monkeypatch.context() as m:
+        fail_at(m, 2)
+        with pytest.raises(signals.Interrupted):
+            promptlab.train.run(cfg, run_dir)
+    run_id = promptlab.train.run(cfg, run_dir)["run_id"]
+    attempts = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(attempts) == 2 and all(run_id in p.name for p in attempts), attempts  # resumed

@@ -351,3 +351,16 @@ def test_sweep_summary_reads_only_this_sweeps_records(tmp_path, make_cfg, capsys
     assert sweep.report(state) == 1
     err = capsys.readouterr().err
     assert f"promptlab: sweep {tmp_path}: 1 failed\n  failed: {tmp_path / '1_new'}: RuntimeError: boom\n" == err
+
+
+def test_full_disk_is_one_message_not_a_traceback(monkeypatch, capsys, data_root, tmp_path):
+    import errno
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(promptlab.tracking, "_write_atomic", full)
+    code, err = cli(monkeypatch, capsys, f"paths.data_root={data_root}", f"hydra.run.dir={tmp_path / 'r'}")
+    assert code == 1
+    assert "promptlab: error: No space left on device" in err and "fix: free space" in err
+    assert "Traceback" not in err

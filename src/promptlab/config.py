@@ -20,13 +20,14 @@ WANDB_MODES = ("auto", "online", "offline", "disabled")
 MAX_SEED = 2**32 - 1  # Lightning's seed_everything silently replaces larger seeds with a random one
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def is_whole(value: Any, low: int | None = None) -> bool:
+    """An int (not a bool, not a float such as 1.5 that YAML gave us), at least ``low`` when given."""
+    return isinstance(value, int) and not isinstance(value, bool) and (low is None or value >= low)
 
 
 def whole_number(value: Any, key: str, low: int, example: int, high: int | None = None) -> int:
     """``value`` if it is an int in [low, high]; else a ConfigError naming ``key``."""
-    if _is_int(value) and value >= low and (high is None or value <= high):
+    if is_whole(value, low) and (high is None or value <= high):
         return value
     bound = f">= {low}" if high is None else f"in {low}..{high}"
     raise ConfigError(f"{key}={value!r} is not a whole number {bound}", f"use e.g. {key}={example}")
@@ -36,7 +37,7 @@ def optional_whole_number(value: Any, key: str, example: int) -> int | None:
     """A budget that may be null (= no limit) or a whole number >= 1."""
     if value is None:
         return None
-    if _is_int(value) and value >= 1:
+    if is_whole(value, 1):
         return value
     raise ConfigError(f"{key}={value!r} is not a whole number >= 1", f"use {key}={example}, or {key}=null")
 

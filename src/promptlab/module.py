@@ -43,8 +43,11 @@ class PromptModule(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.readout.loss(self.model, batch)
         n = len(batch["prompt_ids"])
+        tokens = sum(len(p) for p in batch["prompt_ids"]) + sum(len(t) for t in batch.get("target_ids", []))
+        if self.trainer.world_size > 1:  # data-parallel: count what every rank trained on
+            n, tokens = (int(x) for x in self.trainer.strategy.reduce(torch.tensor([n, tokens]), reduce_op="sum"))
         self.examples_seen += n
-        self.tokens_seen += sum(len(p) for p in batch["prompt_ids"]) + sum(len(t) for t in batch.get("target_ids", []))
+        self.tokens_seen += tokens
         self._recent.append(float(loss.detach()))
         self.log("train/loss", loss, batch_size=n)
         # The bar shows the mean over recent steps: one batch's loss is too noisy to read the run by.
@@ -59,7 +62,9 @@ class PromptModule(L.LightningModule):
         return self.train_seconds + time.perf_counter() - self._fit_started
 
     def trainable_names(self) -> set[str]:
-        return {name for name, p in self.named_parameters() if p.requires_grad}
+        """State-dict names of the trainable weights. FSDP's wrappers add a segment to parameter names that its
+        full state dict does not have; it is taken out so both name a weight alike."""
+        return {name.replace("_fsdp_wrapped_module.", "") for name, p in self.named_parameters() if p.requires_grad}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Frozen weights are the backbone's, loaded anyway: a prompt-tuning checkpoint stays kilobytes.

@@ -1,15 +1,18 @@
 """Progress a person can read: in a terminal one tqdm bar over all optimiser steps (not Lightning's
 per-epoch "Epoch 12/-2" bar under max_steps) with the running-mean loss; in a log file, where a bar
-only renders at the end, a plain line every ``every`` seconds with step, mean loss, speed and ETA."""
+only renders at the end, a plain line every ``every`` seconds (``PROMPTLAB_PROGRESS_EVERY``, default 30) with
+step, mean loss, speed and ETA."""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 
 import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.utilities import rank_zero_only
 
 log = logging.getLogger("promptlab")
 
@@ -50,12 +53,13 @@ class PlainProgress(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, *_) -> None:
         self.start = self.last = time.perf_counter()
+        self.first_step = trainer.global_step  # > 0 in a resumed run
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *_) -> None:
         now, step, total = time.perf_counter(), trainer.global_step, trainer.max_steps
         if self._due(now, step, total):
             self.last = now
-            rate = (now - self.start) / step
+            rate = (now - self.start) / max(step - self.first_step, 1)
             loss = trainer.callback_metrics.get("loss_avg")
             log.info("train step %d/%d · loss %s (mean of last %d) · %.2f s/step · ETA %s", step, total,
                      "—" if loss is None else f"{float(loss):.4f}", getattr(pl_module, "loss_window", 1), rate,
@@ -78,7 +82,9 @@ def _duration(seconds: float) -> str:
 
 
 def progress_callbacks() -> tuple[list[L.Callback], bool]:
-    """(callbacks, enable_progress_bar) for this process's stderr."""
+    """(callbacks, enable_progress_bar) for this process's stderr; none in data-parallel ranks other than 0."""
+    if rank_zero_only.rank != 0:
+        return [], False
     if sys.stderr.isatty():
         return [StepBar()], True
-    return [PlainProgress()], False
+    return [PlainProgress(float(os.environ.get("PROMPTLAB_PROGRESS_EVERY", "30")))], False

@@ -215,11 +215,13 @@ class RunRecord:
     """
 
     def __init__(self, run_dir: str | os.PathLike, cfg: DictConfig, run_id: str, kind: str = "train",
-                 resumes: list[dict] | None = None):
+                 resumes: list[dict] | None = None, primary: bool = True):
         self.dir = Path(run_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.primary = primary  # False: a data-parallel rank other than 0 keeps the record in memory only
         text, digest = _config_text(cfg)
-        (self.dir / "config.yaml").write_text(text)
+        if primary:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            (self.dir / "config.yaml").write_text(text)
         self.phase = "setup"  # what the run was doing: named in the error of an interrupted run
         self._lock = threading.RLock()
         self._done = False
@@ -264,6 +266,8 @@ class RunRecord:
         return self.dir / "result.json"
 
     def write(self) -> None:
+        if not self.primary:
+            return
         # deferred: a signal during the write is raised after it, so the file is never left half-updated
         with self._lock, signals.deferred():
             write_json_atomic(self.path, self.data)
@@ -271,6 +275,8 @@ class RunRecord:
     def start_heartbeat(self, every: float = HEARTBEAT_SECONDS) -> None:
         """Refresh ``heartbeat_at`` every ``every`` seconds until the run ends: a record whose heartbeat is old
         belongs to a process that died without a word (``schema.is_stale``)."""
+        if not self.primary:
+            return
         threading.Thread(target=self._beat, args=(every,), name="promptlab-heartbeat", daemon=True).start()
 
     def _beat(self, every: float) -> None:

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -125,9 +126,10 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
             run_id, resumes = point.run_id, (read_record(run_dir) or {}).get("resumes") or []
             log.info("resuming %s from %s (it was %s)", run_dir, point.checkpoint, point.previous_status)
         else:
-            resume.discard(run_dir)  # an unfinished run's checkpoint of another config (or resume=false)
+            if is_primary():
+                resume.discard(run_dir)  # an unfinished run's checkpoint of another config (or resume=false)
             run_id, resumes = new_run_id(_group_name(cfg, "method"), _group_name(cfg, "data"), cfg.get("seed")), []
-        record = RunRecord(run_dir, cfg, run_id, resumes=resumes)
+        record = RunRecord(run_dir, cfg, run_id, resumes=resumes, primary=is_primary())
         try:
             record.start_heartbeat()
             return _run(cfg, run_dir, record, point)
@@ -136,6 +138,16 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
             raise
         finally:
             record.close()
+
+
+def is_primary() -> bool:
+    """False in a data-parallel rank other than 0, known from the start: Lightning's DDP launcher re-runs the
+    command with LOCAL_RANK set, and SLURM or torchrun start every rank with its rank in the environment.
+    Such a rank runs the same steps (the collective calls need it) and writes nothing: one record, one wandb
+    run, one checkpoint, all from rank 0."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    return rank_zero_only.rank == 0
 
 
 def _group_name(cfg: DictConfig, group: str) -> str:
@@ -166,7 +178,7 @@ def _run(cfg: DictConfig, run_dir: Path, record: RunRecord, point: resume.Resume
         record.provenance(model=fingerprint(cfg.model, backbone))
         model = p.method.prepare(backbone, p.spec)
         module, encoder = build_module(p, backbone, model)
-        loggers = make_loggers(cfg, run_dir, record.data["run_id"], mode=wandb)
+        loggers = make_loggers(cfg, run_dir, record.data["run_id"], mode=wandb) if record.primary else []
         saver = resume.ResumeCheckpoint(resume.checkpoint_path(run_dir), p.settings.checkpoint_every_n_steps,
                                         on_start=(lambda step: record.resumed(step, point)) if point else None)
         trainer = make_trainer(cfg, run_dir, loggers, p.method.trains, [saver] if p.method.trains else [])
@@ -180,14 +192,16 @@ def _run(cfg: DictConfig, run_dir: Path, record: RunRecord, point: resume.Resume
         module.model.eval()
         ev = evaluate(module, p.spec, eval_items(encoder, p.task.eval), trainer, p.settings.eval_batch_size)
         record.phase = "writing the results"
-        write_jsonl_atomic(run_dir / "predictions.jsonl", ev.rows)
+        if record.primary:
+            write_jsonl_atomic(run_dir / "predictions.jsonl", ev.rows)
         costs.update(run_costs(p, module, encoder, trainer, ev, memory, train_seconds, checkpoint), **saver.costs())
         for lg in loggers:
             lg.log_metrics({f"eval/{k}": v for k, v in ev.metrics.items()}, step=trainer.global_step)
             lg.save()  # the CSV logger only writes on save()
         record.complete(ev.metrics, costs, num_train_examples=len(p.train_rows), num_demos=len(p.demos),
                         checkpoint="checkpoint" if checkpoint else None)
-        resume.discard(run_dir)  # the trained weights are in checkpoint/; a completed run is not resumed
+        if record.primary:
+            resume.discard(run_dir)  # the trained weights are in checkpoint/; a completed run is not resumed
         finish_wandb(loggers, record.data, checkpoint)
         return record.data
     except BaseException as err:
@@ -208,7 +222,8 @@ def fit(p: Plan, module: PromptModule, encoder: Encoder, trainer: L.Trainer, run
     with signals.deferred():  # SIGINT/SIGTERM end the run at the end of a step (resume.ResumeCheckpoint)
         trainer.fit(module, datamodule=datamodule, ckpt_path=point.checkpoint if point else None)
     checkpoint = run_dir / "checkpoint"
-    p.method.save(module.model, checkpoint)
+    if trainer.is_global_zero:
+        p.method.save(module.model, checkpoint)
     return module.elapsed_train_seconds(), checkpoint
 
 
@@ -269,7 +284,10 @@ def hydra_task(cfg: DictConfig) -> float:
 
 
 def run_locked(cfg: DictConfig, run_dir: Path, sweep_dir: Path | None) -> float:
-    """``run_member`` while holding the run directory's lock; a member another process holds is skipped."""
+    """``run_member`` while holding the run directory's lock; a member another process holds is skipped.
+    Ranks other than 0 of a data-parallel run work beside rank 0, which holds the lock."""
+    if not is_primary():
+        return run_member(cfg, run_dir, sweep_dir)
     with run_lock(run_dir) as mine:
         if not mine:  # another sweep (or a twin of this one) runs this member right now
             log.warning("skipped %s: another process is running it now (its result.json names the pid and host)",
@@ -280,6 +298,21 @@ def run_locked(cfg: DictConfig, run_dir: Path, sweep_dir: Path | None) -> float:
         return run_member(cfg, run_dir, sweep_dir)
 
 
+def check_ranks_in_a_sweep(cfg: DictConfig) -> None:
+    """Refuse a multi-process strategy whose ranks Lightning would start itself, inside a multirun: its launcher
+    starts each rank by re-running this process's command line, which in a multirun is the whole sweep."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
+    strategy, devices = str(cfg.trainer.get("strategy", "auto")), cfg.trainer.get("devices", 1)
+    relaunches = strategy.startswith(("ddp", "fsdp", "deepspeed")) and "spawn" not in strategy
+    if relaunches and devices != 1 and not (SLURMEnvironment.detect() or TorchElasticEnvironment.detect()):
+        raise ConfigError(
+            f"trainer.strategy={strategy} with devices={devices} in a multirun: Lightning starts the other ranks "
+            "by re-running the command line, which here would re-run the whole sweep",
+            "run each configuration as a single run (promptlab-train without -m), or sweep with "
+            "hydra/launcher=slurm and hydra.launcher.tasks_per_node=<devices> so SLURM starts the ranks")
+
+
 def run_member(cfg: DictConfig, run_dir: Path, sweep_dir: Path | None) -> float:
     """Run (or skip) the job in ``run_dir`` while holding its lock; a multirun member never raises
     (except on SIGINT/SIGTERM, which stops the sweep), a single run exits 2 on a ConfigError."""
@@ -287,6 +320,8 @@ def run_member(cfg: DictConfig, run_dir: Path, sweep_dir: Path | None) -> float:
         with open_dict(cfg):
             cfg.logger.wandb.group = sweep_dir.name  # one wandb group per sweep
     try:
+        if sweep_dir:
+            check_ranks_in_a_sweep(cfg)
         previous = previous_run(run_dir, cfg)
         if previous:  # re-running a sweep in the same directory finishes it instead of restarting it
             log.info("skipped %s: already completed with config hash %s (skip_completed=false redoes it)",
@@ -312,14 +347,28 @@ def run_member(cfg: DictConfig, run_dir: Path, sweep_dir: Path | None) -> float:
             print(f"promptlab: to continue from its checkpoint, run the same command again with {again}",
                   file=sys.stderr)
         raise
-    except Exception as err:
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            return _member_failed(err, sweep_dir)
+        # Nothing to add to a traceback but noise; the record may not say it either (it could not be written).
+        print(f"promptlab: error: {err.strerror} while writing {err.filename or run_dir}\n"
+              "  fix: free space on that disk, or point paths.runs_dir=... at another one", file=sys.stderr)
         if sweep_dir is None:
-            raise
-        log.exception("run failed (recorded in result.json); the sweep continues: %s", err)
+            raise SystemExit(1) from None
         return math.nan
+    except Exception as err:
+        return _member_failed(err, sweep_dir)
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items())
     log.info("%s on %s: %s", cfg.method.name, cfg.data.name, metrics)
     return primary_value(result)
+
+
+def _member_failed(err: Exception, sweep_dir: Path | None) -> float:
+    """A single run re-raises; a sweep member's failure is logged and the sweep goes on."""
+    if sweep_dir is None:
+        raise err
+    log.exception("run failed (recorded in result.json); the sweep continues: %s", err)
+    return math.nan
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ from typing import ClassVar
 import torch
 from omegaconf import DictConfig
 
+from promptlab.config import is_whole
 from promptlab.errors import ConfigError
 from promptlab.module import Optim
 from promptlab.prompts import render
@@ -29,10 +30,6 @@ def register(type_name: str):
         return cls
 
     return deco
-
-
-def is_int(value, low: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
 
 def is_number(value) -> bool:
@@ -63,7 +60,7 @@ class Method:
 
     def validate(self, task: TaskSpec) -> None:
         """Knobs that do not fit (alone or with the task): ConfigError, before any model loads."""
-        if not is_int(self.num_demos, 0):
+        if not is_whole(self.num_demos, 0):
             raise ConfigError(f"method.num_demos={self.num_demos!r} is not a whole number >= 0", "use e.g. 4")
 
     def demo(self, task: TaskSpec, row: dict) -> tuple[str, str]:
@@ -112,8 +109,8 @@ class TrainedMethod(Method):
             ("lr", is_number(c.lr) and c.lr > 0, "a positive number, e.g. 0.03"),
             ("weight_decay", is_number(c.weight_decay) and c.weight_decay >= 0, "a number >= 0"),
             ("warmup_ratio", is_number(c.warmup_ratio) and 0 <= c.warmup_ratio < 1, "a number in [0, 1)"),
-            ("max_steps", is_int(c.max_steps, 1), "a whole number >= 1, e.g. 100"),
-            ("batch_size", is_int(c.batch_size, 1), "a whole number >= 1, e.g. 8"),
+            ("max_steps", is_whole(c.max_steps, 1), "a whole number >= 1, e.g. 100"),
+            ("batch_size", is_whole(c.batch_size, 1), "a whole number >= 1, e.g. 8"),
         ]
         for key, ok, fix in checks:
             if not ok:

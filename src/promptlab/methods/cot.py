@@ -11,8 +11,9 @@ reasoning is followed by an answer cue and the choices are rank-scored there (``
 
 from __future__ import annotations
 
+from promptlab.config import is_whole
 from promptlab.errors import ConfigError
-from promptlab.methods import Method, is_int, register
+from promptlab.methods import Method, register
 from promptlab.prompts import Encoder, render
 from promptlab.readout import ChoiceReadout, CoTChoiceReadout, GenerateReadout
 
@@ -28,7 +29,7 @@ class ChainOfThought(Method):
         c = self.cfg
         if not isinstance(c.trigger, str) or not c.trigger.strip():
             raise ConfigError(f"method.trigger={c.trigger!r} is empty", "use e.g. \"Let's think step by step.\"")
-        if not is_int(c.max_new_tokens, 1):
+        if not is_whole(c.max_new_tokens, 1):
             raise ConfigError(f"method.max_new_tokens={c.max_new_tokens!r} is not a whole number >= 1",
                               "use e.g. method.max_new_tokens=128 (reasoning length on choice tasks)")
 

@@ -5,8 +5,9 @@ Only the soft prompt (num_virtual_tokens x hidden) is stored per task, in PEFT's
 
 from __future__ import annotations
 
+from promptlab.config import is_whole
 from promptlab.errors import ConfigError
-from promptlab.methods import TrainedMethod, is_int, register
+from promptlab.methods import TrainedMethod, register
 
 INITS = ("text", "vocab", "random")
 MAX_VIRTUAL_TOKENS = 1024
@@ -17,7 +18,7 @@ class PromptTuning(TrainedMethod):
     def validate(self, task) -> None:
         super().validate(task)
         n = self.cfg.num_virtual_tokens
-        if not is_int(n, 1) or n > MAX_VIRTUAL_TOKENS:
+        if not is_whole(n, 1) or n > MAX_VIRTUAL_TOKENS:
             raise ConfigError(f"method.num_virtual_tokens={n!r} is not an integer in 1..{MAX_VIRTUAL_TOKENS}",
                               "use e.g. method.num_virtual_tokens=20")
         if self.cfg.init not in INITS:
