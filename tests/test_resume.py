@@ -79,6 +79,17 @@ def test_crash_resumes_from_the_last_periodic_checkpoint(make_cfg, tmp_path, mon
     assert scores(crashed) == scores(tmp_path / "whole")
 
 
+def test_time_schedule_saves_after_the_period(make_cfg, tmp_path, monkeypatch):
+    cfg = make_cfg(*STEPS, "checkpoint_every_minutes=1e-9", method="prompt_tuning")  # due after every step
+    run_dir = tmp_path / "r"
+    with monkeypatch.context() as m:
+        fail_at(m, 5, RuntimeError("node lost"))
+        with pytest.raises(RuntimeError):
+            promptlab.train.run(cfg, run_dir)
+    assert read_result(run_dir)["costs"]["resume_checkpoints"] == 5
+    assert [r["from_step"] for r in promptlab.train.run(cfg, run_dir)["resumes"]] == [5]
+
+
 def test_checkpoint_holds_only_what_training_changes(make_cfg, tmp_path, monkeypatch):
     cfg = make_cfg(*STEPS, method="prompt_tuning")
     run_dir = tmp_path / "r"
@@ -121,7 +132,8 @@ def test_cli_says_how_to_continue(monkeypatch, capsys, data_root, tmp_path):
 def test_bad_resume_values_are_config_errors(make_cfg, run_dir):
     from promptlab.errors import ConfigError
 
-    for bad, key in (("resume=maybe", "resume"), ("checkpoint_every_n_steps=0", "checkpoint_every_n_steps")):
+    for bad, key in (("resume=maybe", "resume"), ("checkpoint_every_n_steps=0", "checkpoint_every_n_steps"),
+                     ("checkpoint_every_minutes=0", "checkpoint_every_minutes")):
         with pytest.raises(ConfigError, match=key):
             promptlab.train.run(make_cfg(bad), run_dir)
 

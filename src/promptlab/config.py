@@ -42,6 +42,15 @@ def optional_whole_number(value: Any, key: str, example: int) -> int | None:
     raise ConfigError(f"{key}={value!r} is not a whole number >= 1", f"use {key}={example}, or {key}=null")
 
 
+def optional_positive(value: Any, key: str, example: float) -> float | None:
+    """A period that may be null (= never) or a number > 0."""
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    raise ConfigError(f"{key}={value!r} is not a number > 0", f"use {key}={example}, or {key}=null")
+
+
 @dataclass(frozen=True)
 class Settings:
     """What ``promptlab-train`` reads from the top level of its config (plus the data budgets)."""
@@ -52,6 +61,7 @@ class Settings:
     skip_completed: bool
     resume: bool
     checkpoint_every_n_steps: int | None
+    checkpoint_every_minutes: float | None
     wandb_mode: str | None  # the requested mode; None when no wandb logger is configured
     max_prompt_tokens: int
     max_target_tokens: int
@@ -71,6 +81,8 @@ class Settings:
             resume=flag(cfg, "resume", "continue an interrupted run from its last checkpoint"),
             checkpoint_every_n_steps=optional_whole_number(cfg.get("checkpoint_every_n_steps"),
                                                            "checkpoint_every_n_steps", 20),
+            checkpoint_every_minutes=optional_positive(cfg.get("checkpoint_every_minutes"),
+                                                       "checkpoint_every_minutes", 10),
             wandb_mode=_wandb_mode(cfg),
             max_prompt_tokens=whole_number(_data(data, "max_prompt_tokens"), "data.max_prompt_tokens", 1, 1024),
             max_target_tokens=whole_number(_data(data, "max_target_tokens"), "data.max_target_tokens", 1, 256),

@@ -1,4 +1,4 @@
-"""Resuming: a trained run saves a Lightning checkpoint every n steps and when SIGINT/SIGTERM stops it; the
+"""Resuming: a trained run saves a Lightning checkpoint every n minutes (or steps) and when SIGINT/SIGTERM stops it; the
 same run started again in the same directory continues from it to the predictions an uninterrupted run
 gives (the trainable weights, optimiser, scheduler, step, data position and random states are all in it).
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -65,31 +66,40 @@ def discard(run_dir: Path) -> None:
 
 
 class ResumeCheckpoint(L.Callback):
-    """Saves ``resume/last.ckpt`` every ``every_n_steps`` optimiser steps (None: never on a schedule) and at
-    the end of the step in which SIGINT/SIGTERM arrived, then stops the run (``signals.Interrupted``).
+    """Saves ``resume/last.ckpt`` every ``every_n_steps`` optimiser steps and every ``every_minutes`` of training
+    (None: not on that schedule), and at the end of the step in which SIGINT/SIGTERM arrived, then stops the run
+    (``signals.Interrupted``).
 
     ``fit`` runs inside ``signals.deferred()``, so a signal waits for the step to end: a checkpoint is never
     taken of half-updated weights. A second signal stops at once. ``on_start`` is told the step training
     starts at (a resumed run's). Not a dataclass: Hydra would turn it into a config when passed to the Trainer.
     """
 
-    def __init__(self, path: Path, every_n_steps: int | None, on_start: Callable[[int], None] | None = None):
+    def __init__(self, path: Path, every_n_steps: int | None, every_minutes: float | None = None,
+                 on_start: Callable[[int], None] | None = None):
         self.path, self.every_n_steps, self.on_start = path, every_n_steps, on_start
+        self.every_seconds = every_minutes * 60 if every_minutes else None
         self.saves, self.save_seconds, self.bytes = 0, 0.0, 0
-        self._last_step = -1
+        self._last_step, self._last_save_at = -1, time.monotonic()
 
     def on_train_start(self, trainer: L.Trainer, *args) -> None:
+        self._last_save_at = time.monotonic()
         if self.on_start:
             self.on_start(trainer.global_step)
 
     def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
         signum = signals.take_pending()
-        step = trainer.global_step
-        scheduled = self.every_n_steps and step % self.every_n_steps == 0 and step < trainer.max_steps
-        if signum is not None or scheduled:
+        step, stop = trainer.global_step, signum is not None
+        due = step < trainer.max_steps and bool(
+            (self.every_n_steps and step % self.every_n_steps == 0)
+            or (self.every_seconds and time.monotonic() - self._last_save_at >= self.every_seconds))
+        if trainer.world_size > 1:  # a save is collective (a barrier): every rank saves, and stops, together
+            due = trainer.strategy.reduce_boolean_decision(due, all=False)
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if due or stop:
             self.save(trainer)
-        if signum is not None:
-            raise signals.Interrupted(signum)
+        if stop:
+            raise signals.Interrupted(signum if signum is not None else signal.SIGTERM)
 
     def on_train_end(self, trainer: L.Trainer, *args) -> None:
         signum = signals.take_pending()  # arrived after the last step
@@ -104,7 +114,7 @@ class ResumeCheckpoint(L.Callback):
         trainer.save_checkpoint(self.path, weights_only=False)  # all of it; written atomically (a transaction)
         self.save_seconds += time.perf_counter() - start
         self.saves += 1
-        self._last_step = trainer.global_step
+        self._last_step, self._last_save_at = trainer.global_step, time.monotonic()
         if trainer.is_global_zero:
             self.bytes = self.path.stat().st_size
             log.debug("resume checkpoint at step %d: %s", trainer.global_step, self.path)

@@ -19,7 +19,7 @@ from typing import Any, Literal
 # Config sections that do not change what a run computes: left out of the config hash (tracking) and of the
 # report's grouping (report.configs).
 NON_SEMANTIC_KEYS = ("paths", "logger", "hydra", "tags", "skip_completed", "num_threads", "resume",
-                     "checkpoint_every_n_steps")
+                     "checkpoint_every_n_steps", "checkpoint_every_minutes")
 
 SCHEMA_VERSION = 2
 HEARTBEAT_SECONDS = 60  # a running record's heartbeat_at is refreshed this often

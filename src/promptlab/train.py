@@ -162,7 +162,7 @@ def _run(cfg: DictConfig, run_dir: Path, record: RunRecord, point: resume.Resume
     quiet_third_party_noise()
     memory = PeakMemory()
     memory.reset()
-    loggers, costs = [], {}
+    loggers, costs, saver = [], {}, None
     try:
         record.phase = "loading data"  # and checking the config, which takes no time
         p = plan(cfg)  # all checks run before the (slow) model load
@@ -180,6 +180,7 @@ def _run(cfg: DictConfig, run_dir: Path, record: RunRecord, point: resume.Resume
         module, encoder = build_module(p, backbone, model)
         loggers = make_loggers(cfg, run_dir, record.data["run_id"], mode=wandb) if record.primary else []
         saver = resume.ResumeCheckpoint(resume.checkpoint_path(run_dir), p.settings.checkpoint_every_n_steps,
+                                        p.settings.checkpoint_every_minutes,
                                         on_start=(lambda step: record.resumed(step, point)) if point else None)
         trainer = make_trainer(cfg, run_dir, loggers, p.method.trains, [saver] if p.method.trains else [])
         trainable, total = count_parameters(model)
@@ -206,6 +207,8 @@ def _run(cfg: DictConfig, run_dir: Path, record: RunRecord, point: resume.Resume
         return record.data
     except BaseException as err:
         costs.setdefault("peak_rss_mb", round(memory.peak_rss_mb(), 1))
+        if saver:
+            costs.update(saver.costs())  # what an unfinished run leaves to resume from
         record.fail(err, costs)  # interrupted when err is a signal; a completed record stays completed
         finish_wandb(loggers, record.data, None)
         raise
