@@ -69,6 +69,7 @@ class Settings:
     k_shot: int | None
     train_size: int | None
     eval_limit: int | None
+    calibration: tuple[str, ...] = ()
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> Settings:
@@ -90,7 +91,20 @@ class Settings:
             k_shot=optional_whole_number(_data(data, "k_shot"), "data.k_shot", 16),
             train_size=optional_whole_number(_data(data, "train_size"), "data.train_size", 100),
             eval_limit=optional_whole_number(_data(data, "eval_limit"), "data.eval_limit", 100),
+            calibration=_calibration(cfg.get("calibration")),
         )
+
+
+def _calibration(value: Any) -> tuple[str, ...]:
+    """``calibration``: a list of evaluation.calibration.METHODS (empty: raw scores only)."""
+    from promptlab.evaluation.calibration import METHODS
+
+    names = [value] if isinstance(value, str) else list(value or [])
+    bad = [n for n in names if n not in METHODS]
+    if bad or len(set(names)) != len(names):
+        raise ConfigError(f"calibration={value!r} is not a list of distinct methods from {', '.join(METHODS)}",
+                          "use e.g. calibration=[contextual,batch], or calibration=[] for raw scores only")
+    return tuple(names)
 
 
 def _data(data: DictConfig, key: str) -> Any:

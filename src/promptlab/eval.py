@@ -18,9 +18,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from promptlab.data import eval_items
 from promptlab.errors import ConfigError
-from promptlab.evaluation.evaluate import evaluate
 from promptlab.evaluation.metrics import get_metric
 from promptlab.tasks.sampling import component_seeds
 from promptlab.tracking import PeakMemory, RunRecord, new_run_id, write_jsonl_atomic
@@ -67,7 +65,7 @@ def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
 def run_eval(source: Path, overrides: list[str]) -> tuple[dict, Path]:
     """Evaluate the saved run ``source`` under ``overrides``; returns the new record and its directory."""
     from promptlab.models import fingerprint, load_backbone
-    from promptlab.train import build_module, make_trainer, plan, quiet_third_party_noise
+    from promptlab.train import build_module, evaluate_plan, make_trainer, plan, quiet_third_party_noise
 
     cfg, src_record = source_config(source)
     cfg = apply_overrides(cfg, overrides)
@@ -89,8 +87,7 @@ def run_eval(source: Path, overrides: list[str]) -> tuple[dict, Path]:
         record.provenance(model=fingerprint(cfg.model, backbone))
         model = p.method.load(backbone, checkpoint) if p.method.trains else p.method.prepare(backbone, p.spec)
         module, encoder = build_module(p, backbone, model)
-        ev = evaluate(module, p.spec, eval_items(encoder, p.task.eval), make_trainer(cfg, out, [], False),
-                      cfg.eval_batch_size)
+        ev = evaluate_plan(p, module, encoder, make_trainer(cfg, out, [], False))
         write_jsonl_atomic(out / "predictions.jsonl", ev.rows)
         costs = {**ev.costs(), "peak_rss_mb": round(memory.peak_rss_mb(), 1), "truncated_prompts": encoder.truncated}
         record.complete(ev.metrics, costs, num_demos=len(p.demos), checkpoint=None)

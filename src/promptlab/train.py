@@ -27,13 +27,14 @@ from promptlab import resume, signals, sweep
 from promptlab.config import Settings, check_writable, skip_completed
 from promptlab.data import PromptDataModule, eval_items
 from promptlab.errors import ConfigError
-from promptlab.evaluation.evaluate import evaluate
+from promptlab.evaluation.calibration import content_free_rows
+from promptlab.evaluation.evaluate import Evaluation, evaluate
 from promptlab.evaluation.metrics import get_metric
 from promptlab.methods import Method, build_method, count_parameters
 from promptlab.models import Backbone, check_model, fingerprint, load_backbone
 from promptlab.module import PromptModule
 from promptlab.progress import progress_callbacks
-from promptlab.prompts import Encoder
+from promptlab.prompts import Encoder, template_fields
 from promptlab.sweep import note
 from promptlab.tasks import Task, TaskSpec, load_task, sample_demos, training_subset
 from promptlab.tasks.sampling import component_seeds
@@ -91,6 +92,10 @@ def plan(cfg: DictConfig) -> Plan:
     spec = TaskSpec.from_config(cfg.data)
     method = build_method(cfg.method)
     method.validate(spec)
+    if settings.calibration and (spec.output_type != "choice" or spec.choice_columns):
+        raise ConfigError(f"calibration={list(settings.calibration)} needs a choice task with one answer set; "
+                          f"{spec.name} is {'per-example answers' if spec.choice_columns else spec.output_type}",
+                          "use calibration=[] for this task")
     task = load_task(spec, cfg.paths.data_root)
     needs_train = method.trains or method.num_demos > 0
     train_rows = training_subset(task, settings.seed) if needs_train else []
@@ -191,7 +196,7 @@ def _run(cfg: DictConfig, run_dir: Path, record: RunRecord, point: resume.Resume
         train_seconds, checkpoint = fit(p, module, encoder, trainer, run_dir, point)
         record.phase = "evaluation"
         module.model.eval()
-        ev = evaluate(module, p.spec, eval_items(encoder, p.task.eval), trainer, p.settings.eval_batch_size)
+        ev = evaluate_plan(p, module, encoder, trainer)
         record.phase = "writing the results"
         if record.primary:
             write_jsonl_atomic(run_dir / "predictions.jsonl", ev.rows)
@@ -212,6 +217,16 @@ def _run(cfg: DictConfig, run_dir: Path, record: RunRecord, point: resume.Resume
         record.fail(err, costs)  # interrupted when err is a signal; a completed record stays completed
         finish_wandb(loggers, record.data, None)
         raise
+
+
+def evaluate_plan(p: Plan, module: PromptModule, encoder: Encoder, trainer: L.Trainer) -> Evaluation:
+    """``evaluate`` on the plan's evaluation rows, with the calibrations its settings ask for (contextual: the
+    content-free inputs put through the same prompt)."""
+    free = []
+    if "contextual" in p.settings.calibration:
+        free = eval_items(encoder, content_free_rows(p.task.eval[0], template_fields(p.spec.prompt_template)))
+    return evaluate(module, p.spec, eval_items(encoder, p.task.eval), trainer, p.settings.eval_batch_size,
+                    p.settings.calibration, free)
 
 
 def fit(p: Plan, module: PromptModule, encoder: Encoder, trainer: L.Trainer, run_dir: Path,

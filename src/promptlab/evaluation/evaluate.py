@@ -7,8 +7,10 @@ import time
 from dataclasses import dataclass
 
 import lightning as L
+import numpy as np
 
 from promptlab.data import eval_loader
+from promptlab.evaluation import calibration
 from promptlab.evaluation.filters import build_filters
 from promptlab.evaluation.metrics import compute_metrics
 from promptlab.module import PromptModule
@@ -35,17 +37,37 @@ class Evaluation:
 
 
 def evaluate(module: PromptModule, spec: TaskSpec, items: list[dict], trainer: L.Trainer,
-             batch_size: int) -> Evaluation:
-    """Predict every item (``data.eval_items``) with ``trainer.predict`` and score the predictions."""
+             batch_size: int, calibrations: tuple[str, ...] = (), content_free: list[dict] | None = None) -> Evaluation:
+    """Predict every item (``data.eval_items``) with ``trainer.predict`` and score the predictions; each of
+    ``calibrations`` adds ``<metric>@<calibration>`` metrics and a ``pred@<calibration>`` per row (contextual
+    calibration scores the ``content_free`` items too, inside the timed span)."""
     gen = module.readout if isinstance(module.readout, GenerateReadout) else getattr(module.readout, "gen", None)
     gen_seconds = gen.generation_seconds if gen else 0.0
     start = time.perf_counter()
-    batches = trainer.predict(module, dataloaders=eval_loader(items, batch_size))
+    rows = predict_rows(module, items, trainer, batch_size)
+    free = predict_rows(module, content_free, trainer, batch_size) if "contextual" in calibrations else []
     seconds = time.perf_counter() - start
-    rows = sorted(gather_rows([r for b in batches for r in b], trainer), key=lambda r: r["idx"])
     metrics = score_rows(spec, rows)
+    for name in calibrations:
+        metrics.update(calibrate_rows(spec, rows, name, free))
     tokens = sum(r.pop("generated_tokens", 0) for r in rows)
     return Evaluation(metrics, rows, seconds, tokens, (gen.generation_seconds - gen_seconds) if gen else 0.0)
+
+
+def predict_rows(module: PromptModule, items: list[dict], trainer: L.Trainer, batch_size: int) -> list[dict]:
+    batches = trainer.predict(module, dataloaders=eval_loader(items, batch_size))
+    return sorted(gather_rows([r for b in batches for r in b], trainer), key=lambda r: r["idx"])
+
+
+def calibrate_rows(spec: TaskSpec, rows: list[dict], name: str, content_free: list[dict]) -> dict[str, float]:
+    """``<metric>@<name>`` for the calibrated predictions (``evaluation.calibration``); rows get ``pred@<name>``."""
+    log_probs = np.array([r["log_probs"] for r in rows])
+    source = np.array([r["log_probs"] for r in content_free]) if name == "contextual" else log_probs
+    preds = calibration.calibrated_scores(log_probs, calibration.prior(source)).argmax(axis=1).tolist()
+    for r, p in zip(rows, preds, strict=True):
+        r[f"pred@{name}"] = p
+    metrics, _ = compute_metrics(spec.metrics, preds, [r["label"] for r in rows], num_classes=spec.num_choices)
+    return {f"{k}@{name}": v for k, v in metrics.items()}
 
 
 def gather_rows(rows: list[dict], trainer: L.Trainer) -> list[dict]:

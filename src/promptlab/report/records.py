@@ -33,14 +33,14 @@ GROUP_KEYS = [*METHOD_KEYS, "budget", "num_demos", "template_id", "group_key"]
 COLUMNS = [
     "run_id", "status", "kind", "method", "display_name", "modifies", "trains", "model", "dataset",
     "eval_split", "seed", "k_shot", "train_size", "template_id", "num_demos", "budget", "budget_kind",
-    "budget_value", "metric", "score", "higher_is_better", "chance", "accuracy", "macro_f1",
+    "budget_value", "metric", "score", "score_contextual", "score_batch", "higher_is_better", "chance", "accuracy", "macro_f1",
     "trainable_params", "total_params", "trainable_fraction", "train_seconds", "train_examples_per_second",
     "eval_seconds", "eval_examples", "generation_seconds", "generated_tokens_per_second", "peak_rss_mb",
     "peak_rss_reset_per_run", "peak_gpu_mb", "checkpoint_bytes", "num_train_examples", "machine",
     "load_start", "load_end", "error", "started_at", "finished_at", "run_dir", "source", "group_key",
     "config_label", "config_diff", "config",
 ]
-NUMERIC = ["score", "chance", "accuracy", "macro_f1", "trainable_params", "total_params",
+NUMERIC = ["score", "score_contextual", "score_batch", "chance", "accuracy", "macro_f1", "trainable_params", "total_params",
            "trainable_fraction", "train_seconds", "train_examples_per_second", "eval_seconds",
            "eval_examples", "generation_seconds", "generated_tokens_per_second", "peak_rss_mb", "peak_gpu_mb",
            "checkpoint_bytes", "k_shot", "train_size", "budget_value", "num_train_examples", "load_start",
@@ -107,9 +107,11 @@ def flatten(rec: dict, run_dir: str, source: str = "local", config: dict | None 
         row[f"versions.{key}"] = value
     if isinstance(row.get("error"), str):
         row["error"] = row["error"].strip().splitlines()[0] if row["error"].strip() else ""
-    metric = primary_metric(rec)
+    metric, metrics = primary_metric(rec), rec.get("metrics") or {}
     row.update(run_dir=run_dir, source=source, status=row.get("status") or "unknown", metric=metric,
-               score=(rec.get("metrics") or {}).get(metric), kind=rec.get("kind") or "train",
+               score=metrics.get(metric), kind=rec.get("kind") or "train",
+               # calibrated primary metric (evaluation.calibration), shown beside the raw one
+               score_contextual=metrics.get(f"{metric}@contextual"), score_batch=metrics.get(f"{metric}@batch"),
                higher_is_better=rec.get("higher_is_better") is not False)
     row.setdefault("model", "?")
     row.update(config_columns(config))
