@@ -68,3 +68,10 @@ def test_calibration_on_a_generation_task_is_refused(make_cfg, run_dir, monkeypa
         cfg.data = OmegaConf.create(GEN_TASK)
     with pytest.raises(ConfigError, match="needs a choice task"):
         promptlab.train.run(cfg, run_dir)
+
+
+@pytest.mark.parametrize("value", ["5", "0", "true", "''"])
+def test_calibration_that_is_not_a_list_of_names_is_refused(make_cfg, run_dir, monkeypatch, value):
+    monkeypatch.setattr(promptlab.train, "load_backbone", lambda *a, **k: pytest.fail("the model loaded"))
+    with pytest.raises(ConfigError, match="calibration"):
+        promptlab.train.run(make_cfg(f"calibration={value}"), run_dir)

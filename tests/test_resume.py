@@ -133,7 +133,10 @@ def test_bad_resume_values_are_config_errors(make_cfg, run_dir):
     from promptlab.errors import ConfigError
 
     for bad, key in (("resume=maybe", "resume"), ("checkpoint_every_n_steps=0", "checkpoint_every_n_steps"),
-                     ("checkpoint_every_minutes=0", "checkpoint_every_minutes")):
+                     ("checkpoint_every_minutes=0", "checkpoint_every_minutes"),
+                     ("checkpoint_every_minutes=-5", "checkpoint_every_minutes"),
+                     ("checkpoint_every_minutes=abc", "checkpoint_every_minutes"),
+                     ("checkpoint_every_n_steps=1.5", "checkpoint_every_n_steps"), ("resume=1", "resume")):
         with pytest.raises(ConfigError, match=key):
             promptlab.train.run(make_cfg(bad), run_dir)
 

@@ -364,3 +364,10 @@ def test_full_disk_is_one_message_not_a_traceback(monkeypatch, capsys, data_root
     assert code == 1
     assert "promptlab: error: No space left on device" in err and "fix: free space" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "nan"])
+def test_bad_progress_interval_is_a_config_error(make_cfg, run_dir, no_model, monkeypatch, value):
+    monkeypatch.setenv("PROMPTLAB_PROGRESS_EVERY", value)
+    with pytest.raises(ConfigError, match="PROMPTLAB_PROGRESS_EVERY"):
+        promptlab.train.run(make_cfg(), run_dir)

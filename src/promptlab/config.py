@@ -8,6 +8,7 @@ with one cause and one fix. Task and method knobs are checked by ``TaskSpec`` an
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,9 @@ class Settings:
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> Settings:
+        from promptlab.progress import progress_every  # lightning: not imported until a run starts
+
+        progress_every()  # PROMPTLAB_PROGRESS_EVERY: checked here with the rest, read where progress is set up
         data = cfg.data
         return cls(
             seed=whole_number(cfg.get("seed"), "seed", 0, 0, MAX_SEED),
@@ -99,7 +103,14 @@ def _calibration(value: Any) -> tuple[str, ...]:
     """``calibration``: a list of evaluation.calibration.METHODS (empty: raw scores only)."""
     from promptlab.evaluation.calibration import METHODS
 
-    names = [value] if isinstance(value, str) else list(value or [])
+    if value is None:
+        names = []
+    elif isinstance(value, str):  # one name without brackets
+        names = [value]
+    elif isinstance(value, Sequence):
+        names = list(value)
+    else:  # a number, true/false: not silently "no calibration"
+        names = [value]
     bad = [n for n in names if n not in METHODS]
     if bad or len(set(names)) != len(names):
         raise ConfigError(f"calibration={value!r} is not a list of distinct methods from {', '.join(METHODS)}",

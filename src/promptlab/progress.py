@@ -14,6 +14,8 @@ import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 
+from promptlab.errors import ConfigError
+
 log = logging.getLogger("promptlab")
 
 
@@ -81,10 +83,23 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
 
+def progress_every() -> float:
+    """Seconds between plain progress lines: ``PROMPTLAB_PROGRESS_EVERY`` (default 30; 0: every step)."""
+    text = os.environ.get("PROMPTLAB_PROGRESS_EVERY", "30")
+    try:
+        every = float(text)
+    except ValueError:
+        every = -1.0
+    if not every >= 0:  # also NaN
+        raise ConfigError(f"PROMPTLAB_PROGRESS_EVERY={text!r} is not a number of seconds >= 0",
+                          "set it to e.g. 30 (or 0 for a line every step), or unset it")
+    return every
+
+
 def progress_callbacks() -> tuple[list[L.Callback], bool]:
     """(callbacks, enable_progress_bar) for this process's stderr; none in data-parallel ranks other than 0."""
     if rank_zero_only.rank != 0:
         return [], False
     if sys.stderr.isatty():
         return [StepBar()], True
-    return [PlainProgress(float(os.environ.get("PROMPTLAB_PROGRESS_EVERY", "30")))], False
+    return [PlainProgress(progress_every())], False

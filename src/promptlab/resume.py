@@ -34,11 +34,13 @@ def checkpoint_path(run_dir: Path) -> Path:
 
 @dataclass(frozen=True)
 class ResumePoint:
-    """A run to continue: its record's run id (the wandb run goes on under it) and its newest checkpoint."""
+    """A run to continue: its record's run id (the wandb run goes on under it), its newest checkpoint, and the
+    record's earlier restarts (the new record keeps them)."""
 
     run_id: str
     checkpoint: Path
     previous_status: str
+    resumes: list[dict]
 
 
 def find_resume_point(run_dir: Path, cfg: DictConfig) -> ResumePoint | None:
@@ -55,7 +57,7 @@ def find_resume_point(run_dir: Path, cfg: DictConfig) -> ResumePoint | None:
     if not candidates or not record.get("run_id"):
         return None
     newest = max(candidates, key=lambda p: p.stat().st_mtime)
-    return ResumePoint(record["run_id"], newest, record.get("status", "unknown"))
+    return ResumePoint(record["run_id"], newest, record.get("status", "unknown"), record.get("resumes") or [])
 
 
 def discard(run_dir: Path) -> None:

@@ -79,8 +79,7 @@ def deferred() -> Iterator[None]:
         yield
     finally:
         _State.depth -= 1
-        if not _State.depth and _State.pending is not None:
-            signum, _State.pending = _State.pending, None
+        if not _State.depth and (signum := take_pending()) is not None:
             raise Interrupted(signum)
 
 

@@ -356,13 +356,6 @@ def read_record(run_dir: str | os.PathLike) -> dict | None:
     return record if isinstance(record, dict) else None
 
 
-def completed_record(run_dir: str | os.PathLike, cfg: DictConfig) -> dict | None:
-    """The run's result.json if it completed with this exact config (same hash), else None."""
-    record = read_record(run_dir)
-    same = record is not None and record.get("status") == "completed" and record.get("config_hash") == config_hash(cfg)
-    return record if same else None
-
-
 @contextmanager
 def run_lock(run_dir: str | os.PathLike) -> Iterator[bool]:
     """Hold an exclusive lock on ``<run_dir>/.lock`` for the block; yields False when another live process

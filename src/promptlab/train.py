@@ -126,15 +126,15 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
     """
     run_dir = check_writable(run_dir)  # nowhere to record a failure if this fails: a ConfigError, nothing else
     with signals.handling():
-        point = resume.find_resume_point(run_dir, cfg)
+        point, primary = resume.find_resume_point(run_dir, cfg), is_primary()
         if point:  # same run id: the record and the wandb run go on
-            run_id, resumes = point.run_id, (read_record(run_dir) or {}).get("resumes") or []
+            run_id, resumes = point.run_id, point.resumes
             log.info("resuming %s from %s (it was %s)", run_dir, point.checkpoint, point.previous_status)
         else:
-            if is_primary():
+            if primary:
                 resume.discard(run_dir)  # an unfinished run's checkpoint of another config (or resume=false)
             run_id, resumes = new_run_id(_group_name(cfg, "method"), _group_name(cfg, "data"), cfg.get("seed")), []
-        record = RunRecord(run_dir, cfg, run_id, resumes=resumes, primary=is_primary())
+        record = RunRecord(run_dir, cfg, run_id, resumes=resumes, primary=primary)
         try:
             record.start_heartbeat()
             return _run(cfg, run_dir, record, point)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from promptlab.evaluation.calibration import METHODS as CALIBRATIONS
 from promptlab.report.configs import config_columns, config_variants, read_config
 from promptlab.schema import primary_metric, record_problem
 
@@ -30,17 +31,18 @@ METHOD_KEYS = ["dataset", "model", "method", "kind", "eval_split", "metric"]
 # The keys that make two runs the same experiment, up to the seed: one table row per group. ``group_key``
 # (the config's hash) is missing for runs without a config: those are grouped by the record's fields alone.
 GROUP_KEYS = [*METHOD_KEYS, "budget", "num_demos", "template_id", "group_key"]
+CALIBRATED = [f"score_{name}" for name in CALIBRATIONS]  # the primary metric, calibrated (if the run did)
 COLUMNS = [
     "run_id", "status", "kind", "method", "display_name", "modifies", "trains", "model", "dataset",
     "eval_split", "seed", "k_shot", "train_size", "template_id", "num_demos", "budget", "budget_kind",
-    "budget_value", "metric", "score", "score_contextual", "score_batch", "higher_is_better", "chance", "accuracy", "macro_f1",
+    "budget_value", "metric", "score", *CALIBRATED, "higher_is_better", "chance", "accuracy", "macro_f1",
     "trainable_params", "total_params", "trainable_fraction", "train_seconds", "train_examples_per_second",
     "eval_seconds", "eval_examples", "generation_seconds", "generated_tokens_per_second", "peak_rss_mb",
     "peak_rss_reset_per_run", "peak_gpu_mb", "checkpoint_bytes", "num_train_examples", "machine",
     "load_start", "load_end", "error", "started_at", "finished_at", "run_dir", "source", "group_key",
     "config_label", "config_diff", "config",
 ]
-NUMERIC = ["score", "score_contextual", "score_batch", "chance", "accuracy", "macro_f1", "trainable_params", "total_params",
+NUMERIC = ["score", *CALIBRATED, "chance", "accuracy", "macro_f1", "trainable_params", "total_params",
            "trainable_fraction", "train_seconds", "train_examples_per_second", "eval_seconds",
            "eval_examples", "generation_seconds", "generated_tokens_per_second", "peak_rss_mb", "peak_gpu_mb",
            "checkpoint_bytes", "k_shot", "train_size", "budget_value", "num_train_examples", "load_start",
@@ -111,7 +113,7 @@ def flatten(rec: dict, run_dir: str, source: str = "local", config: dict | None 
     row.update(run_dir=run_dir, source=source, status=row.get("status") or "unknown", metric=metric,
                score=metrics.get(metric), kind=rec.get("kind") or "train",
                # calibrated primary metric (evaluation.calibration), shown beside the raw one
-               score_contextual=metrics.get(f"{metric}@contextual"), score_batch=metrics.get(f"{metric}@batch"),
+               **{f"score_{name}": metrics.get(f"{metric}@{name}") for name in CALIBRATIONS},
                higher_is_better=rec.get("higher_is_better") is not False)
     row.setdefault("model", "?")
     row.update(config_columns(config))

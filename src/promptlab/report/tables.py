@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from promptlab.report.configs import natural_key
-from promptlab.report.records import GROUP_KEYS, METHOD_KEYS, latest_completed
+from promptlab.report.records import CALIBRATED, CALIBRATIONS, GROUP_KEYS, METHOD_KEYS, latest_completed
 
 METRIC_NAMES = {"accuracy": "Accuracy", "macro_f1": "Macro-F1", "exact_match": "Exact match",
                 "rougeL": "ROUGE-L", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "chrf": "chrF", "bleu": "BLEU"}
@@ -68,7 +68,7 @@ def _group_row(key: tuple, runs: pd.DataFrame, ok: pd.DataFrame) -> dict:
         "n_failed": int(status.get("failed", 0)),
         "n_running": int(status.get("running", 0)), "n_other": len(runs) - n_known,
         **_points(ok["score"], "score"), **_points(ok["macro_f1"], "macro_f1"),
-        **_points(ok["score_contextual"], "score_contextual"), **_points(ok["score_batch"], "score_batch"),
+        **{k: v for col in CALIBRATED for k, v in _points(ok[col], col).items()},
         "trainable_params": ok["trainable_params"].median(), "total_params": ok["total_params"].median(),
         "trainable_fraction": ok["trainable_fraction"].median(),
         "train_seconds_mean": ok["train_seconds"].mean(),
@@ -257,7 +257,7 @@ def display_table(summary: pd.DataFrame, compact: bool = False) -> pd.DataFrame:
     if _repeats(summary):
         cols["Runs"] = summary["n_completed"].astype(str)
     cols[value_label(summary["metric"])] = [fmt_pct(r["score_mean"], r["score_std"]) for r in rows]
-    for name in ("contextual", "batch"):  # calibrated scores beside the raw ones, never instead
+    for name in CALIBRATIONS:  # calibrated scores beside the raw ones, never instead
         if _has(summary, f"score_{name}_mean"):
             cols[f"{name.capitalize()}-calibrated"] = [fmt_pct(r[f"score_{name}_mean"], r[f"score_{name}_std"])
                                                        for r in rows]
