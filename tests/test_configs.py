@@ -165,15 +165,18 @@ def test_loggers(logger, wandb, csv):
         assert cfg.logger.wandb.project == "promptlab"
 
 
-def test_experiment_demo_sweeps_the_four_methods():
+def test_experiment_demo_sweeps_prompting_and_tuning_arms():
     cfg = compose_config(["experiment=demo"], return_hydra_config=True)
     assert cfg.hydra.mode == RunMode.MULTIRUN
-    swept = {m.strip() for m in str(cfg.hydra.sweeper.params.method).split(",")}
-    assert swept == {"zero_shot", "few_shot", *TRAINED_METHODS}  # demo.yaml: "four methods on SST-2"
-    assert swept <= set(METHODS)
-    assert cfg.model.name == "smollm2_135m"
-    assert cfg.data.name == "sst2"
-    assert cfg.data.k_shot >= 1 and cfg.data.eval_limit >= 1  # sized for a quick demo
+    arms = [a.strip() for a in str(cfg.hydra.sweeper.params.arm).split(",")]
+    composed = [compose_config(["experiment=demo", f"arm={a}"]) for a in arms]
+    methods = {c.method.name for c in composed}
+    assert methods == {"zero_shot", "few_shot", *TRAINED_METHODS}  # demo.yaml: prompting and tuning on SST-2
+    for c in composed:  # every prompting arm chooses its prompt on dev; trained arms search nothing
+        assert (c.get("search") is not None) == (c.method.name in ("zero_shot", "few_shot"))
+        assert c.model.name == "smollm2_135m" and c.data.name == "sst2"
+        assert c.data.k_shot >= 1 and c.data.eval_limit >= 1  # sized for a quick demo
+    assert {c.search.name for c in composed if c.get("search")} == {"templates", "ape"}
 
 
 @pytest.mark.parametrize("override", ["method=nope", "data=nope", "model=nope", "trainer=nope", "logger=nope"])

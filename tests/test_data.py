@@ -62,7 +62,7 @@ def test_template_choice(tmp_path):
     assert task.spec.prompt_template == cfg.templates[2] and task.spec.template == 2
 
 
-@pytest.mark.parametrize("template", [3, -1, 99])
+@pytest.mark.parametrize("template", [5, -1, 99])
 def test_template_out_of_range(template):
     with pytest.raises(ConfigError, match="data.template"):
         task_spec("sst2", f"template={template}")

@@ -178,3 +178,38 @@ def test_readout_through_prompt_tuning(tiny_backbone, words):
     # the soft prompt matters: without it the scores differ
     finite = torch.isfinite(batched)
     assert (batched[finite] - plain[finite]).abs().max() > 1e-3  # float noise is ~1e-6
+
+
+@pytest.mark.parametrize("words", [SINGLE, MULTI])
+def test_shared_prefix_cache_changes_no_score(tiny_backbone, words):
+    """Few-shot prompts share the system turn and the demonstrations: running that prefix once (readout.model.
+    PrefixCache) gives the scores of running every whole sequence, batch after batch."""
+    model, tok = tiny_backbone.model.eval(), tiny_backbone.tokenizer
+    demos = [(render(TEMPLATE, {"sentence": "great fun movie"}), MIXED[1]),
+             (render(TEMPLATE, {"sentence": "a terrible boring film"}), MIXED[0])]
+    queries = ["good", "a boring film", "love this movie, it was great fun", "bad", "fun film with love"]
+    prompts = [encode_prompt(tok, build_messages(render(TEMPLATE, {"sentence": q}), demos)) for q in queries]
+    choices = shared(tok, words, len(prompts))
+    plain, cached = ChoiceReadout(tok.pad_token_id), ChoiceReadout(tok.pad_token_id)
+    plain.prefix.min_tokens = 10**9  # never
+    cached.prefix.min_tokens = 1
+    with torch.no_grad():
+        expected = plain.scores(model, prompts, choices)
+        first = cached.scores(model, prompts[:3], choices[:3])
+        again = cached.scores(model, prompts[3:], choices[3:])  # reuses the first batch's prefix
+    assert len(cached.prefix.prefix) > 20  # the demonstrations, at least
+    torch.testing.assert_close(torch.cat([first, again]), expected, atol=ATOL, rtol=0)
+    torch.testing.assert_close(expected, brute_force(model, prompts, choices), atol=ATOL, rtol=0)
+
+
+def test_shared_prefix_cache_is_not_used_with_gradients_or_wrappers(tiny_backbone):
+    model, tok = tiny_backbone.model.eval(), tiny_backbone.tokenizer
+    prompts = make_prompts(tok)
+    readout = ChoiceReadout(tok.pad_token_id)
+    readout.prefix.min_tokens = 1
+    assert readout.prefix.applies(model, prompts, 10**6) == 0  # gradients on: training
+    with torch.no_grad():
+        assert readout.prefix.applies(model, prompts, 10**6) > 0
+        peft = get_peft_model(model, PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=2,
+                                                        prompt_tuning_init=PromptTuningInit.RANDOM))
+        assert readout.prefix.applies(peft, prompts, 10**6) == 0

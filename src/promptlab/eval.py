@@ -90,7 +90,8 @@ def run_eval(source: Path, overrides: list[str]) -> tuple[dict, Path]:
         ev = evaluate_plan(p, module, encoder, make_trainer(cfg, out, [], False))
         write_jsonl_atomic(out / "predictions.jsonl", ev.rows)
         costs = {**ev.costs(), "peak_rss_mb": round(memory.peak_rss_mb(), 1), "truncated_prompts": encoder.truncated}
-        record.complete(ev.metrics, costs, num_demos=len(p.demos), checkpoint=None)
+        record.complete(ev.metrics, costs, num_demos=p.method.num_demos, checkpoint=None,
+                        **({"selection": ev.selection, "template_id": None} if ev.selection else {}))
         return record.data, out
     except BaseException as err:
         record.fail(err)

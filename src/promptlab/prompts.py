@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import string
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -104,7 +104,8 @@ class Encoder:
 
     tokenizer: PreTrainedTokenizerBase
     task: TaskSpec
-    demos: Sequence[tuple[str, str]] = ()  # (rendered question, answer text)
+    # (rendered question, answer text) pairs; or a function of the row giving them (per-query demonstrations)
+    demos: Sequence[tuple[str, str]] | Callable[[Mapping], Sequence[tuple[str, str]]] = ()
     assistant_prefix: str = ""
     truncated: int = 0  # prompts cut to fit max_prompt_tokens
 
@@ -114,7 +115,8 @@ class Encoder:
 
     def prompt_ids(self, row: Mapping) -> list[int]:
         t = self.task
-        messages = build_messages(render(t.prompt_template, row), self.demos, t.system_prompt)
+        demos = self.demos(row) if callable(self.demos) else self.demos
+        messages = build_messages(render(t.prompt_template, row), demos, t.system_prompt)
         ids = encode_prompt(self.tokenizer, messages, self.assistant_prefix)
         if len(ids) > t.max_prompt_tokens:  # keep the end: the query and the answer position
             ids = ids[-t.max_prompt_tokens:]

@@ -73,7 +73,7 @@ class RunResult:
     seed: int
     k_shot: int | None
     train_size: int | None
-    template_id: int
+    template_id: int | None  # None: the prompt was chosen by a search (see selection)
     num_demos: int
     eval_split: str
     config_hash: str
@@ -98,6 +98,9 @@ class RunResult:
     provenance: dict[str, Any] = field(default_factory=dict)
     # one entry per restart from a checkpoint: {"at", "from_step", "checkpoint", "previous_status"}
     resumes: list[dict[str, Any]] = field(default_factory=list)
+    # a prompt search (promptlab.search): split, metric, every candidate's text and dev (and eval_all: eval)
+    # metrics, and the candidate(s) each readout (raw, each calibration) chose
+    selection: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -110,8 +113,13 @@ COST_KEYS = (
     "eval_seconds", "eval_examples", "eval_examples_per_second",
     "generated_tokens", "generation_seconds", "generated_tokens_per_second",
     "demo_generated_tokens", "demo_generation_seconds",  # model-written demonstrations (few-shot CoT)
+    "demo_selection_seconds",  # nearest-neighbour demonstrations: embedding the pool and the queries
     "peak_rss_mb", "peak_rss_reset_per_run", "peak_gpu_mb", "checkpoint_bytes", "truncated_prompts",
     "resume_checkpoints", "resume_checkpoint_seconds", "resume_checkpoint_bytes",  # this attempt's saves
+    # prompt search: candidates, dev examples and prompt tokens scored, tokens written (proposals, reasoning),
+    # seconds (proposal and dev scoring; a proposer model's load); eval_all's extra eval of the others
+    "search_candidates", "search_examples_scored", "search_tokens_scored", "search_generated_tokens",
+    "search_seconds", "search_proposal_seconds", "search_proposer_load_seconds", "sensitivity_eval_seconds",
 )
 
 # predictions.jsonl, one row per evaluated example (sorted by idx):

@@ -256,6 +256,7 @@ class RunRecord:
             "host": platform.node(),
             "heartbeat_at": _now(),
             "resumes": resumes or [],
+            "selection": None,  # a prompt search's candidates and choices, once made
             "metrics": {},
             "costs": {},
         }

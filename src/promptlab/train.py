@@ -13,7 +13,7 @@ import os
 import sys
 import uuid
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import hydra
@@ -23,7 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from promptlab import resume, signals, sweep
+from promptlab import resume, search, signals, sweep
 from promptlab.config import Settings, check_writable, skip_completed
 from promptlab.data import PromptDataModule, eval_items
 from promptlab.errors import ConfigError
@@ -35,8 +35,9 @@ from promptlab.models import Backbone, check_model, fingerprint, load_backbone
 from promptlab.module import PromptModule
 from promptlab.progress import progress_callbacks
 from promptlab.prompts import Encoder, template_fields
+from promptlab.search import SearchSpec
 from promptlab.sweep import note
-from promptlab.tasks import Task, TaskSpec, load_task, sample_demos, training_subset
+from promptlab.tasks import Task, TaskSpec, load_task, training_subset
 from promptlab.tasks.sampling import component_seeds
 from promptlab.tracking import (
     PeakMemory,
@@ -79,6 +80,9 @@ class Plan:
     task: Task
     train_rows: list[dict]
     demos: list[dict]
+    search: SearchSpec | None = None
+    pool: list[dict] = field(default_factory=list)  # the training sample (few-shot demos, meta-prompting)
+    cache_dir: str | None = None  # where models are cached (a proposer model of its own)
 
 
 class OccupiedRunDir(ConfigError):
@@ -96,11 +100,28 @@ def plan(cfg: DictConfig) -> Plan:
         raise ConfigError(f"calibration={list(settings.calibration)} needs a choice task with one answer set; "
                           f"{spec.name} is {'per-example answers' if spec.choice_columns else spec.output_type}",
                           "use calibration=[] for this task")
-    task = load_task(spec, cfg.paths.data_root)
-    needs_train = method.trains or method.num_demos > 0
-    train_rows = training_subset(task, settings.seed) if needs_train else []
-    demos = sample_demos(train_rows, task, method.num_demos, settings.seed)
-    return Plan(settings, spec, method, task, train_rows if method.trains else [], demos)
+    search_cfg = cfg.get("search")
+    if search_cfg is not None:
+        check_search(search_cfg, method, spec)
+    task = load_task(spec, cfg.paths.data_root, dev=search_cfg is not None)
+    proposes = search_cfg is not None and bool(search_cfg.get("propose"))
+    needs_train = method.trains or method.num_demos > 0 or proposes
+    pool = training_subset(task, settings.seed) if needs_train else []
+    search = SearchSpec.from_config(search_cfg, spec, len(pool))
+    if search and search.proposer:
+        check_model(OmegaConf.create(search.proposer))
+    demos = method.draw_demos(pool, task, settings.seed)
+    return Plan(settings, spec, method, task, pool if method.trains else [], demos, search, pool, cfg.paths.cache_dir)
+
+
+def check_search(search_cfg: DictConfig, method: Method, spec: TaskSpec) -> None:
+    """A prompt search chooses what a frozen model reads, on dev, and reports it on another split."""
+    if method.trains:
+        raise ConfigError(f"search={search_cfg.get('name')} chooses the prompt of a prompting method, and "
+                          f"{method.cfg.name} trains", "drop search=... for this run, or use a prompting method")
+    if spec.eval_split == "dev":
+        raise ConfigError("search chooses the prompt on dev, and data.eval_split=dev would report it on the "
+                          "same examples", f"report on another split, e.g. data.eval_split={TaskSpec.eval_split}")
 
 
 def build_module(p: Plan, backbone: Backbone, model: torch.nn.Module) -> tuple[PromptModule, Encoder]:
@@ -204,7 +225,8 @@ def _run(cfg: DictConfig, run_dir: Path, record: RunRecord, point: resume.Resume
         for lg in loggers:
             lg.log_metrics({f"eval/{k}": v for k, v in ev.metrics.items()}, step=trainer.global_step)
             lg.save()  # the CSV logger only writes on save()
-        record.complete(ev.metrics, costs, num_train_examples=len(p.train_rows), num_demos=len(p.demos),
+        record.complete(ev.metrics, costs, num_train_examples=len(p.train_rows), num_demos=p.method.num_demos,
+                        **({"selection": ev.selection, "template_id": None} if ev.selection else {}),
                         checkpoint="checkpoint" if checkpoint else None)
         if record.primary:
             resume.discard(run_dir)  # the trained weights are in checkpoint/; a completed run is not resumed
@@ -221,12 +243,32 @@ def _run(cfg: DictConfig, run_dir: Path, record: RunRecord, point: resume.Resume
 
 def evaluate_plan(p: Plan, module: PromptModule, encoder: Encoder, trainer: L.Trainer) -> Evaluation:
     """``evaluate`` on the plan's evaluation rows, with the calibrations its settings ask for (contextual: the
-    content-free inputs put through the same prompt)."""
+    content-free inputs put through the same prompt); with a prompt search, the prompt is chosen on dev first."""
+    if p.search:
+        return run_search(p, module, trainer, encoder.tokenizer)
     free = []
     if "contextual" in p.settings.calibration:
         free = eval_items(encoder, content_free_rows(p.task.eval[0], template_fields(p.spec.prompt_template)))
     return evaluate(module, p.spec, eval_items(encoder, p.task.eval), trainer, p.settings.eval_batch_size,
                     p.settings.calibration, free)
+
+
+def run_search(p: Plan, module: PromptModule, trainer: L.Trainer, tokenizer) -> Evaluation:
+    """``search.run_search`` with the plan's pieces; the proposer is the backbone unless search.proposer names
+    another model (its load time is part of the search cost)."""
+    proposer, load_seconds = (module.model, tokenizer), 0.0
+    if p.search.propose and p.search.proposer:
+        other = load_backbone(OmegaConf.create(p.search.proposer), p.cache_dir)
+        proposer, load_seconds = (other.model.eval(), other.tokenizer), other.load_seconds
+    costs: dict[str, float] = {}
+    s = search.Search(p.spec, p.task, p.search, p.settings.calibration, p.settings.seed, p.settings.eval_batch_size,
+                      p.pool, search.encoder_factory(p.spec, p.method, module, tokenizer, p.demos, costs), costs)
+    ev = search.run_search(s, module, trainer, proposer)
+    ev.extra_costs.update({k: round(v, 3) for k, v in costs.items()})  # demonstrations written, all candidates
+    if load_seconds:
+        ev.extra_costs["search_proposer_load_seconds"] = round(load_seconds, 3)
+        ev.extra_costs["search_seconds"] = round(ev.extra_costs["search_seconds"] + load_seconds, 3)
+    return ev
 
 
 def fit(p: Plan, module: PromptModule, encoder: Encoder, trainer: L.Trainer, run_dir: Path,
@@ -253,8 +295,9 @@ def run_costs(p: Plan, module: PromptModule, encoder: Encoder, trainer: L.Traine
         "train_examples_seen": module.examples_seen,
         "train_tokens_seen": module.tokens_seen,
         "train_examples_per_second": module.examples_seen / train_seconds if train_seconds else None,
-        **ev.costs(),
         **p.method.demo_costs,
+        **dict.fromkeys(search.COST_KEYS, 0),
+        **ev.costs(),  # after: a prompt search's costs include every candidate's demonstrations
         "peak_rss_mb": round(memory.peak_rss_mb(), 1),
         "peak_rss_reset_per_run": memory.reset_ok,
         "peak_gpu_mb": memory.peak_gpu_mb(),

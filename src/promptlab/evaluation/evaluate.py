@@ -4,7 +4,7 @@ evaluation path of ``promptlab-train``, ``promptlab-eval`` and the tests."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import lightning as L
 import numpy as np
@@ -25,10 +25,12 @@ class Evaluation:
     seconds: float
     generated_tokens: int
     generation_seconds: float
+    selection: dict | None = None  # a prompt search's candidates and choices (promptlab.search)
+    extra_costs: dict = field(default_factory=dict)  # e.g. what the prompt search cost
 
     def costs(self) -> dict[str, float | int | None]:
         n, gen = len(self.rows), round(self.generation_seconds, 6)  # the rate is derived from what is recorded
-        return {
+        return {**self.extra_costs,
             "eval_seconds": round(self.seconds, 3), "eval_examples": n,
             "eval_examples_per_second": n / self.seconds if self.seconds else None,
             "generated_tokens": self.generated_tokens, "generation_seconds": gen,

@@ -67,6 +67,12 @@ class Method:
         """A demonstration as a (question, answer) chat turn pair."""
         return render(task.prompt_template, row), task.target_of(row)
 
+    def draw_demos(self, pool: list[dict], task, seed: int) -> list[dict]:
+        """The training examples the demonstrations come from (``tasks.sample_demos``: class-balanced, seeded)."""
+        from promptlab.tasks import sample_demos
+
+        return sample_demos(pool, task, self.num_demos, seed)
+
     def demos(self, model: torch.nn.Module, tokenizer, task: TaskSpec, rows: list[dict], readout) -> list[tuple[str, str]]:
         """All demonstrations, once the model is loaded (a method may have the model write part of them)."""
         return [self.demo(task, r) for r in rows]
@@ -74,7 +80,7 @@ class Method:
     @property
     def demo_costs(self) -> dict[str, float]:
         """What writing the demonstrations cost (generated tokens and seconds; zero when nothing was written)."""
-        return {"demo_generated_tokens": 0, "demo_generation_seconds": 0.0}
+        return {"demo_generated_tokens": 0, "demo_generation_seconds": 0.0, "demo_selection_seconds": 0.0}
 
     def readout(self, tokenizer, task: TaskSpec):
         if task.output_type == "choice":

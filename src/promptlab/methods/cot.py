@@ -50,7 +50,7 @@ class ChainOfThought(Method):
 
     @property
     def demo_costs(self) -> dict[str, float]:
-        return getattr(self, "_demo_costs", None) or super().demo_costs
+        return {**super().demo_costs, **getattr(self, "_demo_costs", {})}
 
     def readout(self, tokenizer, task):
         if task.output_type == "generate":

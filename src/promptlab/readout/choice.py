@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from promptlab.readout.model import final_hidden_states, head_of, pad
+from promptlab.readout.model import PrefixCache, head_of
 
 
 class ChoiceReadout:
@@ -24,6 +24,7 @@ class ChoiceReadout:
 
     def __init__(self, pad_id: int):
         self.pad_id = pad_id
+        self.prefix = PrefixCache()  # inference: the batch's shared prompt prefix runs once
 
     def scores(self, model: torch.nn.Module, prompts: Sequence[Sequence[int]],
                choices: Sequence[Sequence[Sequence[int]]]) -> torch.Tensor:
@@ -45,9 +46,8 @@ class ChoiceReadout:
     def _single_token(self, model, prompts, token_rows: list[int]) -> torch.Tensor:
         head = head_of(model)
         device = head.weight.device
-        ids, mask = pad(prompts, self.pad_id, device)
-        hidden = final_hidden_states(model, ids, mask)
-        last = torch.tensor([len(p) - 1 for p in prompts], device=device)
+        hidden, shared = self.prefix.hidden_states(model, prompts, self.pad_id, device, min(map(len, prompts)) - 1)
+        last = torch.tensor([len(p) - 1 - shared for p in prompts], device=device)
         answer = hidden[torch.arange(len(prompts), device=device), last]  # (B, H)
         rows = torch.tensor(token_rows, device=device)
         logits = answer @ head.weight[rows].T  # (B, C): the only projection computed
@@ -59,13 +59,13 @@ class ChoiceReadout:
         head = head_of(model)
         device = head.weight.device
         pairs = [(i, c) for i, cs in enumerate(choices) for c in range(len(cs))]
-        ids, mask = pad([list(prompts[i]) + list(choices[i][c]) for i, c in pairs], self.pad_id, device)
-        hidden = final_hidden_states(model, ids, mask)
+        sequences = [list(prompts[i]) + list(choices[i][c]) for i, c in pairs]
+        hidden, shared = self.prefix.hidden_states(model, sequences, self.pad_id, device, min(map(len, prompts)) - 1)
         seq, pos, targets = [], [], []
         for s, (i, c) in enumerate(pairs):
             for j, tok in enumerate(choices[i][c]):
                 seq.append(s)
-                pos.append(len(prompts[i]) - 1 + j)  # the position that predicts answer token j
+                pos.append(len(prompts[i]) - 1 + j - shared)  # the position that predicts answer token j
                 targets.append(tok)
         seq_t = torch.tensor(seq, device=device)
         token_logp = head(hidden[seq_t, torch.tensor(pos, device=device)]).float().log_softmax(-1)

@@ -21,6 +21,8 @@ import pandas as pd
 from promptlab.report import dashboard as dash
 from promptlab.report import figures as figs
 from promptlab.report.records import WandbUnavailable, load_runs
+from promptlab.report.sensitivity import NOTE as SENSITIVITY_NOTE
+from promptlab.report.sensitivity import display_sensitivity, sensitivity
 from promptlab.report.stats import display_significance, significance, significance_note
 from promptlab.report.tables import (
     caption,
@@ -98,10 +100,11 @@ class Section:
     stdout: list[str] = field(default_factory=list)
     html: list[str] = field(default_factory=list)
     qual: list[pd.DataFrame] = field(default_factory=list)
+    sens_md: list[str] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
 
 
-def _dataset_section(sec: Section, df, dataset, s, sig, n_resamples: int, seed: int, out: Path) -> None:
+def _dataset_section(sec: Section, df, dataset, s, sig, sens, n_resamples: int, seed: int, out: Path) -> None:
     models = s["model"].unique()
     heading = f"{dataset} · {models[0]}" if len(models) == 1 else str(dataset)
     full, compact, qual = display_table(s), display_table(s, compact=True), qualitative_table(s)
@@ -123,6 +126,13 @@ def _dataset_section(sec: Section, df, dataset, s, sig, n_resamples: int, seed: 
              dash.section("Figures", f'<div class="figs">{"".join(pngs)}</div>', level=3),
              dash.section("What each method modifies and costs", dash.scroll(to_html(qual, qual_cap)),
                           level=3)]
+    sens = sens[sens["dataset"] == dataset]
+    if not sens.empty:  # how much the prompt matters, and what choosing it on dev bought
+        table = display_sensitivity(sens)
+        sec.md += ["### Prompt sensitivity", "", to_markdown(table), "", SENSITIVITY_NOTE, ""]
+        sec.sens_md += [f"## {heading}", "", to_markdown(table), ""]
+        sec.stdout += ["Prompt sensitivity", to_markdown(table.drop(columns=["Spread on", "Seeds"])), ""]
+        parts.append(dash.section("Prompt sensitivity", dash.scroll(to_html(table, SENSITIVITY_NOTE)), level=3))
     sig = sig[sig["dataset"] == dataset] if not sig.empty else sig
     if not sig.empty:
         table = to_html(display_significance(sig), significance_note(n_resamples, seed, sig["metric"]))
@@ -143,9 +153,10 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None, wandb_proj
     summary = summarize(df)
     sig = significance(df, n_resamples=n_resamples, seed=seed)
     sig_note = significance_note(n_resamples, seed, sig["metric"] if not sig.empty else ())
+    sens = sensitivity(df)
     sec = Section()
     for dataset, s in summary.groupby("dataset", sort=False):
-        _dataset_section(sec, df, dataset, s, sig, n_resamples, seed, out)
+        _dataset_section(sec, df, dataset, s, sig, sens, n_resamples, seed, out)
 
     not_done = _not_completed(df, root)
     if not not_done.empty:
@@ -168,12 +179,16 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None, wandb_proj
         "qualitative.md": "# What each method modifies and costs\n\n" + "\n".join(sec.qual_md),
         "qualitative.tex": "\n".join(sec.qual_tex),
         "significance.md": "\n".join(sig_md if not sig.empty else [*sig_md, "No pairs of methods with common seeds."]),
+        "sensitivity.md": "\n".join(["# Prompt sensitivity", "", SENSITIVITY_NOTE, "", *sec.sens_md]
+                                    if sec.sens_md else ["# Prompt sensitivity", "", "No prompt searches or template "
+                                                         "sweeps among these runs."]),
         "index.html": dash.page("promptlab report", f"{root}: {counts}. Generated {datetime.now():%Y-%m-%d %H:%M}.",
                                 sec.html),
     }
     for name, text in texts.items():
         (out / name).write_text(text)
-    frames = {"table.csv": summary, "qualitative.csv": pd.concat(sec.qual), "runs.csv": df, "significance.csv": sig}
+    frames = {"table.csv": summary, "qualitative.csv": pd.concat(sec.qual), "runs.csv": df, "significance.csv": sig,
+              "sensitivity.csv": sens}
     for name, frame in frames.items():
         frame.to_csv(out / name, index=False)
     files = [out / n for n in [*texts, *frames]] + sec.files

@@ -84,9 +84,37 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, default=str)
 
 
+def search_label(flat: dict[str, Any]) -> str:
+    """A prompt search's settings in a few words: "none", "templates", "ape, propose=8", "ensemble of 3 (vote)"."""
+    if not any(k.startswith("search.") for k in flat):
+        return "none"
+    get = lambda key, default=None: flat.get(f"search.{key}", default)  # noqa: E731
+    parts = [str(get("name"))]
+    if get("templates", "all") not in ("all", None) and get("templates") != []:
+        parts.append(f"templates={_text(get('templates'))}")
+    if get("templates") == []:
+        parts.append("no templates")
+    if get("instructions"):
+        parts.append(f"{len(get('instructions'))} instructions")
+    if get("propose"):
+        parts.append(f"propose={get('propose')}")
+    if get("proposer.name"):
+        parts.append(f"proposer={get('proposer.name')}")
+    if (get("ensemble") or 1) > 1:
+        parts.append(f"ensemble of {get('ensemble')} ({get('combine')})")
+    if get("eval_all"):
+        parts.append("every prompt on eval")
+    return ", ".join(parts)
+
+
 def _values(configs: pd.Series) -> pd.DataFrame:
-    """One row per config (JSON), one column per key, values as text ("—": the key is absent)."""
-    rows = [{k: _text(v) for k, v in json.loads(c).items()} for c in configs]
+    """One row per config (JSON), one column per key, values as text ("—": the key is absent); a prompt
+    search's many keys are one value (``search_label``)."""
+    rows = []
+    for c in configs:
+        flat = json.loads(c)
+        row = {k: _text(v) for k, v in flat.items() if not k.startswith("search.")}
+        rows.append({**row, "search": search_label(flat)})
     return pd.DataFrame(rows, index=configs.index, dtype=object).fillna("—")
 
 

@@ -37,17 +37,19 @@ COLUMNS = [
     "eval_split", "seed", "k_shot", "train_size", "template_id", "num_demos", "budget", "budget_kind",
     "budget_value", "metric", "score", *CALIBRATED, "higher_is_better", "chance", "accuracy", "macro_f1",
     "trainable_params", "total_params", "trainable_fraction", "train_seconds", "train_examples_per_second",
+    "search_seconds", "search_tokens_scored", "search_generated_tokens",
     "eval_seconds", "eval_examples", "generation_seconds", "generated_tokens_per_second", "peak_rss_mb",
     "peak_rss_reset_per_run", "peak_gpu_mb", "checkpoint_bytes", "num_train_examples", "machine",
     "load_start", "load_end", "error", "started_at", "finished_at", "run_dir", "source", "group_key",
-    "config_label", "config_diff", "config",
+    "config_label", "config_diff", "config", "selection",
 ]
 NUMERIC = ["score", *CALIBRATED, "chance", "accuracy", "macro_f1", "trainable_params", "total_params",
-           "trainable_fraction", "train_seconds", "train_examples_per_second", "eval_seconds",
+           "trainable_fraction", "train_seconds", "train_examples_per_second", "search_seconds",
+           "search_tokens_scored", "search_generated_tokens", "eval_seconds",
            "eval_examples", "generation_seconds", "generated_tokens_per_second", "peak_rss_mb", "peak_gpu_mb",
            "checkpoint_bytes", "k_shot", "train_size", "budget_value", "num_train_examples", "load_start",
            "load_end"]
-NESTED = ("metrics", "costs", "versions", "traceback", "method_info", "machine")
+NESTED = ("metrics", "costs", "versions", "traceback", "method_info", "machine", "selection")
 
 
 class WandbUnavailable(RuntimeError):
@@ -114,7 +116,9 @@ def flatten(rec: dict, run_dir: str, source: str = "local", config: dict | None 
                score=metrics.get(metric), kind=rec.get("kind") or "train",
                # calibrated primary metric (evaluation.calibration), shown beside the raw one
                **{f"score_{name}": metrics.get(f"{metric}@{name}") for name in CALIBRATIONS},
-               higher_is_better=rec.get("higher_is_better") is not False)
+               higher_is_better=rec.get("higher_is_better") is not False,
+               # a prompt search's candidates and choices (report.sensitivity), as JSON
+               selection=json.dumps(rec["selection"]) if isinstance(rec.get("selection"), dict) else None)
     row.setdefault("model", "?")
     row.update(config_columns(config))
     return row

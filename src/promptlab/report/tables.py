@@ -72,6 +72,8 @@ def _group_row(key: tuple, runs: pd.DataFrame, ok: pd.DataFrame) -> dict:
         "trainable_params": ok["trainable_params"].median(), "total_params": ok["total_params"].median(),
         "trainable_fraction": ok["trainable_fraction"].median(),
         "train_seconds_mean": ok["train_seconds"].mean(),
+        "search_seconds_mean": ok["search_seconds"].mean(),
+        "search_tokens_mean": (ok["search_tokens_scored"] + ok["search_generated_tokens"].fillna(0)).mean(),
         "train_examples_per_second_mean": ok["train_examples_per_second"].mean(),
         "generation_seconds_mean": ok["generation_seconds"].mean(),
         "generated_tokens_per_second_mean": ok["generated_tokens_per_second"].mean(),
@@ -132,7 +134,7 @@ def headline(summary: pd.DataFrame) -> pd.DataFrame:
     most seeds, lowest template id."""
     if summary.empty:
         return summary
-    s = summary.assign(_b=summary["budget_value"].fillna(-1), _t=summary["template_id"].astype(float).fillna(-1))
+    s = summary.assign(_b=summary["budget_value"].fillna(-1), _t=pd.to_numeric(summary["template_id"], errors="coerce").fillna(-1))
     s = s.sort_values(["_b", "n_seeds", "_t", "num_demos"], ascending=[False, False, True, False], kind="stable")
     s = s.drop_duplicates(HEADLINE_KEYS).drop(columns=["_b", "_t"])
     return s.loc[sorted(s.index)]
@@ -240,6 +242,11 @@ def _has(summary: pd.DataFrame, col: str) -> bool:
     return bool(summary[col].notna().any())
 
 
+def _searches(summary: pd.DataFrame) -> bool:
+    """Whether any row chose its prompt with a search (promptlab.search)."""
+    return bool((summary["search_seconds_mean"].fillna(0) > 0).any())
+
+
 def _generates(summary: pd.DataFrame) -> bool:
     """Whether any row generated text (choice runs record 0 generation seconds, not a gap)."""
     return bool((summary["generation_seconds_mean"].fillna(0) > 0).any())
@@ -269,6 +276,10 @@ def display_table(summary: pd.DataFrame, compact: bool = False) -> pd.DataFrame:
     cols["Train time"] = summary["train_seconds_mean"].map(fmt_seconds)
     if not compact:
         cols["Train ex/s"] = summary["train_examples_per_second_mean"].map(fmt_rate)
+    if _searches(summary):  # choosing a prompt on dev is a cost, beside training
+        cols["Search time"] = summary["search_seconds_mean"].map(fmt_seconds)
+        if not compact:
+            cols["Search tokens"] = summary["search_tokens_mean"].map(fmt_count)
     if _generates(summary):
         cols["Gen tok/s"] = summary["generated_tokens_per_second_mean"].map(fmt_rate)
         cols["Gen time"] = summary["generation_seconds_mean"].map(fmt_seconds)
@@ -313,6 +324,10 @@ def caption(summary: pd.DataFrame, compact: bool = False) -> str:
         if _generates(summary):
             notes.append("Gen tok/s, Gen time: generated tokens per second and seconds spent generating "
                          "(evaluation).")
+        if _searches(summary):
+            notes.append("Search: choosing the prompt on dev (proposing candidates, scoring each on dev): seconds, "
+                         "and prompt tokens scored plus tokens generated; a searched row's scores are its chosen "
+                         "prompt's on eval (each calibrated column: the prompt chosen under that calibration).")
     if _repeats(summary):
         notes.append(REPEATS_NOTE)
     if summary["peak_rss_upper_bound"].any():

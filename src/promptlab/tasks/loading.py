@@ -11,6 +11,7 @@ import numpy as np
 
 from promptlab.config import optional_whole_number
 from promptlab.errors import ConfigError
+from promptlab.prompts import template_fields
 from promptlab.tasks.spec import TaskSpec
 
 EVAL_SUBSET_SEED = 0  # eval_limit takes the same examples for every run, so runs stay comparable
@@ -35,29 +36,49 @@ class Task:
         return self.spec.name
 
 
-def load_task(spec: TaskSpec, data_root: str | None, eval_split: str | None = None) -> Task:
-    """Load and check every split the run needs; ``eval_split`` overrides the spec's (``dev``: carved).
+def load_task(spec: TaskSpec, data_root: str | None, eval_split: str | None = None, dev: bool = False) -> Task:
+    """Load and check every split the run needs; ``eval_split`` overrides the spec's (``dev``: report on dev).
 
+    ``dev`` (a run that chooses something, e.g. a prompt) also reads the dev split: the data's own
+    ``dev_split``, else ``dev_size`` rows carved out of train with a fixed seed. Training rows with the same
+    input text as a dev row are dropped, so nothing the budget draws is also a selection example.
     Everything here runs before any model loads.
     """
     eval_split = eval_split or spec.eval_split
+    dev = dev or eval_split == "dev"
     train = _checked(spec, spec.train_split, data_root)
-    if spec.dev_split and eval_split == "dev":
-        dev = _checked(spec, spec.dev_split, data_root)
+    if not dev:
+        held = []
+    elif spec.dev_split:
+        if spec.dev_split == spec.train_split:
+            raise ConfigError(f"data.dev_split={spec.dev_split} is the training split: choices made on it would "
+                              "be made on the examples the budget draws", "use data.dev_split=null (carve dev "
+                              "out of train) or a split of its own, e.g. dev32")
+        held = _checked(spec, spec.dev_split, data_root)
     else:  # carve a fixed dev set out of train, disjoint from what the budget may draw
-        if not 1 <= spec.dev_size < len(train) and eval_split == "dev":
+        if not 1 <= spec.dev_size < len(train):
             raise ConfigError(f"data.dev_size={spec.dev_size} but {spec.name}/{spec.train_split} has {len(train)} rows",
                               f"use 1 <= data.dev_size < {len(train)}")
         order = np.random.default_rng(DEV_SPLIT_SEED).permutation(len(train))
-        n_dev = spec.dev_size if eval_split == "dev" else 0
-        dev = [train[i] for i in sorted(order[:n_dev])]
-        train = [train[i] for i in sorted(order[n_dev:])]
-    ev = dev if eval_split == "dev" else _checked(spec, eval_split, data_root)
+        held = [train[i] for i in sorted(order[: spec.dev_size])]
+        train = [train[i] for i in sorted(order[spec.dev_size:])]
+    if held:
+        seen = {input_text(spec, r) for r in held}
+        train = [r for r in train if input_text(spec, r) not in seen]
+    ev = held if eval_split == "dev" else _checked(spec, eval_split, data_root)
     if optional_whole_number(spec.eval_limit, "data.eval_limit", 100) is not None:
         order = np.random.default_rng(EVAL_SUBSET_SEED).permutation(len(ev))[: spec.eval_limit]
         ev = [ev[i] for i in sorted(order)]
     used = {spec.train_split, eval_split if eval_split != "dev" else spec.dev_split or spec.train_split}
-    return Task(spec, train, dev, ev, {split: data_source(spec, split, data_root) for split in sorted(used)})
+    if dev and spec.dev_split:
+        used.add(spec.dev_split)
+    return Task(spec, train, held, ev, {split: data_source(spec, split, data_root) for split in sorted(used)})
+
+
+def input_text(spec: TaskSpec, row: dict) -> tuple[str, ...]:
+    """What the model reads of a row (every column a template or an answer list shows), for overlap checks."""
+    columns = sorted(spec.input_columns() - {spec.label_column} - template_fields(spec.target or ""))
+    return tuple(str(row[c]).strip() for c in columns)
 
 
 def data_source(spec: TaskSpec, split: str, data_root: str | None) -> str:

@@ -30,17 +30,24 @@ def sample_k_shot(labels: list[int], k: int, num_classes: int, seed: int) -> lis
 def training_subset(task: Task, seed: int) -> list[dict]:
     """The budget: ``k_shot`` per class (choice tasks), else ``train_size`` at random, else everything."""
     spec = task.spec
-    if spec.k_shot is not None:
-        k = optional_whole_number(spec.k_shot, "data.k_shot", 16)
-        idx = sample_k_shot([r[spec.label_column] for r in task.train], k, spec.num_choices, seed)
-    elif spec.train_size is not None:
-        n = optional_whole_number(spec.train_size, "data.train_size", 100)
-        if n > len(task.train):
-            raise ConfigError(f"train_size={n} but {task.name} has {len(task.train)} training examples",
-                              f"use data.train_size <= {len(task.train)}")
-        idx = np.random.default_rng(seed).choice(len(task.train), size=n, replace=False).tolist()
-    else:
-        idx = range(len(task.train))
+    try:
+        if spec.k_shot is not None:
+            k = optional_whole_number(spec.k_shot, "data.k_shot", 16)
+            idx = sample_k_shot([r[spec.label_column] for r in task.train], k, spec.num_choices, seed)
+        elif spec.train_size is not None:
+            n = optional_whole_number(spec.train_size, "data.train_size", 100)
+            if n > len(task.train):
+                raise ConfigError(f"train_size={n} but {task.name} has {len(task.train)} training examples",
+                                  f"use data.train_size <= {len(task.train)}")
+            idx = np.random.default_rng(seed).choice(len(task.train), size=n, replace=False).tolist()
+        else:
+            idx = range(len(task.train))
+    except ConfigError as err:
+        if task.dev and not spec.dev_split:  # the budget is drawn from what the dev carve-out left
+            raise ConfigError(f"{err.problem}, after {len(task.dev)} rows were carved out of "
+                              f"{spec.train_split} for dev (data.dev_size={spec.dev_size})",
+                              f"{err.fix}, or lower data.dev_size") from None
+        raise
     return [task.train[i] for i in idx]
 
 

@@ -14,6 +14,7 @@ Every check here raises ``ConfigError`` and runs before any model loads.
 from __future__ import annotations
 
 import re
+import string
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -23,6 +24,11 @@ from promptlab.errors import ConfigError
 from promptlab.prompts import render, template_fields
 
 OUTPUT_TYPES = ("choice", "generate")
+
+
+def _field_order(template: str) -> list[str]:
+    """A template's column names in the order they appear."""
+    return [name for _, name, _, _ in string.Formatter().parse(template) if name]
 
 
 @dataclass
@@ -40,6 +46,9 @@ class TaskSpec:
     templates: list[str]
     template: int = 0
     system_prompt: str | None = None
+    # The inputs alone, without an instruction: an instruction candidate (prompt search, meta-prompting) is put
+    # before it. null: the columns of template 0, one per line ("{sentence}"; "Premise: {premise}" for several).
+    input_template: str | None = None
     prompt_init_text: str = ""  # soft prompt initialisation text (prompt tuning, init=text)
     # where the rows are: local files under data_root/local_dir ({split}.jsonl|.json|.csv|.tsv|.parquet), else Hub
     source: str = "auto"
@@ -107,9 +116,18 @@ class TaskSpec:
         """Accuracy of uniform guessing; None for generation or non-accuracy primary metrics."""
         return 1 / self.num_choices if self.output_type == "choice" and self.primary_metric == "accuracy" else None
 
+    @property
+    def inputs_template(self) -> str:
+        """``input_template``, or one derived from template 0's columns."""
+        if self.input_template:
+            return self.input_template
+        names = [n for n in dict.fromkeys(_field_order(self.templates[0]))]
+        return f"{{{names[0]}}}" if len(names) == 1 else "\n".join(
+            f"{n.replace('_', ' ').capitalize()}: {{{n}}}" for n in names)
+
     def input_columns(self) -> set[str]:
-        """Columns every row must have (template, choices, label or target)."""
-        cols = set(template_fields(self.prompt_template))
+        """Columns every row must have (every template, choices, label or target)."""
+        cols = set().union(*(template_fields(t) for t in self.templates), template_fields(self.inputs_template))
         if self.output_type == "choice":
             cols |= {self.label_column, *(self.choice_columns or [])}
         else:
@@ -145,9 +163,13 @@ class TaskSpec:
             raise ConfigError(f"data.template={t!r} but {n} has {len(self.templates)} templates "
                               f"(ids 0..{len(self.templates) - 1})",
                               f"pick data.template between 0 and {len(self.templates) - 1}")
-        if not template_fields(self.prompt_template):
-            raise ConfigError(f"{n}: template {t} has no {{column}} placeholder, so every prompt is identical",
-                              "put the input column(s) in the template, e.g. {sentence}")
+        for i, text in enumerate(self.templates):  # prompt search may use any of them
+            if not isinstance(text, str) or not template_fields(text):
+                raise ConfigError(f"{n}: template {i} has no {{column}} placeholder, so every prompt is identical",
+                                  "put the input column(s) in the template, e.g. {sentence}")
+        if self.input_template is not None and not template_fields(str(self.input_template)):
+            raise ConfigError(f"{n}: input_template {self.input_template!r} has no {{column}} placeholder",
+                              "write the inputs as a template, e.g. '{sentence}', or use input_template: null")
         (self._validate_choice if self.output_type == "choice" else self._validate_generate)()
         if not self.metrics:
             raise ConfigError(f"{n}: no metrics", "set data.metrics, e.g. [accuracy] or [rougeL]")
