@@ -20,7 +20,8 @@ from conftest import (
 import promptlab.train
 from promptlab import search
 from promptlab.errors import ConfigError
-from promptlab.search import SearchSpec, combine
+from promptlab.evaluation.ensemble import combine
+from promptlab.search import SearchSpec
 from promptlab.tasks import load_task
 from promptlab.tasks.loading import input_text
 from promptlab.tasks.spec import TaskSpec
@@ -275,3 +276,56 @@ def test_budget_that_does_not_fit_after_the_dev_carve_out_names_dev(cfg_of):
 def test_read_result_has_selection(cfg_of, tmp_path):
     run(cfg_of("search=templates"), tmp_path / "run")
     assert read_result(tmp_path / "run")["selection"]["chosen"]["raw"]
+
+
+# ---- the report: sensitivity and seed ensembles -----------------------------------------------------------
+
+
+def test_a_template_sweep_produces_the_sensitivity_table(cfg_of, tmp_path):
+    from promptlab.report.cli import write_report
+
+    scores = []
+    for template in (0, 1, 2):
+        for seed in (0, 1):
+            cfg = cfg_of(f"data.template={template}", f"seed={seed}", "method.num_demos=2", "calibration=[batch]",
+                         method="few_shot")
+            rec = run(cfg, tmp_path / "runs" / f"t{template}_s{seed}")
+            scores.append(rec["metrics"]["accuracy"] * 100)
+    run(cfg_of("search=templates", "search.eval_all=true"), tmp_path / "runs" / "searched")
+    report = write_report(tmp_path / "runs")
+    text = (report.out / "sensitivity.md").read_text()
+    assert "Prompt sensitivity" in text and "— (no dev choice)" in text
+    from promptlab.report.sensitivity import sensitivity
+
+    rows = sensitivity(report.runs)
+    sweep = rows[(rows["method"] == "few_shot") & (rows["readout"] == "raw")].iloc[0]
+    assert (sweep["n_prompts"], sweep["n_seeds"]) == (3, 2)
+    assert (sweep["min"], sweep["median"], sweep["max"]) == pytest.approx(
+        (min(scores), float(np.median(scores)), max(scores)))
+    searched = rows[(rows["method"] == "zero_shot") & (rows["readout"] == "raw")].iloc[0]
+    rec = read_result(tmp_path / "runs" / "searched")
+    evals = [c["eval"]["accuracy"] * 100 for c in rec["selection"]["candidates"]]
+    assert searched["spread_on"] == "eval" and searched["max"] == pytest.approx(max(evals))
+    assert searched["chosen"] == pytest.approx(rec["metrics"]["accuracy"] * 100)
+    chosen_text = rec["selection"]["candidates"][int(rec["selection"]["chosen"]["raw"][0].split()[-1])]["text"]
+    assert searched["chosen_prompt"].startswith(chosen_text.splitlines()[0][:40])
+    assert "Prompt sensitivity" in report.stdout
+
+
+def test_seed_ensembles_combine_the_saved_answer_scores(tmp_path, root):
+    from promptlab.report.ensembles import seed_ensembles
+    from promptlab.report.records import load_runs
+
+    base = ["model=tiny_random", "method=prompt_tuning", f"paths.data_root={root}", "logger=none",
+            f"paths.cache_dir={tmp_path / 'cache'}", "data.k_shot=2", "method.max_steps=2", "method.batch_size=4"]
+    for seed in (0, 1, 2):
+        run(compose_config([*base, f"seed={seed}"]), tmp_path / "runs" / f"s{seed}")
+    (row,) = seed_ensembles(load_runs(tmp_path / "runs")).to_dict("records")
+    preds = [read_predictions(tmp_path / "runs" / f"s{seed}") for seed in (0, 1, 2)]
+    labels = np.array([p["label"] for p in preds[0]])
+    logp = np.mean([[p["log_probs"] for p in member] for member in preds], axis=0)
+    assert row["k"] == 3 and row["mean"] == pytest.approx((logp.argmax(1) == labels).mean() * 100)
+    singles = [np.mean([p["pred"] == p["label"] for p in member]) * 100 for member in preds]
+    assert row["member_mean"] == pytest.approx(np.mean(singles)) and row["member_best"] == pytest.approx(max(singles))
+    assert row["train_seconds"] == pytest.approx(sum(read_result(tmp_path / "runs" / f"s{s}")["costs"]["train_seconds"]
+                                                     for s in (0, 1, 2)))

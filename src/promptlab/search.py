@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from promptlab.config import is_whole
 from promptlab.errors import ConfigError
 from promptlab.evaluation import calibration
+from promptlab.evaluation.ensemble import COMBINE, combine
 from promptlab.evaluation.evaluate import Evaluation, calibrate_rows, predict_rows, score_rows
 from promptlab.evaluation.metrics import compute_metrics, get_metric
 from promptlab.prompts import Encoder, build_messages, encode_prompt, render, template_fields
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
 
     from promptlab.module import PromptModule
 
-COMBINE = ("mean", "vote")
 # What a search costs (``schema.COST_KEYS``); zero for a run that searched nothing.
 COST_KEYS = ("search_candidates", "search_examples_scored", "search_tokens_scored", "search_generated_tokens",
              "search_seconds", "search_proposal_seconds", "search_proposer_load_seconds", "sensitivity_eval_seconds")
@@ -243,18 +243,6 @@ def member_scores(scored: Scored, readout: str) -> np.ndarray:
         return np.log(calibration.answer_probs(lp))
     source = np.array([r["log_probs"] for r in scored.free]) if readout == "contextual" else lp
     return calibration.calibrated_scores(lp, calibration.prior(source))
-
-
-def combine(scores: list[np.ndarray], how: str) -> tuple[np.ndarray, np.ndarray]:
-    """(predictions, mean scores) of an ensemble: argmax of the mean score, or the majority vote of the members'
-    argmaxes (a tie goes to the tied answer with the higher mean score). One member: its own argmax."""
-    mean = np.mean(scores, axis=0)
-    if how == "mean":
-        return mean.argmax(axis=1), mean
-    votes = np.zeros_like(mean)
-    for s in scores:
-        votes[np.arange(len(s)), s.argmax(axis=1)] += 1
-    return np.where(votes == votes.max(axis=1, keepdims=True), mean, -np.inf).argmax(axis=1), mean
 
 
 # ---- the search ----------------------------------------------------------------------------------------

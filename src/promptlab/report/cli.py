@@ -20,6 +20,8 @@ import pandas as pd
 
 from promptlab.report import dashboard as dash
 from promptlab.report import figures as figs
+from promptlab.report.ensembles import NOTE as ENSEMBLE_NOTE
+from promptlab.report.ensembles import display_ensembles, seed_ensembles
 from promptlab.report.records import WandbUnavailable, load_runs
 from promptlab.report.sensitivity import NOTE as SENSITIVITY_NOTE
 from promptlab.report.sensitivity import display_sensitivity, sensitivity
@@ -104,7 +106,7 @@ class Section:
     files: list[Path] = field(default_factory=list)
 
 
-def _dataset_section(sec: Section, df, dataset, s, sig, sens, n_resamples: int, seed: int, out: Path) -> None:
+def _dataset_section(sec: Section, df, dataset, s, sig, sens, ens, n_resamples: int, seed: int, out: Path) -> None:
     models = s["model"].unique()
     heading = f"{dataset} · {models[0]}" if len(models) == 1 else str(dataset)
     full, compact, qual = display_table(s), display_table(s, compact=True), qualitative_table(s)
@@ -133,6 +135,11 @@ def _dataset_section(sec: Section, df, dataset, s, sig, sens, n_resamples: int, 
         sec.sens_md += [f"## {heading}", "", to_markdown(table), ""]
         sec.stdout += ["Prompt sensitivity", to_markdown(table.drop(columns=["Spread on", "Seeds"])), ""]
         parts.append(dash.section("Prompt sensitivity", dash.scroll(to_html(table, SENSITIVITY_NOTE)), level=3))
+    ens = ens[ens["dataset"] == dataset]
+    if not ens.empty:
+        table = display_ensembles(ens)
+        sec.md += ["### Seed ensembles", "", to_markdown(table), "", ENSEMBLE_NOTE, ""]
+        parts.append(dash.section("Seed ensembles", dash.scroll(to_html(table, ENSEMBLE_NOTE)), level=3))
     sig = sig[sig["dataset"] == dataset] if not sig.empty else sig
     if not sig.empty:
         table = to_html(display_significance(sig), significance_note(n_resamples, seed, sig["metric"]))
@@ -153,10 +160,10 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None, wandb_proj
     summary = summarize(df)
     sig = significance(df, n_resamples=n_resamples, seed=seed)
     sig_note = significance_note(n_resamples, seed, sig["metric"] if not sig.empty else ())
-    sens = sensitivity(df)
+    sens, ens = sensitivity(df), seed_ensembles(df)
     sec = Section()
     for dataset, s in summary.groupby("dataset", sort=False):
-        _dataset_section(sec, df, dataset, s, sig, sens, n_resamples, seed, out)
+        _dataset_section(sec, df, dataset, s, sig, sens, ens, n_resamples, seed, out)
 
     not_done = _not_completed(df, root)
     if not not_done.empty:
@@ -188,7 +195,7 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None, wandb_proj
     for name, text in texts.items():
         (out / name).write_text(text)
     frames = {"table.csv": summary, "qualitative.csv": pd.concat(sec.qual), "runs.csv": df, "significance.csv": sig,
-              "sensitivity.csv": sens}
+              "sensitivity.csv": sens, "ensembles.csv": ens}
     for name, frame in frames.items():
         frame.to_csv(out / name, index=False)
     files = [out / n for n in [*texts, *frames]] + sec.files
