@@ -19,6 +19,7 @@ LM clients and modules, not a Lightning-predicted torch model with rank-scored a
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -56,6 +57,7 @@ class SearchSpec:
     propose: int = 0
     meta_examples: int = 4
     meta_prompt: str = ""
+    meta_prefix: str = ""  # the start of the proposer's answer, which it completes (APE: "The instruction was to")
     temperature: float = 0.7
     max_new_tokens: int = 48
     ensemble: int = 1
@@ -146,11 +148,12 @@ def metric_key(metric: str, readout: str) -> str:
 
 
 def clean_instruction(text: str) -> str:
-    """The first non-empty line of a proposal, without a leading "Instruction:" and surrounding quotes."""
+    """A proposal's first non-empty line, without a leading "Instruction:" and surrounding quotes, its first
+    letter upper-case (a completion of "The instruction was to" starts lower-case)."""
     line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "").strip("\"'“”` ")
     if line.lower().startswith("instruction:"):
-        line = line[len("instruction:"):]
-    return line.strip("\"'“”` ")
+        line = line[len("instruction:"):].strip("\"'“”` ")
+    return line[:1].upper() + line[1:]
 
 
 def propose(model: torch.nn.Module, tokenizer, task: Task, pool: list[dict], s: SearchSpec,
@@ -166,7 +169,8 @@ def propose(model: torch.nn.Module, tokenizer, task: Task, pool: list[dict], s: 
     for i in range(s.propose):
         shown = sample_demos(pool, task, s.meta_examples, seed * 1000 + i)
         examples = "\n\n".join(f"Input: {render(spec.inputs_template, r)}\nOutput: {spec.target_of(r)}" for r in shown)
-        prompts.append(encode_prompt(tokenizer, build_messages(s.meta_prompt.replace("{examples}", examples))))
+        messages = build_messages(s.meta_prompt.replace("{examples}", examples))
+        prompts.append(encode_prompt(tokenizer, messages, s.meta_prefix))
     config = GenerationConfig(max_new_tokens=s.max_new_tokens, do_sample=s.temperature > 0,
                               temperature=s.temperature or None, top_p=None, top_k=None,
                               pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
@@ -259,7 +263,7 @@ class Search:
     seed: int
     batch_size: int
     pool: list[dict]  # the training sample (meta-prompting shows examples from it)
-    encoder_for: Any  # template -> Encoder (the method's demonstrations rendered with that template)
+    encoder_for: Callable[[str], Encoder]  # template -> the method's demonstrations and query in that template
     demo_costs: dict[str, float] = field(default_factory=dict)  # filled by encoder_for
 
 
