@@ -373,14 +373,16 @@ def final_metrics(spec: TaskSpec, chosen: dict[str, list[Candidate]], ev: dict[s
 
 
 def encoder_factory(spec: TaskSpec, method, module: PromptModule, tokenizer, demos: list[dict],
-                    costs: dict[str, float]):
+                    costs: dict[str, float], made: list[Encoder]) -> Callable[[str], Encoder]:
     """template -> the Encoder of a candidate: the method's demonstrations and query in that template (what
-    writing the demonstrations costs, e.g. few-shot CoT's reasoning, is added up in ``costs``)."""
+    writing the demonstrations costs, e.g. few-shot CoT's reasoning, is added up in ``costs``; every encoder
+    is kept in ``made``, whose truncated prompts the run counts)."""
     def encoder_for(template: str) -> Encoder:
         task = replace(spec, templates=[template], template=0)
         shown = method.demos(module.model, tokenizer, task, demos, module.readout)
         for key in ("demo_generated_tokens", "demo_generation_seconds"):  # per call (few-shot CoT writes them)
             costs[key] = costs.get(key, 0) + method.demo_costs.get(key, 0)
-        return Encoder(tokenizer, task, shown, method.assistant_prefix)
+        made.append(Encoder(tokenizer, task, shown, method.assistant_prefix))
+        return made[-1]
 
     return encoder_for

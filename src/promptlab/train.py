@@ -245,7 +245,7 @@ def evaluate_plan(p: Plan, module: PromptModule, encoder: Encoder, trainer: L.Tr
     """``evaluate`` on the plan's evaluation rows, with the calibrations its settings ask for (contextual: the
     content-free inputs put through the same prompt); with a prompt search, the prompt is chosen on dev first."""
     if p.search:
-        return run_search(p, module, trainer, encoder.tokenizer)
+        return run_search(p, module, trainer, encoder)
     free = []
     if "contextual" in p.settings.calibration:
         free = eval_items(encoder, content_free_rows(p.task.eval[0], template_fields(p.spec.prompt_template)))
@@ -253,17 +253,22 @@ def evaluate_plan(p: Plan, module: PromptModule, encoder: Encoder, trainer: L.Tr
                     p.settings.calibration, free)
 
 
-def run_search(p: Plan, module: PromptModule, trainer: L.Trainer, tokenizer) -> Evaluation:
+def run_search(p: Plan, module: PromptModule, trainer: L.Trainer, encoder: Encoder) -> Evaluation:
     """``search.run_search`` with the plan's pieces; the proposer is the backbone unless search.proposer names
-    another model (its load time is part of the search cost)."""
+    another model (its load time is part of the search cost). ``encoder`` counts every candidate's truncated
+    prompts."""
+    tokenizer = encoder.tokenizer
     proposer, load_seconds = (module.model, tokenizer), 0.0
     if p.search.propose and p.search.proposer:
         other = load_backbone(OmegaConf.create(p.search.proposer), p.cache_dir)
         proposer, load_seconds = (other.model.eval(), other.tokenizer), other.load_seconds
     costs: dict[str, float] = {}
+    made: list[Encoder] = []
+    factory = search.encoder_factory(p.spec, p.method, module, tokenizer, p.demos, costs, made)
     s = search.Search(p.spec, p.task, p.search, p.settings.calibration, p.settings.seed, p.settings.eval_batch_size,
-                      p.pool, search.encoder_factory(p.spec, p.method, module, tokenizer, p.demos, costs), costs)
+                      p.pool, factory, costs)
     ev = search.run_search(s, module, trainer, proposer)
+    encoder.truncated += sum(e.truncated for e in made)
     ev.extra_costs.update({k: round(v, 3) for k, v in costs.items()})  # demonstrations written, all candidates
     if load_seconds:
         ev.extra_costs["search_proposer_load_seconds"] = round(load_seconds, 3)
