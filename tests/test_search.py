@@ -4,6 +4,8 @@ tiny model: choices are made on dev only, the record says what was chosen, bad s
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ from conftest import (
     read_predictions,
     read_result,
     sst2_rows,
+    subprocess_env,
     write_jsonl,
 )
 
@@ -281,22 +284,25 @@ def test_read_result_has_selection(cfg_of, tmp_path):
 # ---- the report: sensitivity and seed ensembles -----------------------------------------------------------
 
 
-def test_a_template_sweep_produces_the_sensitivity_table(cfg_of, tmp_path):
+def test_a_template_sweep_produces_the_sensitivity_table(cfg_of, root, tmp_path):
+    """A real Hydra multirun over templates and seeds, then promptlab-report: the sensitivity table's spread is
+    the runs' own accuracies; a search run beside it reports its candidates and its choice."""
     from promptlab.report.cli import write_report
+    from promptlab.report.sensitivity import sensitivity
 
-    scores = []
-    for template in (0, 1, 2):
-        for seed in (0, 1):
-            cfg = cfg_of(f"data.template={template}", f"seed={seed}", "method.num_demos=2", "calibration=[batch]",
-                         method="few_shot")
-            rec = run(cfg, tmp_path / "runs" / f"t{template}_s{seed}")
-            scores.append(rec["metrics"]["accuracy"] * 100)
+    proc = subprocess.run(
+        [sys.executable, "-m", "promptlab.train", "-m", "model=tiny_random", "logger=none", "method=few_shot",
+         "method.num_demos=2", "data.k_shot=3", "calibration=[batch]", "data.template=0,1,2", "seed=0,1",
+         f"paths.data_root={root}", f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={tmp_path / 'runs' / 'sweep'}"],
+        env=subprocess_env(), stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    scores = [json.loads(f.read_text())["metrics"]["accuracy"] * 100
+              for f in (tmp_path / "runs" / "sweep").glob("*/result.json")]
+    assert len(scores) == 6
     run(cfg_of("search=templates", "search.eval_all=true"), tmp_path / "runs" / "searched")
     report = write_report(tmp_path / "runs")
     text = (report.out / "sensitivity.md").read_text()
-    assert "Prompt sensitivity" in text and "— (no dev choice)" in text
-    from promptlab.report.sensitivity import sensitivity
-
+    assert "Prompt sensitivity" in text and "— (no dev choice)" in text and "Prompt sensitivity" in report.stdout
     rows = sensitivity(report.runs)
     sweep = rows[(rows["method"] == "few_shot") & (rows["readout"] == "raw")].iloc[0]
     assert (sweep["n_prompts"], sweep["n_seeds"]) == (3, 2)
@@ -309,7 +315,6 @@ def test_a_template_sweep_produces_the_sensitivity_table(cfg_of, tmp_path):
     assert searched["chosen"] == pytest.approx(rec["metrics"]["accuracy"] * 100)
     chosen_text = rec["selection"]["candidates"][int(rec["selection"]["chosen"]["raw"][0].split()[-1])]["text"]
     assert searched["chosen_prompt"].startswith(chosen_text.splitlines()[0][:40])
-    assert "Prompt sensitivity" in report.stdout
 
 
 def test_seed_ensembles_combine_the_saved_answer_scores(tmp_path, root):
