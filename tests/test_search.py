@@ -245,6 +245,10 @@ def test_knn_demos_are_the_nearest_training_examples(cfg_of, tmp_path):
     (["search=ensemble", "search.ensemble=0"], "zero_shot", "at least one prompt"),
     (["search=ensemble", "search.ensemble=9"], "zero_shot", "only 5 candidates"),
     (["search=templates", "search.combine=max"], "zero_shot", "search.combine"),
+    (["search=templates", "search.demo_draws=3"], "zero_shot", "demo_draws"),
+    (["search=templates", "search.demo_draws=2", "method.demo_selection=knn", "method.num_demos=2"], "few_shot",
+     "demo_draws"),
+    (["search=templates", "search.demo_draws=0", "method.num_demos=2"], "few_shot", "demo_draws"),
     (["search=templates"], "prompt_tuning", "trains"),
     (["method.demo_selection=knn", "method.num_demos=7"], "few_shot", "nearest neighbours"),
     (["method.demo_selection=similar"], "few_shot", "demo_selection"),
@@ -334,3 +338,23 @@ def test_seed_ensembles_combine_the_saved_answer_scores(tmp_path, root):
     assert row["member_mean"] == pytest.approx(np.mean(singles)) and row["member_best"] == pytest.approx(max(singles))
     assert row["train_seconds"] == pytest.approx(sum(read_result(tmp_path / "runs" / f"s{s}")["costs"]["train_seconds"]
                                                      for s in (0, 1, 2)))
+
+
+def test_demonstration_draws_are_candidates_chosen_on_dev(cfg_of, tmp_path):
+    """search.demo_draws: each prompt with each of N seeded demonstration sets (the run's own first), chosen on
+    dev like a template (DSPy's random search over demonstration sets)."""
+    cfg = cfg_of("search=templates", "search.templates=[0,1]", "search.demo_draws=3", "method.num_demos=2",
+                 method="few_shot")
+    p = plan(cfg)
+    draws = promptlab.train.demo_draws(p)
+    assert len(draws) == 3 and draws[0] == p.demos
+    assert len({tuple(r["idx"] for r in d) for d in draws}) == 3  # three different sets from the same sample
+    sample = {r["idx"] for r in p.pool}
+    assert all({r["idx"] for r in d} <= sample for d in draws)
+    rec = run(cfg, tmp_path / "run")
+    sel = rec["selection"]
+    assert [c["id"] for c in sel["candidates"]] == [f"template {t} · demos {d}" for t in (0, 1) for d in range(3)]
+    assert sel["demo_sets"] == [[r["idx"] for r in d] for d in draws]
+    best = max(c["dev"]["accuracy"] for c in sel["candidates"])
+    assert sel["chosen"]["raw"] == [next(c["id"] for c in sel["candidates"] if c["dev"]["accuracy"] == best)]
+    assert rec["costs"]["search_candidates"] == 6

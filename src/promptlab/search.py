@@ -60,13 +60,17 @@ class SearchSpec:
     meta_prefix: str = ""  # the start of the proposer's answer, which it completes (APE: "The instruction was to")
     temperature: float = 0.7
     max_new_tokens: int = 48
+    demo_draws: int = 1  # few-shot: this many seeded demonstration sets per prompt, chosen on dev with it
     ensemble: int = 1
     combine: str = "mean"
     eval_all: bool = False
     proposer: dict | None = None  # another model's config (model@search.proposer=...); None: the backbone
 
     @classmethod
-    def from_config(cls, cfg: DictConfig | None, spec: TaskSpec, train_pool: int) -> SearchSpec | None:
+    def from_config(cls, cfg: DictConfig | None, spec: TaskSpec, train_pool: int,
+                    draws_demos: bool = False) -> SearchSpec | None:
+        """The checked search settings (``draws_demos``: the method shows one seeded random draw of
+        demonstrations, so ``demo_draws`` > 1 can vary it); None without a search."""
         if cfg is None:
             return None
         raw = OmegaConf.to_container(cfg, resolve=True)
@@ -82,6 +86,10 @@ class SearchSpec:
         raw["templates"] = ids
         s = cls(**raw)
         s._check(spec, train_pool)
+        if s.demo_draws != 1 and not (is_whole(s.demo_draws, 1) and draws_demos):
+            raise ConfigError(f"search.demo_draws={s.demo_draws!r} needs a whole number >= 1 and a method showing "
+                              "randomly drawn demonstrations", "use search.demo_draws=1, or method=few_shot with "
+                              "method.demo_selection=random")
         return s
 
     def _check(self, spec: TaskSpec, train_pool: int) -> None:
@@ -110,6 +118,7 @@ class SearchSpec:
         if not is_whole(self.ensemble, 1):
             raise bad("ensemble", "an ensemble has at least one prompt: use search.ensemble=1 (the best prompt) "
                                   "or K > 1")
+        n *= self.demo_draws if is_whole(self.demo_draws, 1) else 1
         if self.ensemble > n:
             raise ConfigError(f"search.ensemble={self.ensemble} but the search has only {n} candidates",
                               f"use search.ensemble <= {n}")
@@ -127,6 +136,7 @@ class Candidate:
     id: str  # "template 0", "instruction 1", "proposed 2"
     template: str  # what the query is rendered with
     text: str  # what a reader is shown: the template, or the instruction
+    demos: int = 0  # which demonstration draw it shows (search.demo_draws)
     dev: dict[str, float] = field(default_factory=dict)
     eval: dict[str, float] | None = None  # eval_all only: never read by the selection
 
@@ -263,7 +273,8 @@ class Search:
     seed: int
     batch_size: int
     pool: list[dict]  # the training sample (meta-prompting shows examples from it)
-    encoder_for: Callable[[str], Encoder]  # template -> the method's demonstrations and query in that template
+    demo_sets: list[list[dict]]  # the demonstration draws (one, the run's own, unless search.demo_draws > 1)
+    encoder_for: Callable[[str, list[dict]], Encoder]  # (template, demonstrations) -> a candidate's encoder
     demo_costs: dict[str, float] = field(default_factory=dict)  # filled by encoder_for
 
 
@@ -277,7 +288,9 @@ def candidates(search: Search, proposals: list[str]) -> list[Candidate]:
         if text and template not in seen:  # an empty or repeated proposal is recorded, not scored twice
             out.append(Candidate(f"proposed {i}", template, text))
             seen.add(template)
-    return out
+    if len(search.demo_sets) == 1:
+        return out
+    return [replace(c, id=f"{c.id} · demos {d}", demos=d) for c in out for d in range(len(search.demo_sets))]
 
 
 def run_search(search: Search, module: PromptModule, trainer: L.Trainer, proposer) -> Evaluation:
@@ -291,7 +304,7 @@ def run_search(search: Search, module: PromptModule, trainer: L.Trainer, propose
     if s.propose:
         proposals, proposal_costs = propose(*proposer, search.task, search.pool, s, search.seed)
     cands = candidates(search, proposals)
-    encoders = {c.id: search.encoder_for(c.template) for c in cands}
+    encoders = {c.id: search.encoder_for(c.template, search.demo_sets[c.demos]) for c in cands}
     dev, dev_cost = score_all(module, trainer, search.batch_size, encoders, search.task.dev, contextual)
     for c in cands:
         c.dev = metrics_of(spec, dev[c.id], search.calibrations)
@@ -328,8 +341,9 @@ def run_search(search: Search, module: PromptModule, trainer: L.Trainer, propose
     selection = {
         "split": "dev", "dev_examples": len(search.task.dev), "metric": spec.primary_metric, "ensemble": s.ensemble,
         "combine": s.combine, "proposals": proposal_costs.get("proposals_raw", []),
-        "candidates": [{"id": c.id, "text": c.text, "template": c.template, "dev": c.dev, "eval": c.eval}
-                       for c in cands],
+        "candidates": [{"id": c.id, "text": c.text, "template": c.template, "demos": c.demos, "dev": c.dev,
+                        "eval": c.eval} for c in cands],
+        "demo_sets": [[r["idx"] for r in rows] for rows in search.demo_sets] if len(search.demo_sets) > 1 else None,
         "chosen": {r: [c.id for c in group] for r, group in chosen.items()},
     }
     return Evaluation(metrics, rows, eval_seconds, ev_cost["generated_tokens"], gen_seconds, selection=selection,
@@ -372,12 +386,12 @@ def final_metrics(spec: TaskSpec, chosen: dict[str, list[Candidate]], ev: dict[s
     return metrics, rows
 
 
-def encoder_factory(spec: TaskSpec, method, module: PromptModule, tokenizer, demos: list[dict],
-                    costs: dict[str, float], made: list[Encoder]) -> Callable[[str], Encoder]:
-    """template -> the Encoder of a candidate: the method's demonstrations and query in that template (what
-    writing the demonstrations costs, e.g. few-shot CoT's reasoning, is added up in ``costs``; every encoder
-    is kept in ``made``, whose truncated prompts the run counts)."""
-    def encoder_for(template: str) -> Encoder:
+def encoder_factory(spec: TaskSpec, method, module: PromptModule, tokenizer, costs: dict[str, float],
+                    made: list[Encoder]) -> Callable[[str, list[dict]], Encoder]:
+    """(template, demonstration rows) -> the Encoder of a candidate: the method's demonstrations and query in
+    that template (what writing the demonstrations costs, e.g. few-shot CoT's reasoning, is added up in
+    ``costs``; every encoder is kept in ``made``, whose truncated prompts the run counts)."""
+    def encoder_for(template: str, demos: list[dict]) -> Encoder:
         task = replace(spec, templates=[template], template=0)
         shown = method.demos(module.model, tokenizer, task, demos, module.readout)
         for key in ("demo_generated_tokens", "demo_generation_seconds"):  # per call (few-shot CoT writes them)

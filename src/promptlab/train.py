@@ -56,6 +56,7 @@ from promptlab.tracking import (
 log = logging.getLogger("promptlab")
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
 # ${uid:} in run directory names: unique even when jobs start in the same second.
+DEMO_DRAW_STRIDE = 100_003  # seed offset between a search's demonstration draws (search.demo_draws)
 OmegaConf.register_new_resolver("uid", lambda: uuid.uuid4().hex[:6], use_cache=True, replace=True)
 
 
@@ -107,11 +108,19 @@ def plan(cfg: DictConfig) -> Plan:
     proposes = search_cfg is not None and bool(search_cfg.get("propose"))
     needs_train = method.trains or method.num_demos > 0 or proposes
     pool = training_subset(task, settings.seed) if needs_train else []
-    search = SearchSpec.from_config(search_cfg, spec, len(pool))
+    random_demos = method.num_demos > 0 and method.cfg.get("demo_selection", "random") == "random"
+    search = SearchSpec.from_config(search_cfg, spec, len(pool), draws_demos=random_demos)
     if search and search.proposer:
         check_model(OmegaConf.create(search.proposer))
     demos = method.draw_demos(pool, task, settings.seed)
     return Plan(settings, spec, method, task, pool if method.trains else [], demos, search, pool, cfg.paths.cache_dir)
+
+
+def demo_draws(p: Plan) -> list[list[dict]]:
+    """The demonstration sets a search tries: the run's own draw, then ``search.demo_draws - 1`` more, each from
+    a seed of its own (``DEMO_DRAW_STRIDE`` apart, so no two runs' seeds share a draw)."""
+    return [p.demos] + [p.method.draw_demos(p.pool, p.task, p.settings.seed + DEMO_DRAW_STRIDE * d)
+                        for d in range(1, p.search.demo_draws)]
 
 
 def check_search(search_cfg: DictConfig, method: Method, spec: TaskSpec) -> None:
@@ -264,9 +273,9 @@ def run_search(p: Plan, module: PromptModule, trainer: L.Trainer, encoder: Encod
         proposer, load_seconds = (other.model.eval(), other.tokenizer), other.load_seconds
     costs: dict[str, float] = {}
     made: list[Encoder] = []
-    factory = search.encoder_factory(p.spec, p.method, module, tokenizer, p.demos, costs, made)
+    factory = search.encoder_factory(p.spec, p.method, module, tokenizer, costs, made)
     s = search.Search(p.spec, p.task, p.search, p.settings.calibration, p.settings.seed, p.settings.eval_batch_size,
-                      p.pool, factory, costs)
+                      p.pool, demo_draws(p), factory, costs)
     ev = search.run_search(s, module, trainer, proposer)
     encoder.truncated += sum(e.truncated for e in made)
     ev.extra_costs.update({k: round(v, 3) for k, v in costs.items()})  # demonstrations written, all candidates
