@@ -238,6 +238,10 @@ def test_knn_demos_are_the_nearest_training_examples(cfg_of, tmp_path):
     (["search=ape", "search.propose=0"], "zero_shot", "search.propose=0"),
     (["search=templates", "search.templates=[]"], "zero_shot", "no candidates"),
     (["search=templates", "search.templates=[7]"], "zero_shot", "search.templates"),
+    (["search=templates", "search.templates=0", "search.instructions=[Classify.]"], "zero_shot", "search.templates"),
+    (["search=templates", "search.templates=null"], "zero_shot", "search.templates"),
+    (["search=templates", "search.instructions=Classify"], "zero_shot", "search.instructions"),
+    (["search=ape", "search.meta_prefix=3"], "zero_shot", "search.meta_prefix"),
     (["search=templates", "data.dev_size=24"], "zero_shot", "data.dev_size=24"),
     (["search=templates", "data.dev_size=20", "data.k_shot=3"], "few_shot", "dev"),
     (["search=templates", "+data.dev_split=train"], "zero_shot", "dev_split=train is the training split"),
@@ -258,6 +262,12 @@ def test_bad_search_settings_fail_before_the_model_loads(cfg_of, tmp_path, monke
     monkeypatch.setattr(promptlab.train, "load_backbone", lambda *a, **k: pytest.fail("the model was loaded"))
     with pytest.raises(ConfigError, match=match):
         run(cfg_of(*overrides, method=method), tmp_path / "run")
+
+
+def test_an_ensemble_on_a_generation_task_is_refused():
+    cfg = compose_config(["search=ensemble", "search.ensemble=2", "data=dialogsum"])
+    with pytest.raises(ConfigError, match="generate task"):
+        SearchSpec.from_config(cfg.search, TaskSpec.from_config(cfg.data), 64)
 
 
 @pytest.mark.parametrize("option", config_names("search"))

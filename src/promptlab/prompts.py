@@ -22,9 +22,14 @@ if TYPE_CHECKING:
     from promptlab.tasks.spec import TaskSpec
 
 
+def field_names(template: str) -> list[str]:
+    """The column names a template refers to, e.g. ``{sentence}``, in order of first appearance."""
+    return list(dict.fromkeys(name for _, name, _, _ in string.Formatter().parse(template) if name))
+
+
 def template_fields(template: str) -> set[str]:
-    """The column names a template refers to, e.g. ``{sentence}``."""
-    return {name for _, name, _, _ in string.Formatter().parse(template) if name}
+    """The column names a template refers to, as a set."""
+    return set(field_names(template))
 
 
 def render(template: str, example: Mapping) -> str:

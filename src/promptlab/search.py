@@ -30,8 +30,16 @@ from omegaconf import DictConfig, OmegaConf
 from promptlab.config import is_whole
 from promptlab.errors import ConfigError
 from promptlab.evaluation import calibration
+from promptlab.evaluation.calibration import RAW, metric_key
 from promptlab.evaluation.ensemble import COMBINE, combine
-from promptlab.evaluation.evaluate import Evaluation, calibrate_rows, predict_rows, score_rows
+from promptlab.evaluation.evaluate import (
+    Evaluation,
+    calibrate_rows,
+    generation_clock,
+    predict_rows,
+    readout_scores,
+    score_rows,
+)
 from promptlab.evaluation.metrics import compute_metrics, get_metric
 from promptlab.prompts import Encoder, build_messages, encode_prompt, render, template_fields
 from promptlab.tasks import Task, TaskSpec, sample_demos
@@ -44,7 +52,6 @@ if TYPE_CHECKING:
 # What a search costs (``schema.COST_KEYS``); zero for a run that searched nothing.
 COST_KEYS = ("search_candidates", "search_examples_scored", "search_tokens_scored", "search_generated_tokens",
              "search_seconds", "search_proposal_seconds", "search_proposer_load_seconds", "sensitivity_eval_seconds")
-RAW = "raw"  # the readout without calibration
 
 
 @dataclass(frozen=True)
@@ -79,7 +86,7 @@ class SearchSpec:
         if unknown:
             raise ConfigError(f"search config has unknown key(s) {unknown}", f"known keys: {', '.join(sorted(known))}")
         n_templates = len(spec.templates)
-        ids = list(range(n_templates)) if raw.get("templates", "all") == "all" else raw.get("templates") or []
+        ids = list(range(n_templates)) if raw.get("templates", "all") == "all" else raw.get("templates")
         if not isinstance(ids, list) or not all(is_whole(i, 0) and i < n_templates for i in ids):
             raise ConfigError(f"search.templates={raw.get('templates')!r} is not 'all' or a list of {spec.name}'s "
                               f"template ids (0..{n_templates - 1})", "use search.templates=all or e.g. [0,2]")
@@ -96,7 +103,8 @@ class SearchSpec:
         def bad(key: str, fix: str) -> ConfigError:
             return ConfigError(f"search.{key}={getattr(self, key)!r} is not valid", fix)
 
-        if not all(isinstance(i, str) and i.strip() for i in self.instructions):
+        if not isinstance(self.instructions, list) or not all(isinstance(i, str) and i.strip()
+                                                              for i in self.instructions):
             raise bad("instructions", "give a list of non-empty instruction strings, or []")
         if not is_whole(self.propose, 0) or (self.name == "ape" and self.propose < 1):
             raise bad("propose", "meta-prompting proposes N >= 1 candidates: use e.g. search.propose=4")
@@ -105,8 +113,10 @@ class SearchSpec:
         if self.propose and self.meta_examples > train_pool:
             raise ConfigError(f"search.meta_examples={self.meta_examples} but the training sample has {train_pool} "
                               "examples to show the proposer", f"use search.meta_examples <= {train_pool}")
-        if self.propose and "{examples}" not in self.meta_prompt:
+        if self.propose and (not isinstance(self.meta_prompt, str) or "{examples}" not in self.meta_prompt):
             raise bad("meta_prompt", "the meta-prompt must contain {examples}, where the labelled examples go")
+        if not isinstance(self.meta_prefix, str):
+            raise bad("meta_prefix", "use a string the proposer's answer starts with, or \"\"")
         if not isinstance(self.temperature, int | float) or isinstance(self.temperature, bool) or self.temperature < 0:
             raise bad("temperature", "use a number >= 0 (0: greedy), e.g. 0.7")
         if not is_whole(self.max_new_tokens, 1):
@@ -148,10 +158,6 @@ def instruction_template(instruction: str, spec: TaskSpec) -> str:
 
 def readouts(calibrations: tuple[str, ...]) -> tuple[str, ...]:
     return (RAW, *calibrations)
-
-
-def metric_key(metric: str, readout: str) -> str:
-    return metric if readout == RAW else f"{metric}@{readout}"
 
 
 # ---- meta-prompting ------------------------------------------------------------------------------------
@@ -249,16 +255,6 @@ def ranked(candidates: list[Candidate], key: str, higher_is_better: bool) -> lis
     return [candidates[i] for i in sorted(range(len(candidates)), key=order)]
 
 
-def member_scores(scored: Scored, readout: str) -> np.ndarray:
-    """(examples, answers) scores of one prompt under a readout: answer log-probabilities normalised over the
-    answers (raw), or calibrated (``evaluation.calibration``)."""
-    lp = np.array([r["log_probs"] for r in scored.rows], dtype=np.float64)
-    if readout == RAW:
-        return np.log(calibration.answer_probs(lp))
-    source = np.array([r["log_probs"] for r in scored.free]) if readout == "contextual" else lp
-    return calibration.calibrated_scores(lp, calibration.prior(source))
-
-
 # ---- the search ----------------------------------------------------------------------------------------
 
 
@@ -350,14 +346,6 @@ def run_search(search: Search, module: PromptModule, trainer: L.Trainer, propose
                       extra_costs=costs)
 
 
-def generation_clock(module: PromptModule):
-    """A function returning the seconds the module's readout has spent generating so far (0 if it never does)."""
-    from promptlab.readout import GenerateReadout
-
-    gen = module.readout if isinstance(module.readout, GenerateReadout) else getattr(module.readout, "gen", None)
-    return (lambda: gen.generation_seconds) if gen else (lambda: 0.0)
-
-
 def final_metrics(spec: TaskSpec, chosen: dict[str, list[Candidate]], ev: dict[str, Scored],
                   calibrations: tuple[str, ...], how: str) -> tuple[dict[str, float], list[dict]]:
     """Each readout's metrics on eval from its chosen prompt(s); the rows are the raw choice's, with each
@@ -372,7 +360,7 @@ def final_metrics(spec: TaskSpec, chosen: dict[str, list[Candidate]], ev: dict[s
     labels = [r["label"] for r in rows]
     metrics: dict[str, float] = {}
     for readout, group in chosen.items():
-        preds, mean = combine([member_scores(ev[c.id], readout) for c in group], how)
+        preds, mean = combine([readout_scores(ev[c.id].rows, ev[c.id].free, readout) for c in group], how)
         if readout == RAW:
             for r, p, m in zip(rows, preds.tolist(), mean, strict=True):
                 r.update(pred=p, log_probs=[round(float(v), 5) for v in m], prompt=" + ".join(c.id for c in group))

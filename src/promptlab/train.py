@@ -108,8 +108,7 @@ def plan(cfg: DictConfig) -> Plan:
     proposes = search_cfg is not None and bool(search_cfg.get("propose"))
     needs_train = method.trains or method.num_demos > 0 or proposes
     pool = training_subset(task, settings.seed) if needs_train else []
-    random_demos = method.num_demos > 0 and method.cfg.get("demo_selection", "random") == "random"
-    search = SearchSpec.from_config(search_cfg, spec, len(pool), draws_demos=random_demos)
+    search = SearchSpec.from_config(search_cfg, spec, len(pool), draws_demos=method.draws_demos)
     if search and search.proposer:
         check_model(OmegaConf.create(search.proposer))
     demos = method.draw_demos(pool, task, settings.seed)

@@ -16,7 +16,13 @@ from __future__ import annotations
 import numpy as np
 
 METHODS = ("contextual", "batch")
+RAW = "raw"  # the readout without calibration
 CONTENT_FREE = ("N/A", "", "[MASK]")
+
+
+def metric_key(metric: str, readout: str) -> str:
+    """A metric's name in records under a readout: ``accuracy`` (raw), ``accuracy@batch``."""
+    return metric if readout == RAW else f"{metric}@{readout}"
 
 
 def answer_probs(log_probs: np.ndarray) -> np.ndarray:

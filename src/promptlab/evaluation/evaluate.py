@@ -4,6 +4,7 @@ evaluation path of ``promptlab-train``, ``promptlab-eval`` and the tests."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import lightning as L
@@ -43,9 +44,8 @@ def evaluate(module: PromptModule, spec: TaskSpec, items: list[dict], trainer: L
     """Predict every item (``data.eval_items``) with ``trainer.predict`` and score the predictions; each of
     ``calibrations`` adds ``<metric>@<calibration>`` metrics and a ``pred@<calibration>`` per row (contextual
     calibration scores the ``content_free`` items too, inside the timed span)."""
-    gen = module.readout if isinstance(module.readout, GenerateReadout) else getattr(module.readout, "gen", None)
-    gen_seconds = gen.generation_seconds if gen else 0.0
-    start = time.perf_counter()
+    generation = generation_clock(module)
+    gen_start, start = generation(), time.perf_counter()
     rows = predict_rows(module, items, trainer, batch_size)
     free = predict_rows(module, content_free, trainer, batch_size) if "contextual" in calibrations else []
     seconds = time.perf_counter() - start
@@ -53,7 +53,13 @@ def evaluate(module: PromptModule, spec: TaskSpec, items: list[dict], trainer: L
     for name in calibrations:
         metrics.update(calibrate_rows(spec, rows, name, free))
     tokens = sum(r.pop("generated_tokens", 0) for r in rows)
-    return Evaluation(metrics, rows, seconds, tokens, (gen.generation_seconds - gen_seconds) if gen else 0.0)
+    return Evaluation(metrics, rows, seconds, tokens, generation() - gen_start)
+
+
+def generation_clock(module: PromptModule) -> Callable[[], float]:
+    """A function giving the seconds the module's readout has spent generating so far (0 if it never does)."""
+    gen = module.readout if isinstance(module.readout, GenerateReadout) else getattr(module.readout, "gen", None)
+    return (lambda: gen.generation_seconds) if gen else (lambda: 0.0)
 
 
 def predict_rows(module: PromptModule, items: list[dict], trainer: L.Trainer, batch_size: int) -> list[dict]:
@@ -61,15 +67,23 @@ def predict_rows(module: PromptModule, items: list[dict], trainer: L.Trainer, ba
     return sorted(gather_rows([r for b in batches for r in b], trainer), key=lambda r: r["idx"])
 
 
+def readout_scores(rows: list[dict], content_free: list[dict], readout: str) -> np.ndarray:
+    """(examples, answers) scores of choice predictions under a readout: answer log-probabilities normalised
+    over the answers (raw), or calibrated (``evaluation.calibration``; contextual: by ``content_free``)."""
+    log_probs = np.array([r["log_probs"] for r in rows], dtype=np.float64)
+    if readout == calibration.RAW:
+        return np.log(calibration.answer_probs(log_probs))
+    source = np.array([r["log_probs"] for r in content_free]) if readout == "contextual" else log_probs
+    return calibration.calibrated_scores(log_probs, calibration.prior(source))
+
+
 def calibrate_rows(spec: TaskSpec, rows: list[dict], name: str, content_free: list[dict]) -> dict[str, float]:
     """``<metric>@<name>`` for the calibrated predictions (``evaluation.calibration``); rows get ``pred@<name>``."""
-    log_probs = np.array([r["log_probs"] for r in rows])
-    source = np.array([r["log_probs"] for r in content_free]) if name == "contextual" else log_probs
-    preds = calibration.calibrated_scores(log_probs, calibration.prior(source)).argmax(axis=1).tolist()
+    preds = readout_scores(rows, content_free, name).argmax(axis=1).tolist()
     for r, p in zip(rows, preds, strict=True):
         r[f"pred@{name}"] = p
     metrics, _ = compute_metrics(spec.metrics, preds, [r["label"] for r in rows], num_classes=spec.num_choices)
-    return {f"{k}@{name}": v for k, v in metrics.items()}
+    return {calibration.metric_key(k, name): v for k, v in metrics.items()}
 
 
 def gather_rows(rows: list[dict], trainer: L.Trainer) -> list[dict]:

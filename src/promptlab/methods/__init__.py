@@ -67,6 +67,11 @@ class Method:
         """A demonstration as a (question, answer) chat turn pair."""
         return render(task.prompt_template, row), task.target_of(row)
 
+    @property
+    def draws_demos(self) -> bool:
+        """Whether its demonstrations are one seeded random draw (so a search can try other draws)."""
+        return self.num_demos > 0
+
     def draw_demos(self, pool: list[dict], task, seed: int) -> list[dict]:
         """The training examples the demonstrations come from (``tasks.sample_demos``: class-balanced, seeded)."""
         from promptlab.tasks import sample_demos

@@ -38,9 +38,13 @@ class Prompting(Method):
             raise ConfigError(f"method.demo_selection={self.selection!r} is unknown",
                               f"use one of {', '.join(SELECTIONS)}")
 
+    @property
+    def draws_demos(self) -> bool:
+        return super().draws_demos and self.selection == "random"
+
     def draw_demos(self, pool: list[dict], task, seed: int) -> list[dict]:
         """kNN picks per query from the whole training sample; random draws once."""
-        if self.selection != "knn" or not self.num_demos:
+        if self.draws_demos or not self.num_demos:
             return super().draw_demos(pool, task, seed)
         if self.num_demos > len(pool):
             raise ConfigError(f"method.num_demos={self.num_demos} nearest neighbours but the training sample has "

@@ -9,7 +9,6 @@ its members' (K trainings, K stored checkpoints, K evaluations), all measured by
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pandas as pd
 from promptlab.evaluation.calibration import answer_probs
 from promptlab.evaluation.ensemble import combine
 from promptlab.report.records import GROUP_KEYS, latest_completed
+from promptlab.report.stats import prediction_rows
 from promptlab.report.tables import method_labels
 
 log = logging.getLogger("promptlab.report")
@@ -28,11 +28,10 @@ COLUMNS = ["dataset", "method", "label", "k", "seeds", "member_mean", "member_be
 
 def answer_scores(run_dir: str | Path) -> dict[int, tuple[int, list[float]]] | None:
     """``{idx: (label, log_probs)}`` from a choice run's predictions.jsonl; None without answer scores."""
-    path = Path(run_dir) / "predictions.jsonl"
+    rows = prediction_rows(run_dir)
     try:
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        return {int(r["idx"]): (int(r["label"]), list(r["log_probs"])) for r in rows}
-    except (OSError, ValueError, KeyError, TypeError):
+        return {int(r["idx"]): (int(r["label"]), list(r["log_probs"])) for r in rows} if rows is not None else None
+    except (KeyError, TypeError, ValueError):
         return None
 
 

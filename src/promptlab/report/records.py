@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from promptlab.evaluation.calibration import METHODS as CALIBRATIONS
+from promptlab.evaluation.calibration import RAW, metric_key
 from promptlab.report.configs import config_columns, config_variants, read_config
 from promptlab.schema import primary_metric, record_problem
 
@@ -31,7 +32,14 @@ METHOD_KEYS = ["dataset", "model", "method", "kind", "eval_split", "metric"]
 # The keys that make two runs the same experiment, up to the seed: one table row per group. ``group_key``
 # (the config's hash) is missing for runs without a config: those are grouped by the record's fields alone.
 GROUP_KEYS = [*METHOD_KEYS, "budget", "num_demos", "template_id", "group_key"]
-CALIBRATED = [f"score_{name}" for name in CALIBRATIONS]  # the primary metric, calibrated (if the run did)
+
+
+def score_column(readout: str) -> str:
+    """The runs frame's column of the primary metric under a readout: ``score`` (raw), ``score_batch``."""
+    return "score" if readout == RAW else f"score_{readout}"
+
+
+CALIBRATED = [score_column(name) for name in CALIBRATIONS]  # the primary metric, calibrated (if the run did)
 COLUMNS = [
     "run_id", "status", "kind", "method", "display_name", "modifies", "trains", "model", "dataset",
     "eval_split", "seed", "k_shot", "train_size", "template_id", "num_demos", "budget", "budget_kind",
@@ -115,7 +123,7 @@ def flatten(rec: dict, run_dir: str, source: str = "local", config: dict | None 
     row.update(run_dir=run_dir, source=source, status=row.get("status") or "unknown", metric=metric,
                score=metrics.get(metric), kind=rec.get("kind") or "train",
                # calibrated primary metric (evaluation.calibration), shown beside the raw one
-               **{f"score_{name}": metrics.get(f"{metric}@{name}") for name in CALIBRATIONS},
+               **{score_column(name): metrics.get(metric_key(metric, name)) for name in CALIBRATIONS},
                higher_is_better=rec.get("higher_is_better") is not False,
                # a prompt search's candidates and choices (report.sensitivity), as JSON
                selection=json.dumps(rec["selection"]) if isinstance(rec.get("selection"), dict) else None)

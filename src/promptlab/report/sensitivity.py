@@ -18,19 +18,12 @@ import numpy as np
 import pandas as pd
 
 from promptlab.evaluation.calibration import METHODS as CALIBRATIONS
-from promptlab.report.records import GROUP_KEYS, METHOD_KEYS, latest_completed
+from promptlab.evaluation.calibration import RAW, metric_key
+from promptlab.report.records import GROUP_KEYS, METHOD_KEYS, latest_completed, score_column
 
-READOUTS = ("raw", *CALIBRATIONS)
+READOUTS = (RAW, *CALIBRATIONS)
 COLUMNS = ["dataset", "model", "method", "display_name", "budget", "num_demos", "readout", "spread_on",
            "n_prompts", "n_seeds", "min", "median", "max", "chosen", "chosen_prompt", "default"]
-
-
-def _score_column(readout: str) -> str:
-    return "score" if readout == "raw" else f"score_{readout}"
-
-
-def _key(metric: str, readout: str) -> str:
-    return metric if readout == "raw" else f"{metric}@{readout}"
 
 
 def _short(text: str, width: int = 90) -> str:
@@ -50,7 +43,7 @@ def _search_rows(runs: pd.DataFrame) -> list[dict]:
         metric = group["metric"].iloc[0]
         on_eval = all(c.get("eval") for sel in sels for c in sel["candidates"])
         for readout in READOUTS:
-            key = _key(metric, readout)
+            key = metric_key(metric, readout)
             values = [c["eval" if on_eval else "dev"].get(key) for sel in sels for c in sel["candidates"]]
             values = [v * 100 for v in values if v is not None]
             if not values:
@@ -60,7 +53,7 @@ def _search_rows(runs: pd.DataFrame) -> list[dict]:
             out.append({**_base(group.iloc[0]), "readout": readout, "spread_on": "eval" if on_eval else "dev",
                         "n_prompts": len(sels[0]["candidates"]), "n_seeds": len(group),
                         "min": min(values), "median": float(np.median(values)), "max": max(values),
-                        "chosen": group[_score_column(readout)].mean() * 100,
+                        "chosen": group[score_column(readout)].mean() * 100,
                         "chosen_prompt": " + ".join(_short(texts.get(c, c), 60 if len(chosen) > 1 else 90)
                                                     for c in chosen),
                         "default": np.nan})
@@ -80,10 +73,10 @@ def _sweep_rows(runs: pd.DataFrame) -> list[dict]:
         if group["template_id"].nunique() < 2:
             continue
         for readout in READOUTS:
-            values = group[_score_column(readout)].dropna() * 100
+            values = group[score_column(readout)].dropna() * 100
             if values.empty:
                 continue
-            default = group.loc[group["template_id"] == 0, _score_column(readout)]
+            default = group.loc[group["template_id"] == 0, score_column(readout)]
             out.append({**_base(group.iloc[0]), "readout": readout, "spread_on": "eval",
                         "n_prompts": group["template_id"].nunique(), "n_seeds": group["seed"].nunique(),
                         "min": values.min(), "median": values.median(), "max": values.max(), "chosen": np.nan,

@@ -28,7 +28,23 @@ def load_predictions(run_dir: str | Path) -> dict[int, float] | None:
     """``{idx: score}`` (the example's primary-metric value) from a run's predictions.jsonl; rows written
     before ``score`` existed count ``pred == label``. None when missing or unreadable (with a warning)."""
     path = Path(run_dir) / "predictions.jsonl"
-    return _predictions(str(path), path.stat().st_mtime_ns) if path.is_file() else None
+    return _score_map(str(path), path.stat().st_mtime_ns) if path.is_file() else None
+
+
+@lru_cache(maxsize=256)
+def _score_map(file: str, mtime_ns: int) -> dict[int, float] | None:
+    rows = _rows(file, mtime_ns)
+    try:
+        return {int(r["idx"]): _score(r) for r in rows} if rows is not None else None
+    except (KeyError, TypeError, ValueError) as err:
+        log.warning("skipping unreadable predictions %s (%s: %s)", file, type(err).__name__, err)
+        return None
+
+
+def prediction_rows(run_dir: str | Path) -> list[dict] | None:
+    """A run's predictions.jsonl rows (read once per file version); None when missing or not JSON lines."""
+    path = Path(run_dir) / "predictions.jsonl"
+    return _rows(str(path), path.stat().st_mtime_ns) if path.is_file() else None
 
 
 def _score(row: dict) -> float:
@@ -38,12 +54,11 @@ def _score(row: dict) -> float:
 
 
 @lru_cache(maxsize=256)
-def _predictions(file: str, mtime_ns: int) -> dict[int, float] | None:
+def _rows(file: str, mtime_ns: int) -> list[dict] | None:
     path = Path(file)
     try:
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        return {int(r["idx"]): _score(r) for r in rows}
-    except (OSError, ValueError, KeyError, TypeError) as err:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError) as err:
         log.warning("skipping unreadable predictions %s (%s: %s)", path, type(err).__name__, err)
         return None
 

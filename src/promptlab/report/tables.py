@@ -264,10 +264,9 @@ def display_table(summary: pd.DataFrame, compact: bool = False) -> pd.DataFrame:
     if _repeats(summary):
         cols["Runs"] = summary["n_completed"].astype(str)
     cols[value_label(summary["metric"])] = [fmt_pct(r["score_mean"], r["score_std"]) for r in rows]
-    for name in CALIBRATIONS:  # calibrated scores beside the raw ones, never instead
-        if _has(summary, f"score_{name}_mean"):
-            cols[f"{name.capitalize()}-calibrated"] = [fmt_pct(r[f"score_{name}_mean"], r[f"score_{name}_std"])
-                                                       for r in rows]
+    for name, col in zip(CALIBRATIONS, CALIBRATED, strict=True):  # calibrated scores beside the raw ones
+        if _has(summary, f"{col}_mean"):
+            cols[f"{name.capitalize()}-calibrated"] = [fmt_pct(r[f"{col}_mean"], r[f"{col}_std"]) for r in rows]
     if not compact and _show_f1(summary):
         cols["Macro-F1 (%)"] = [fmt_pct(r["macro_f1_mean"], r["macro_f1_std"]) for r in rows]
     cols["Trainable params"] = summary["trainable_params"].map(fmt_count)

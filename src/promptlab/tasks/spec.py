@@ -14,21 +14,15 @@ Every check here raises ``ConfigError`` and runs before any model loads.
 from __future__ import annotations
 
 import re
-import string
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from promptlab.errors import ConfigError
-from promptlab.prompts import render, template_fields
+from promptlab.prompts import field_names, render, template_fields
 
 OUTPUT_TYPES = ("choice", "generate")
-
-
-def _field_order(template: str) -> list[str]:
-    """A template's column names in the order they appear."""
-    return [name for _, name, _, _ in string.Formatter().parse(template) if name]
 
 
 @dataclass
@@ -121,7 +115,7 @@ class TaskSpec:
         """``input_template``, or one derived from template 0's columns."""
         if self.input_template:
             return self.input_template
-        names = [n for n in dict.fromkeys(_field_order(self.templates[0]))]
+        names = field_names(self.templates[0])
         return f"{{{names[0]}}}" if len(names) == 1 else "\n".join(
             f"{n.replace('_', ' ').capitalize()}: {{{n}}}" for n in names)
 
