@@ -214,7 +214,7 @@ def ddp_two_processes(env: dict, work: Path) -> Case:
 def sweep_with_a_failing_member(env: dict, work: Path) -> Case:
     sweep = work / "sweep_fail"
     case = Case("sweep with a failing member", "other members complete; summary names the failure; exit 1")
-    res = train(["-m", "method=zero_shot,prompt_tuning", "++method.num_virtual_tokens=0",
+    res = train(["-m", "method=zero_shot,prompt_tuning", "++method.peft.num_virtual_tokens=0",
                  f"hydra.sweep.dir={sweep}"], env)
     statuses = sorted(record(d).get("status", "?") for d in sweep.iterdir() if d.is_dir() and not d.name.startswith("."))
     case.observed = f"statuses {statuses}, exit {res.returncode}, last line: {last_line(res.stdout + res.stderr)}"

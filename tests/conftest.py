@@ -134,7 +134,8 @@ def compose_config(overrides: Iterable[str] = (), return_hydra_config: bool = Fa
         return compose(config_name="train", overrides=list(overrides), return_hydra_config=return_hydra_config)
 
 
-TRAINED_METHODS = ("prompt_tuning", "full_finetune")  # test_configs checks this against build_method().trains
+PEFT_METHODS = ("prompt_tuning", "prefix_tuning", "p_tuning", "lora", "dora", "ia3", "multitask_prompt_tuning")
+TRAINED_METHODS = (*PEFT_METHODS, "full_finetune")  # test_configs checks this against build_method().trains
 
 
 def config_names(group: str) -> list[str]:

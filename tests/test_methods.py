@@ -11,7 +11,7 @@ import promptlab.train
 from promptlab.data import eval_items, eval_loader
 from promptlab.errors import ConfigError
 from promptlab.methods import build_method
-from promptlab.methods.prompt_tuning import PromptTuning
+from promptlab.methods.peft_adapter import PeftMethod
 from promptlab.models import load_backbone
 from promptlab.prompts import Encoder
 from promptlab.readout import ChoiceReadout
@@ -59,14 +59,14 @@ def predictions_from_checkpoint(cfg, model, backbone) -> list[dict]:
 
 def test_prompt_tuning_trains_only_the_soft_prompt(make_cfg, run_dir, captured, monkeypatch):
     prompts = {}
-    real_prepare = PromptTuning.prepare
+    real_prepare = PeftMethod.prepare
 
     def prepare(self, backbone, task):
         model = real_prepare(self, backbone, task)
         prompts["initial"] = model.prompt_encoder["default"].embedding.weight.detach().clone()
         return model
 
-    monkeypatch.setattr(PromptTuning, "prepare", prepare)
+    monkeypatch.setattr(PeftMethod, "prepare", prepare)
     cfg = make_cfg(method="prompt_tuning")
     result = promptlab.train.run(cfg, run_dir)
     assert result["status"] == "completed"
@@ -81,7 +81,7 @@ def test_prompt_tuning_trains_only_the_soft_prompt(make_cfg, run_dir, captured, 
     saved = load_file(run_dir / "checkpoint" / "adapter_model.safetensors")
     assert list(saved) == ["prompt_embeddings"]  # only the soft prompt is stored
     soft = saved["prompt_embeddings"]
-    assert soft.shape == (cfg.method.num_virtual_tokens, cfg.model.hidden_size)
+    assert soft.shape == (cfg.method.peft.num_virtual_tokens, cfg.model.hidden_size)
     assert not torch.equal(soft, prompts["initial"]), "the soft prompt did not train"
 
 
@@ -129,7 +129,7 @@ def test_trainable_parameter_counts(make_cfg, run_dir, method):
     assert costs == read_result(run_dir)["costs"]
     backbone_params = sum(p.numel() for p in load_backbone(cfg.model, cfg.paths.cache_dir).model.parameters())
     if method == "prompt_tuning":
-        soft = cfg.method.num_virtual_tokens * cfg.model.hidden_size
+        soft = cfg.method.peft.num_virtual_tokens * cfg.model.hidden_size
         assert costs["trainable_params"] == soft == 20 * 32
         assert costs["total_params"] == backbone_params + soft
     elif method == "full_finetune":
@@ -168,7 +168,8 @@ def test_trained_methods_store_a_checkpoint(make_cfg, run_dir, method):
     assert costs["train_tokens_seen"] > costs["train_examples_seen"]
     assert result["checkpoint"] == "checkpoint"
     assert result["num_train_examples"] == 4
-    assert result["method_info"]["type"] == method and result["method_info"]["trains"] is True
+    assert result["method_info"]["type"] == {"prompt_tuning": "peft"}.get(method, method)
+    assert result["method_info"]["trains"] is True
 
 
 def test_few_shot_differs_from_zero_shot(make_cfg, tmp_path):
@@ -192,7 +193,7 @@ def test_bad_num_virtual_tokens_fails_before_model_load(make_cfg, run_dir, monke
 
     monkeypatch.setattr(promptlab.train, "load_backbone", no_model)
     with pytest.raises(ConfigError, match="num_virtual_tokens"):
-        promptlab.train.run(make_cfg(f"method.num_virtual_tokens={value}", method="prompt_tuning"), run_dir)
+        promptlab.train.run(make_cfg(f"method.peft.num_virtual_tokens={value}", method="prompt_tuning"), run_dir)
     result = read_result(run_dir)
     assert result["status"] == "failed"
     assert "num_virtual_tokens" in result["error"]
@@ -201,8 +202,14 @@ def test_bad_num_virtual_tokens_fails_before_model_load(make_cfg, run_dir, monke
 @pytest.mark.parametrize(
     ("method", "overrides", "match"),
     [
-        ("prompt_tuning", "method.init=bogus", "method.init"),
-        ("prompt_tuning", ("method.init=text", "data.prompt_init_text=''"), "init_text"),
+        ("prompt_tuning", "method.peft.prompt_tuning_init=bogus", "prompt_tuning_init='bogus'"),
+        ("prompt_tuning", ("method.peft.prompt_tuning_init=TEXT", "data.prompt_init_text=''"), "init_text"),
+        ("prompt_tuning", "method.peft._target_=peft.NoSuchConfig", "NoSuchConfig is not a class"),
+        ("prompt_tuning", "method.peft._target_=collections.OrderedDict", "not a PEFT config class"),
+        ("lora", "+method.peft.lora_alpah=4", "did you mean method.peft.lora_alpha"),
+        ("lora", "+method.peft.rank=4", "use its fields: .*target_modules"),
+        ("p_tuning", "method.peft.encoder_reparameterization_type=GRU", "MLP, LSTM"),
+        ("ia3", "method.peft.feedforward_modules=[up_proj]", "IA3Config refuses"),  # not among target_modules
         ("prompt_tuning", "+method.num_demos=2", "num_demos"),  # trained methods have no num_demos key
         ("full_finetune", "+method.num_demos=2", "num_demos"),
         ("prompt_tuning", "method.lr=0", "method.lr"),

@@ -157,7 +157,7 @@ def test_encoder_item_is_the_prompt_and_the_answers(tiny_tok, plain_tok, chat):
     encoder = Encoder(tok, spec, DEMO_TURNS)
     item = encoder.item(QUERY, train=False)
     messages = build_messages(render(SST2_TEMPLATE, QUERY), DEMO_TURNS, spec.system_prompt)
-    assert item == {"idx": 9, "prompt_ids": encode_prompt(tok, messages), "choices": VERBALIZER,
+    assert item == {"idx": 9, "task_id": 0, "prompt_ids": encode_prompt(tok, messages), "choices": VERBALIZER,
                     "choice_ids": [encode_answer(tok, w) for w in VERBALIZER], "label": 0}
     assert encoder.item(QUERY, train=True) == item  # a choice task trains on the same item
     assert encoder.truncated == 0

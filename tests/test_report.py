@@ -407,12 +407,12 @@ def test_sweep_of_num_virtual_tokens_gives_a_row_per_value(tmp_path):
     for n, accs in {5: [0.5, 0.6], 20: [0.7, 0.8]}.items():
         for seed, acc in enumerate(accs):
             write_run(tmp_path, f"sweep/{n}_s{seed}", "prompt_tuning", seed, acc,
-                      config=[f"method.num_virtual_tokens={n}"])
+                      config=[f"method.peft.num_virtual_tokens={n}"])
     df = load_runs(tmp_path)
     assert df["group_key"].nunique() == 2 and len(records_mod.latest_completed(df)) == 4
     summary = summarize(df)
     assert list(summary["config_label"]) == ["num_virtual_tokens=5", "num_virtual_tokens=20"]
-    assert list(summary["config_diff"]) == ["method.num_virtual_tokens=5", "method.num_virtual_tokens=20"]
+    assert list(summary["config_diff"]) == ["method.peft.num_virtual_tokens=5", "method.peft.num_virtual_tokens=20"]
     assert list(summary["seeds"]) == ["0 1", "0 1"]
     assert list(summary["score_mean"]) == [pytest.approx(55.0), pytest.approx(75.0)]
     labels = ["Prompt tuning (num_virtual_tokens=5)", "Prompt tuning (num_virtual_tokens=20)"]
@@ -497,7 +497,7 @@ def test_cli_on_a_real_tiny_model_sweep(tmp_path, data_root, capsys):
     sweep = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "promptlab.train", "-m", "model=tiny_random", "logger=none", "data.k_shot=2",
            f"paths.data_root={data_root}", f"paths.cache_dir={tmp_path / 'cache'}", "method=prompt_tuning",
-           "method.max_steps=2", "method.batch_size=4", "method.num_virtual_tokens=5,20", f"hydra.sweep.dir={sweep}"]
+           "method.max_steps=2", "method.batch_size=4", "method.peft.num_virtual_tokens=5,20", f"hydra.sweep.dir={sweep}"]
     done = subprocess.run(cmd, env=subprocess_env(), stdin=subprocess.DEVNULL, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -23,16 +23,18 @@ class PromptDataModule(L.LightningDataModule):
     """Training batches (shuffled with the seed) and evaluation batches (longest first)."""
 
     def __init__(self, encoder: Encoder, train_rows: list[dict], eval_rows: list[dict],
-                 batch_size: int, eval_batch_size: int, seed: int):
+                 batch_size: int, eval_batch_size: int, seed: int, train_items: list[dict] | None = None):
+        """``train_items``: already encoded training examples (a mixture's), used instead of ``train_rows``."""
         super().__init__()
         self.encoder, self.train_rows, self.eval_rows = encoder, train_rows, eval_rows
         self.batch_size, self.eval_batch_size, self.seed = batch_size, eval_batch_size, seed
-        self.train_items: list[dict] = []
+        self.train_items: list[dict] = train_items or []
         self.eval_items: list[dict] = []
 
     def setup(self, stage: str | None = None) -> None:
-        if not self.eval_items:
+        if not self.train_items:
             self.train_items = [self.encoder.item(r, train=True) for r in self.train_rows]
+        if not self.eval_items:
             self.eval_items = eval_items(self.encoder, self.eval_rows)
 
     def train_dataloader(self) -> StatefulDataLoader:

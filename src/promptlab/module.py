@@ -35,6 +35,7 @@ class PromptModule(L.LightningModule):
         self.model, self.readout, self.optim = model, readout, optim or Optim()
         self.examples_seen = 0
         self.tokens_seen = 0
+        self.optimizer_state_bytes = 0  # measured when training ends (AdamW: two moments per trainable weight)
         self.train_seconds = 0.0  # before this fit: a resumed run counts the time of its earlier attempts
         self._fit_started = time.perf_counter()
         self.loss_window = 20
@@ -56,6 +57,10 @@ class PromptModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         self._fit_started = time.perf_counter()
+
+    def on_train_end(self) -> None:
+        self.optimizer_state_bytes = sum(t.numel() * t.element_size() for opt in self.trainer.optimizers
+                                         for state in opt.state.values() for t in state.values() if torch.is_tensor(t))
 
     def elapsed_train_seconds(self) -> float:
         """Training time over every attempt of this run, up to now."""

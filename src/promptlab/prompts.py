@@ -113,6 +113,7 @@ class Encoder:
     demos: Sequence[tuple[str, str]] | Callable[[Mapping], Sequence[tuple[str, str]]] = ()
     assistant_prefix: str = ""
     truncated: int = 0  # prompts cut to fit max_prompt_tokens
+    task_id: int = 0  # the task's index in a run that serves several (a mixture, multi-task serving)
 
     def __post_init__(self) -> None:
         if self.task.choices is not None:  # fixed answer words: every example shares them, so check once
@@ -128,17 +129,21 @@ class Encoder:
             self.truncated += 1
         return ids
 
+    def target_ids(self, row: Mapping) -> list[int]:
+        """The answer a trained model should write (a choice task's answer word, a generation target), then EOS."""
+        target = encode_answer(self.tokenizer, self.task.target_of(row))[: self.task.max_target_tokens]
+        return target + [self.tokenizer.eos_token_id]  # learn to stop
+
     def item(self, row: Mapping, train: bool) -> dict:
         """One encoded example; ``train`` adds what the loss needs (generate: the target's tokens)."""
         t = self.task
-        item = {"idx": row["idx"], "prompt_ids": self.prompt_ids(row)}
+        item = {"idx": row["idx"], "task_id": self.task_id, "prompt_ids": self.prompt_ids(row)}
         if t.output_type == "choice":
             item["choices"] = t.choices_of(row)
             item["choice_ids"] = [encode_answer(self.tokenizer, c) for c in item["choices"]]
             item["label"] = row[t.label_column]
         elif train:
-            target = encode_answer(self.tokenizer, t.target_of(row))[: t.max_target_tokens]
-            item["target_ids"] = target + [self.tokenizer.eos_token_id]  # learn to stop
+            item["target_ids"] = self.target_ids(row)
         else:
             item["references"] = row["references"]
         return item

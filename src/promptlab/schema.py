@@ -28,7 +28,7 @@ STALE_AFTER_SECONDS = 3 * HEARTBEAT_SECONDS
 # older than STALE_AFTER_SECONDS belongs to a process that died without a word (SIGKILL, power loss).
 Status = Literal["running", "completed", "failed", "interrupted"]
 Kind = Literal["train", "eval"]  # promptlab-train, or promptlab-eval re-scoring a saved run
-OutputType = Literal["choice", "generate"]
+OutputType = Literal["choice", "generate"]  # a task's; a mixture run's record says "mixture"
 
 
 @dataclass
@@ -66,7 +66,7 @@ class RunResult:
     method_info: MethodInfo
     model: str
     dataset: str
-    output_type: OutputType
+    output_type: OutputType | Literal["mixture"]
     primary_metric: str
     higher_is_better: bool
     chance: float | None
@@ -101,6 +101,9 @@ class RunResult:
     # a prompt search (promptlab.search): split, metric, every candidate's text and dev (and eval_all: eval)
     # metrics, and the candidate(s) each readout (raw, each calibration) chose
     selection: dict[str, Any] | None = None
+    # an instruction-tuning mixture (promptlab.instruct): seen and held-out tasks, weights, budget, tasks not
+    # evaluated; its metrics are "<task>/<metric>" plus seen_mean and heldout_mean (mean primary metrics)
+    mixture: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -115,6 +118,7 @@ COST_KEYS = (
     "demo_generated_tokens", "demo_generation_seconds",  # model-written demonstrations (few-shot CoT)
     "demo_selection_seconds",  # nearest-neighbour demonstrations: embedding the pool and the queries
     "peak_rss_mb", "peak_rss_reset_per_run", "peak_gpu_mb", "checkpoint_bytes", "truncated_prompts",
+    "stored_params", "optimizer_state_bytes",  # per task (the checkpoint's tensors); AdamW's moments at the end
     "resume_checkpoints", "resume_checkpoint_seconds", "resume_checkpoint_bytes",  # this attempt's saves
     # prompt search: candidates, dev examples and prompt tokens scored, tokens written (proposals, reasoning),
     # seconds (proposal and dev scoring; a proposer model's load); eval_all's extra eval of the others

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import platform
 import resource
@@ -111,6 +112,18 @@ def versions() -> dict[str, str]:
 def dir_bytes(path: str | os.PathLike) -> int:
     path = Path(path)
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
+
+
+def stored_parameters(path: str | os.PathLike) -> int:
+    """Parameters a checkpoint directory stores (every safetensors file's tensors, read from the headers): what
+    a task costs to keep, which for P-tuning or prefix projection is far less than what trained."""
+    from safetensors import safe_open
+
+    total = 0
+    for file in sorted(Path(path).rglob("*.safetensors")):
+        with safe_open(file, "pt") as f:
+            total += sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118 (no __iter__)
+    return total
 
 
 def proc_status_mb(field: str) -> float | None:
@@ -227,6 +240,9 @@ class RunRecord:
         self._done = False
         self._stop = threading.Event()
         data, method = cfg.get("data") or {}, cfg.get("method") or {}
+        if cfg.get("mixture") is not None:  # instruction tuning: many tasks, each evaluated with its own template
+            data = {"name": _value(cfg.mixture, "name"), "output_type": "mixture", "primary_metric": "seen_mean",
+                    "eval_split": "per task"}
         self.data: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
             "run_id": run_id,
@@ -257,6 +273,7 @@ class RunRecord:
             "heartbeat_at": _now(),
             "resumes": resumes or [],
             "selection": None,  # a prompt search's candidates and choices, once made
+            "mixture": None,  # instruction tuning: seen and held-out tasks (metrics: <task>/<metric>)
             "metrics": {},
             "costs": {},
         }

@@ -23,7 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from promptlab import resume, search, signals, sweep
+from promptlab import instruct, resume, search, signals, sweep
 from promptlab.config import Settings, check_writable, skip_completed
 from promptlab.data import PromptDataModule, eval_items
 from promptlab.errors import ConfigError
@@ -35,9 +35,11 @@ from promptlab.models import Backbone, check_model, fingerprint, load_backbone
 from promptlab.module import PromptModule
 from promptlab.progress import progress_callbacks
 from promptlab.prompts import Encoder, template_fields
+from promptlab.readout import GenerateReadout
 from promptlab.search import SearchSpec
 from promptlab.sweep import note
 from promptlab.tasks import Task, TaskSpec, load_task, training_subset
+from promptlab.tasks.mixture import Mixture
 from promptlab.tasks.sampling import component_seeds
 from promptlab.tracking import (
     PeakMemory,
@@ -50,6 +52,7 @@ from promptlab.tracking import (
     new_run_id,
     read_record,
     run_lock,
+    stored_parameters,
     write_jsonl_atomic,
 )
 
@@ -84,6 +87,9 @@ class Plan:
     search: SearchSpec | None = None
     pool: list[dict] = field(default_factory=list)  # the training sample (few-shot demos, meta-prompting)
     cache_dir: str | None = None  # where models are cached (a proposer model of its own)
+    mixture: Mixture | None = None  # instruction tuning: the tasks trained on and evaluated (promptlab.instruct)
+    budgets: dict[str, list[dict]] = field(default_factory=dict)  # a mixture's training rows per seen task
+    mixture_skipped: list[str] = field(default_factory=list)  # held-out tasks a task-id model cannot serve
 
 
 class OccupiedRunDir(ConfigError):
@@ -94,6 +100,8 @@ def plan(cfg: DictConfig) -> Plan:
     """Check the settings, model, task and method; load the data, draw the budget and the demonstrations."""
     settings = Settings.from_config(cfg)  # first: typed values, before anything reads them
     check_model(cfg.model)
+    if cfg.get("mixture") is not None:
+        return plan_mixture(cfg, settings)
     spec = TaskSpec.from_config(cfg.data)
     method = build_method(cfg.method)
     method.validate(spec)
@@ -115,6 +123,24 @@ def plan(cfg: DictConfig) -> Plan:
     return Plan(settings, spec, method, task, pool if method.trains else [], demos, search, pool, cfg.paths.cache_dir)
 
 
+def plan_mixture(cfg: DictConfig, settings: Settings) -> Plan:
+    """A run on an instruction-tuning mixture: every task checked and loaded, each seen task's budget drawn."""
+    mixture = Mixture.from_config(cfg.mixture)
+    method = build_method(cfg.method)
+    if method.num_demos or cfg.get("search") is not None or settings.calibration:
+        raise ConfigError(f"mixture={mixture.name} evaluates every task zero-shot, uncalibrated, with its default "
+                          "template", "use a zero-shot or trained method without search=... and calibration=[]")
+    method.num_tasks = len(mixture.train_tasks)  # multitask prompt tuning: one task id per seen task
+    for spec in mixture.specs.values():
+        method.validate(spec)
+    mixture.load(cfg.paths.data_root)
+    budgets = mixture.budgets(settings.seed) if method.trains else {}
+    first = mixture.tasks[mixture.train_tasks[0]]  # a soft prompt's init text: the first seen task's
+    rows = [r for b in budgets.values() for r in b]
+    return Plan(settings, first.spec, method, first, rows, [], cache_dir=cfg.paths.cache_dir, mixture=mixture,
+                budgets=budgets)
+
+
 def demo_draws(p: Plan) -> list[list[dict]]:
     """The demonstration sets a search tries: the run's own draw, then ``search.demo_draws - 1`` more, each from
     a seed of its own (``DEMO_DRAW_STRIDE`` apart, so no two runs' seeds share a draw)."""
@@ -134,7 +160,8 @@ def check_search(search_cfg: DictConfig, method: Method, spec: TaskSpec) -> None
 
 def build_module(p: Plan, backbone: Backbone, model: torch.nn.Module) -> tuple[PromptModule, Encoder]:
     tok = backbone.tokenizer
-    readout = p.method.readout(tok, p.spec)
+    # a mixture trains every task as text-to-text (its answer text's loss); each task is read its own way later
+    readout = GenerateReadout(tok, 1) if p.mixture else p.method.readout(tok, p.spec)
     demos = p.method.demos(model, tok, p.spec, p.demos, readout)
     return PromptModule(model, readout, p.method.optim()), Encoder(tok, p.spec, demos, p.method.assistant_prefix)
 
@@ -162,7 +189,8 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
         else:
             if primary:
                 resume.discard(run_dir)  # an unfinished run's checkpoint of another config (or resume=false)
-            run_id, resumes = new_run_id(_group_name(cfg, "method"), _group_name(cfg, "data"), cfg.get("seed")), []
+            task = _group_name(cfg, "mixture" if cfg.get("mixture") is not None else "data")
+            run_id, resumes = new_run_id(_group_name(cfg, "method"), task, cfg.get("seed")), []
         record = RunRecord(run_dir, cfg, run_id, resumes=resumes, primary=primary)
         try:
             record.start_heartbeat()
@@ -200,8 +228,12 @@ def _run(cfg: DictConfig, run_dir: Path, record: RunRecord, point: resume.Resume
     try:
         record.phase = "loading data"  # and checking the config, which takes no time
         p = plan(cfg)  # all checks run before the (slow) model load
-        record.describe(p.method.info(), p.spec, get_metric(p.spec.primary_metric).higher_is_better)
-        record.provenance(seeds=component_seeds(p.settings.seed), data=p.task.sources)
+        if p.mixture:
+            record.describe(p.method.info(), p.mixture, True)
+            record.provenance(seeds=component_seeds(p.settings.seed), data=instruct.sources(p.mixture))
+        else:
+            record.describe(p.method.info(), p.spec, get_metric(p.spec.primary_metric).higher_is_better)
+            record.provenance(seeds=component_seeds(p.settings.seed), data=p.task.sources)
         wandb = effective_wandb_mode(p.settings.wandb_mode) if p.settings.wandb_mode else "disabled"
         L.seed_everything(p.settings.seed, workers=True, verbose=False)
         if p.settings.num_threads:
@@ -218,6 +250,9 @@ def _run(cfg: DictConfig, run_dir: Path, record: RunRecord, point: resume.Resume
                                         on_start=(lambda step: record.resumed(step, point)) if point else None)
         trainer = make_trainer(cfg, run_dir, loggers, p.method.trains, [saver] if p.method.trains else [])
         trainable, total = count_parameters(model)
+        if p.method.trains:
+            log.info("%s trains %s of %s parameters (%.4f%%)", p.method.cfg.name, f"{trainable:,}", f"{total:,}",
+                     100 * trainable / total)
         costs = {"trainable_params": trainable, "total_params": total, "trainable_fraction": trainable / total,
                  "model_load_seconds": round(backbone.load_seconds, 3)}
 
@@ -235,6 +270,7 @@ def _run(cfg: DictConfig, run_dir: Path, record: RunRecord, point: resume.Resume
             lg.save()  # the CSV logger only writes on save()
         record.complete(ev.metrics, costs, num_train_examples=len(p.train_rows), num_demos=p.method.num_demos,
                         **({"selection": ev.selection, "template_id": None} if ev.selection else {}),
+                        **(mixture_fields(p, ev) if p.mixture else {}),
                         checkpoint="checkpoint" if checkpoint else None)
         if record.primary:
             resume.discard(run_dir)  # the trained weights are in checkpoint/; a completed run is not resumed
@@ -254,6 +290,10 @@ def evaluate_plan(p: Plan, module: PromptModule, encoder: Encoder, trainer: L.Tr
     content-free inputs put through the same prompt); with a prompt search, the prompt is chosen on dev first."""
     if p.search:
         return run_search(p, module, trainer, encoder)
+    if p.mixture:
+        ev, p.mixture_skipped = instruct.evaluate_mixture(p.mixture, p.method, module, encoder.tokenizer, trainer,
+                                                          p.settings.eval_batch_size)
+        return ev
     free = []
     if "contextual" in p.settings.calibration:
         free = eval_items(encoder, content_free_rows(p.task.eval[0], template_fields(p.spec.prompt_template)))
@@ -290,14 +330,26 @@ def fit(p: Plan, module: PromptModule, encoder: Encoder, trainer: L.Trainer, run
     checkpoint dir) — (0, None) for the others."""
     if not p.method.trains:
         return 0.0, None
+    items = (instruct.train_items(p.mixture, p.budgets, p.method, encoder.tokenizer, p.settings.seed)
+             if p.mixture else None)
     datamodule = PromptDataModule(encoder, p.train_rows, [], p.method.cfg.batch_size, p.settings.eval_batch_size,
-                                  p.settings.seed)
+                                  p.settings.seed, train_items=items)
     with signals.deferred():  # SIGINT/SIGTERM end the run at the end of a step (resume.ResumeCheckpoint)
         trainer.fit(module, datamodule=datamodule, ckpt_path=point.checkpoint if point else None)
     checkpoint = run_dir / "checkpoint"
     if trainer.is_global_zero:
         p.method.save(module.model, checkpoint)
     return module.elapsed_train_seconds(), checkpoint
+
+
+def mixture_fields(p: Plan, ev: Evaluation) -> dict:
+    """What a mixture run's record adds: its seen and held-out tasks and those it could not evaluate."""
+    m = p.mixture
+    return {"template_id": None, "mixture": {
+        "name": m.name, "seen": m.train_tasks, "held_out": m.heldout_tasks, "weights": m.weights,
+        "examples_per_task": m.examples_per_task, "templates": m.templates,
+        "primary_metrics": {t: s.primary_metric for t, s in m.specs.items()},
+        "not_evaluated": p.mixture_skipped}}
 
 
 def run_costs(p: Plan, module: PromptModule, encoder: Encoder, trainer: L.Trainer, ev, memory: PeakMemory,
@@ -315,6 +367,8 @@ def run_costs(p: Plan, module: PromptModule, encoder: Encoder, trainer: L.Traine
         "peak_rss_reset_per_run": memory.reset_ok,
         "peak_gpu_mb": memory.peak_gpu_mb(),
         "checkpoint_bytes": dir_bytes(checkpoint) if checkpoint else 0,
+        "stored_params": stored_parameters(checkpoint) if checkpoint else 0,  # per task; prompting stores none
+        "optimizer_state_bytes": module.optimizer_state_bytes,
         "truncated_prompts": encoder.truncated,
     }
 

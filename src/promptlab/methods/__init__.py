@@ -133,7 +133,7 @@ class TrainedMethod(Method):
 
 
 def build_method(cfg: DictConfig) -> Method:
-    from promptlab.methods import cot, full_finetune, prompt_tuning, prompting  # noqa: F401  (registration)
+    from promptlab.methods import cot, full_finetune, peft_adapter, prompting  # noqa: F401  (registration)
 
     kind = cfg.get("type")
     if kind not in REGISTRY:

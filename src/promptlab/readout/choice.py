@@ -27,26 +27,29 @@ class ChoiceReadout:
         self.prefix = PrefixCache()  # inference: the batch's shared prompt prefix runs once
 
     def scores(self, model: torch.nn.Module, prompts: Sequence[Sequence[int]],
-               choices: Sequence[Sequence[Sequence[int]]]) -> torch.Tensor:
-        """(batch, max answers) log-probabilities over each example's answers; -inf pads shorter lists."""
+               choices: Sequence[Sequence[Sequence[int]]], task_ids: Sequence[int] | None = None) -> torch.Tensor:
+        """(batch, max answers) log-probabilities over each example's answers; -inf pads shorter lists.
+        ``task_ids``: each row's task, for a model serving several (``readout.model.takes_task_ids``)."""
         shared = all(list(c) == list(choices[0]) for c in choices)
         if shared and all(len(t) == 1 for t in choices[0]):
-            return self._single_token(model, prompts, [t[0] for t in choices[0]])
-        return self._sequences(model, prompts, choices)
+            return self._single_token(model, prompts, [t[0] for t in choices[0]], task_ids)
+        return self._sequences(model, prompts, choices, task_ids)
 
     def loss(self, model: torch.nn.Module, batch: dict) -> torch.Tensor:
-        return F.nll_loss(self.scores(model, batch["prompt_ids"], batch["choice_ids"]), batch["labels"])
+        scores = self.scores(model, batch["prompt_ids"], batch["choice_ids"], batch.get("task_id"))
+        return F.nll_loss(scores, batch["labels"])
 
     def predict(self, model: torch.nn.Module, batch: dict) -> list[dict]:
-        logp = self.scores(model, batch["prompt_ids"], batch["choice_ids"]).float().cpu()
+        logp = self.scores(model, batch["prompt_ids"], batch["choice_ids"], batch.get("task_id")).float().cpu()
         return [{"idx": int(i), "label": int(y), "pred": int(s.argmax()),
                  "log_probs": [round(float(v), 5) for v in s[: len(c)]]}
                 for i, y, s, c in zip(batch["idx"], batch["labels"], logp, batch["choice_ids"], strict=True)]
 
-    def _single_token(self, model, prompts, token_rows: list[int]) -> torch.Tensor:
+    def _single_token(self, model, prompts, token_rows: list[int], task_ids) -> torch.Tensor:
         head = head_of(model)
         device = head.weight.device
-        hidden, shared = self.prefix.hidden_states(model, prompts, self.pad_id, device, min(map(len, prompts)) - 1)
+        hidden, shared = self.prefix.hidden_states(model, prompts, self.pad_id, device, min(map(len, prompts)) - 1,
+                                                   task_ids)
         last = torch.tensor([len(p) - 1 - shared for p in prompts], device=device)
         answer = hidden[torch.arange(len(prompts), device=device), last]  # (B, H)
         rows = torch.tensor(token_rows, device=device)
@@ -55,12 +58,14 @@ class ChoiceReadout:
             logits = logits + head.bias[rows]
         return logits.float().log_softmax(-1)
 
-    def _sequences(self, model, prompts, choices) -> torch.Tensor:
+    def _sequences(self, model, prompts, choices, task_ids) -> torch.Tensor:
         head = head_of(model)
         device = head.weight.device
         pairs = [(i, c) for i, cs in enumerate(choices) for c in range(len(cs))]
         sequences = [list(prompts[i]) + list(choices[i][c]) for i, c in pairs]
-        hidden, shared = self.prefix.hidden_states(model, sequences, self.pad_id, device, min(map(len, prompts)) - 1)
+        pair_tasks = None if task_ids is None else [task_ids[i] for i, _ in pairs]
+        hidden, shared = self.prefix.hidden_states(model, sequences, self.pad_id, device, min(map(len, prompts)) - 1,
+                                                   pair_tasks)
         seq, pos, targets = [], [], []
         for s, (i, c) in enumerate(pairs):
             for j, tok in enumerate(choices[i][c]):

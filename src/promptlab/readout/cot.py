@@ -18,7 +18,7 @@ class CoTChoiceReadout:
     @torch.no_grad()
     def predict(self, model: torch.nn.Module, batch: dict) -> list[dict]:
         tok = self.gen.tokenizer
-        gens = self.gen.generate(model, batch["prompt_ids"])
+        gens = self.gen.generate(model, batch["prompt_ids"], batch.get("task_id"))
         prompts = [list(p) + encode_answer(tok, f"{g.text} {self.answer_cue}".strip(), after_space=True)
                    for p, g in zip(batch["prompt_ids"], gens, strict=True)]
         choices = [[encode_answer(tok, c, after_space=True) for c in cs] for cs in batch["choices"]]

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from transformers import GenerationConfig, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 
-from promptlab.readout.model import final_hidden_states, head_of, pad
+from promptlab.readout.model import final_hidden_states, head_of, pad, task_inputs
 
 
 @dataclass
@@ -53,7 +53,7 @@ class GenerateReadout:
         device = head.weight.device
         ids, mask = pad([list(p) + list(t) for p, t in zip(prompts, targets, strict=True)],
                         self.tokenizer.pad_token_id, device)
-        hidden = final_hidden_states(model, ids, mask)
+        hidden = final_hidden_states(model, ids, mask, batch.get("task_id"))
         rows = [i for i, t in enumerate(targets) for _ in t]
         cols = [len(p) - 1 + j for p, t in zip(prompts, targets, strict=True) for j in range(len(t))]
         logits = head(hidden[torch.tensor(rows, device=device), torch.tensor(cols, device=device)])
@@ -61,12 +61,14 @@ class GenerateReadout:
         return F.cross_entropy(logits.float(), gold)
 
     @torch.no_grad()
-    def generate(self, model: torch.nn.Module, prompts: Sequence[Sequence[int]]) -> list[Generated]:
+    def generate(self, model: torch.nn.Module, prompts: Sequence[Sequence[int]],
+                 task_ids: Sequence[int] | None = None) -> list[Generated]:
         device = head_of(model).weight.device
         ids, mask = pad(prompts, self.tokenizer.pad_token_id, device, left=True)
         start = time.perf_counter()
         stop = StoppingCriteriaList([StopOnGeneratedText(self.tokenizer, ids.shape[1], self.until)] if self.until else [])
-        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=self.config, stopping_criteria=stop)
+        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=self.config, stopping_criteria=stop,
+                             **task_inputs(model, task_ids, device))
         self.generation_seconds += time.perf_counter() - start
         results = [self._decode(row.tolist()) for row in out[:, ids.shape[1]:]]
         self.generated_tokens += sum(r.num_tokens for r in results)
@@ -82,6 +84,6 @@ class GenerateReadout:
         return Generated(text[:cut].strip(), n)
 
     def predict(self, model: torch.nn.Module, batch: dict) -> list[dict]:
-        gens = self.generate(model, batch["prompt_ids"])
+        gens = self.generate(model, batch["prompt_ids"], batch.get("task_id"))
         return [{"idx": int(i), "generation": g.text, "references": refs, "generated_tokens": g.num_tokens}
                 for i, g, refs in zip(batch["idx"], gens, batch["references"], strict=True)]

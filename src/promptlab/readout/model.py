@@ -10,7 +10,26 @@ import torch
 NO_LOGITS = torch.empty(0, dtype=torch.long)  # logits_to_keep=[] makes the LM head compute nothing
 
 
-def final_hidden_states(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def takes_task_ids(model: torch.nn.Module) -> bool:
+    """Whether the model serves several tasks and needs each row's task: PEFT's multitask prompt tuning, or
+    ``serving.MultiTaskModel`` (one soft prompt or LoRA adapter per task, mixed in one batch)."""
+    if getattr(model, "takes_task_ids", False):
+        return True
+    config = getattr(model, "active_peft_config", None)
+    return config is not None and config.peft_type == "MULTITASK_PROMPT_TUNING"  # a str enum
+
+
+def task_inputs(model: torch.nn.Module, task_ids: Sequence[int] | None, device: torch.device) -> dict:
+    """The forward keyword naming each row's task, for a model that ``takes_task_ids``; else nothing."""
+    if not takes_task_ids(model):
+        return {}
+    if task_ids is None:
+        raise ValueError("this model serves several tasks: every batch must say each row's task (task_id)")
+    return {"task_ids": torch.as_tensor(list(task_ids), dtype=torch.long, device=device)}
+
+
+def final_hidden_states(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                        task_ids: Sequence[int] | None = None) -> torch.Tensor:
     """Last-layer (post-norm) hidden states, shape (batch, len, hidden), for plain and PEFT-wrapped models.
 
     The LM head is skipped: callers project only the positions they need (the vocabulary projection of
@@ -19,8 +38,10 @@ def final_hidden_states(model: torch.nn.Module, input_ids: torch.Tensor, attenti
     out = model(
         input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
         logits_to_keep=NO_LOGITS.to(input_ids.device), use_cache=False,
+        **task_inputs(model, task_ids, input_ids.device),
     )
-    # Prompt tuning prepends virtual tokens: keep the positions of the real input, which come last.
+    # Prompt tuning prepends virtual tokens (prefix tuning puts them in the cache instead): keep the positions of
+    # the real input, which come last.
     return out.hidden_states[-1][:, -input_ids.shape[1]:]
 
 
@@ -70,13 +91,13 @@ class PrefixCache:
         return shared if shared >= self.min_tokens else 0
 
     def hidden_states(self, model: torch.nn.Module, sequences: Sequence[Sequence[int]], pad_id: int,
-                      device: torch.device, limit: int) -> tuple[torch.Tensor, int]:
+                      device: torch.device, limit: int, task_ids: Sequence[int] | None = None) -> tuple[torch.Tensor, int]:
         """(last-layer hidden states of the right-padded sequences after the shared prefix, prefix length); the
         prefix is at most ``limit`` tokens (the first position whose hidden state the caller reads)."""
         shared = self.applies(model, sequences, limit)
         if not shared:
             ids, mask = pad(sequences, pad_id, device)
-            return final_hidden_states(model, ids, mask), 0
+            return final_hidden_states(model, ids, mask, task_ids), 0
         if list(sequences[0][:shared]) != self.prefix:
             self.prefix = list(sequences[0][:shared])
             ids = torch.tensor([self.prefix], device=device)

@@ -22,6 +22,8 @@ from promptlab.report import dashboard as dash
 from promptlab.report import figures as figs
 from promptlab.report.ensembles import NOTE as ENSEMBLE_NOTE
 from promptlab.report.ensembles import display_ensembles, seed_ensembles
+from promptlab.report.mixtures import NOTE as MIXTURE_NOTE
+from promptlab.report.mixtures import is_mixture, mixture_table
 from promptlab.report.records import WandbUnavailable, load_runs
 from promptlab.report.sensitivity import NOTE as SENSITIVITY_NOTE
 from promptlab.report.sensitivity import display_sensitivity, sensitivity
@@ -157,6 +159,8 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None, wandb_proj
         raise FileNotFoundError(f"no readable run records (result.json) under {root}")
     unreadable = df.attrs.get("unreadable", [])
     out.mkdir(parents=True, exist_ok=True)
+    mixtures = mixture_table(df)  # instruction tuning: per-task columns, not one score per dataset
+    df = df[~is_mixture(df)]
     summary = summarize(df)
     sig = significance(df, n_resamples=n_resamples, seed=seed)
     sig_note = significance_note(n_resamples, seed, sig["metric"] if not sig.empty else ())
@@ -165,6 +169,11 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None, wandb_proj
     for dataset, s in summary.groupby("dataset", sort=False):
         _dataset_section(sec, df, dataset, s, sig, sens, ens, n_resamples, seed, out)
 
+    if not mixtures.empty:
+        sec.md += ["## Instruction tuning: seen and held-out tasks", "", to_markdown(mixtures), "", MIXTURE_NOTE, ""]
+        sec.stdout += ["Instruction tuning: seen and held-out tasks", to_markdown(mixtures), ""]
+        sec.html.append(dash.section("Instruction tuning: seen and held-out tasks",
+                                     dash.scroll(to_html(mixtures, MIXTURE_NOTE))))
     not_done = _not_completed(df, root)
     if not not_done.empty:
         sec.md += ["## Runs not completed", "", to_markdown(not_done), ""]
@@ -194,7 +203,7 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None, wandb_proj
     }
     for name, text in texts.items():
         (out / name).write_text(text)
-    frames = {"table.csv": summary, "qualitative.csv": pd.concat(sec.qual), "runs.csv": df, "significance.csv": sig,
+    frames = {"table.csv": summary, "mixtures.csv": mixtures, "qualitative.csv": pd.concat(sec.qual), "runs.csv": df, "significance.csv": sig,
               "sensitivity.csv": sens, "ensembles.csv": ens}
     for name, frame in frames.items():
         frame.to_csv(out / name, index=False)

@@ -71,6 +71,7 @@ def _group_row(key: tuple, runs: pd.DataFrame, ok: pd.DataFrame) -> dict:
         **{k: v for col in CALIBRATED for k, v in _points(ok[col], col).items()},
         "trainable_params": ok["trainable_params"].median(), "total_params": ok["total_params"].median(),
         "trainable_fraction": ok["trainable_fraction"].median(),
+        "stored_params": ok["stored_params"].median(), "optimizer_state_bytes_max": ok["optimizer_state_bytes"].max(),
         "train_seconds_mean": ok["train_seconds"].mean(),
         "search_seconds_mean": ok["search_seconds"].mean(),
         "search_tokens_mean": (ok["search_tokens_scored"] + ok["search_generated_tokens"].fillna(0)).mean(),
@@ -272,6 +273,10 @@ def display_table(summary: pd.DataFrame, compact: bool = False) -> pd.DataFrame:
     cols["Trainable params"] = summary["trainable_params"].map(fmt_count)
     if not compact:
         cols["Trainable share"] = summary["trainable_fraction"].map(fmt_fraction)
+        if _has(summary, "stored_params"):  # what is kept per task can be far less than what trains (P-tuning)
+            cols["Stored params / task"] = summary["stored_params"].map(fmt_count)
+        if _has(summary, "optimizer_state_bytes_max"):
+            cols["Optimiser state"] = summary["optimizer_state_bytes_max"].map(fmt_bytes)
     cols["Train time"] = summary["train_seconds_mean"].map(fmt_seconds)
     if not compact:
         cols["Train ex/s"] = summary["train_examples_per_second_mean"].map(fmt_rate)
@@ -302,6 +307,7 @@ def qualitative_table(summary: pd.DataFrame) -> pd.DataFrame:
         "Trainable params": [f"{fmt_count(n)} ({fmt_fraction(f)})" if not _missing(n) else "—"
                              for n, f in zip(rows["trainable_params"], rows["trainable_fraction"], strict=True)],
         "Train time": rows["train_seconds_mean"].map(fmt_seconds).values,
+        "Stored params per task": rows["stored_params"].map(fmt_count).values,
         "Storage per task": rows["checkpoint_bytes_mean"].map(fmt_bytes).values,
         value_label(rows["metric"]): [fmt_pct(m, s) for m, s in zip(rows["score_mean"], rows["score_std"],
                                                                     strict=True)],
@@ -319,7 +325,9 @@ def caption(summary: pd.DataFrame, compact: bool = False) -> str:
     """The comparison table's caption: units, spread, what the cost columns mean, where timings were taken."""
     notes = [_values_note(summary, not compact and _show_f1(summary))]
     if not compact:
-        notes.append("Costs: mean over completed runs (peak memory: maximum); sizes in binary units (1 KB = 1024 B).")
+        notes.append("Costs: mean over completed runs (peak memory: maximum); sizes in binary units (1 KB = 1024 B). "
+                     "Stored params / task: the tensors a task's checkpoint holds; optimiser state: AdamW's moments "
+                     "at the end of training.")
         if _generates(summary):
             notes.append("Gen tok/s, Gen time: generated tokens per second and seconds spent generating "
                          "(evaluation).")

@@ -1,0 +1,56 @@
+"""Runs on an instruction-tuning mixture (``tasks.mixture``): training on the interleaved stream of every seen
+task as text-to-text, then zero-shot evaluation of each listed task with its own readout, seen and held out.
+``promptlab-train mixture=<name>`` uses these in place of the single-task training data and evaluation."""
+
+from __future__ import annotations
+
+import lightning as L
+
+from promptlab.data import eval_items
+from promptlab.evaluation.evaluate import Evaluation, evaluate
+from promptlab.methods import Method
+from promptlab.module import PromptModule
+from promptlab.prompts import Encoder
+from promptlab.readout.model import takes_task_ids
+from promptlab.tasks.mixture import HELDOUT_MEAN, SEEN_MEAN, Mixture
+
+
+def train_items(mixture: Mixture, budgets: dict[str, list[dict]], method: Method, tokenizer, seed: int) -> list[dict]:
+    """Exactly the examples ``max_steps`` batches take, drawn by weight (see ``Mixture.stream``)."""
+    c = method.cfg
+    return mixture.train_items(tokenizer, budgets, int(c.max_steps) * int(c.batch_size), seed)
+
+
+def evaluate_mixture(mixture: Mixture, method: Method, module: PromptModule, tokenizer, trainer: L.Trainer,
+                     batch_size: int) -> tuple[Evaluation, list[str]]:
+    """Every task of the mixture, zero-shot with its default template and its own readout: metrics as
+    ``<task>/<metric>`` plus the mean primary metric over seen and held-out tasks; rows name their task.
+    A model that needs each row's task id (multitask prompt tuning) has no prompt for a held-out task: those
+    are skipped and returned."""
+    metrics, rows, seconds, tokens, gen_seconds = {}, [], 0.0, 0, 0.0
+    groups: dict[str, list[float]] = {SEEN_MEAN: [], HELDOUT_MEAN: []}
+    skipped = []
+    needs_ids = takes_task_ids(module.model)
+    for name, spec in mixture.specs.items():
+        seen = name in mixture.weights
+        if needs_ids and not seen:
+            skipped.append(name)
+            continue
+        module.readout = method.readout(tokenizer, spec)
+        task_id = mixture.train_tasks.index(name) if seen else 0
+        encoder = Encoder(tokenizer, spec, (), method.assistant_prefix, task_id=task_id)
+        ev = evaluate(module, spec, eval_items(encoder, mixture.tasks[name].eval), trainer, batch_size)
+        metrics.update({f"{name}/{k}": v for k, v in ev.metrics.items()})
+        groups[SEEN_MEAN if seen else HELDOUT_MEAN].append(ev.metrics[spec.primary_metric])
+        rows += [{"task": name, **r} for r in ev.rows]
+        seconds, tokens, gen_seconds = seconds + ev.seconds, tokens + ev.generated_tokens, gen_seconds + ev.generation_seconds
+    for key, values in groups.items():
+        if values:
+            metrics[key] = sum(values) / len(values)
+    return Evaluation(metrics, rows, seconds, tokens, gen_seconds), skipped
+
+
+def sources(mixture: Mixture) -> dict[str, str]:
+    """Every task's data files, for the run record's provenance."""
+    return {f"{t}/{split}": src for t, task in mixture.tasks.items() for split, src in task.sources.items()}
+

@@ -1,0 +1,137 @@
+"""Every PEFT method through one implementation: the method YAML's ``peft:`` block is a PEFT config (its
+``_target_`` class and fields); promptlab fills only what a run knows (task type, the task's init text, the
+tokenizer path). Prompt tuning, prefix tuning, P-tuning, LoRA, DoRA, IA3 and multitask prompt tuning ship as
+YAMLs under ``conf/method/``; another PEFT method is one more YAML.
+
+The backbone is frozen; what is stored per task is PEFT's adapter file, which can be far smaller than what
+trains (P-tuning's prompt encoder trains, only the prompts it produced are saved).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from promptlab.config import is_whole
+from promptlab.errors import ConfigError
+from promptlab.methods import TrainedMethod, register
+
+MAX_VIRTUAL_TOKENS = 1024
+TEXT_INIT = "TEXT"  # PromptTuningInit.TEXT, for prompt tuning and multitask prompt tuning
+TOKENIZER_PLACEHOLDER = "<the backbone's tokenizer>"  # validate() runs before the model (and its path) is known
+
+
+def peft_config_classes() -> list[str]:
+    """Names of PEFT's config classes (``peft.LoraConfig`` ...), for error messages."""
+    import peft
+
+    return sorted(f"peft.{n}" for n in dir(peft) if n.endswith("Config") and n != "PeftConfig"
+                  and isinstance(getattr(peft, n), type) and issubclass(getattr(peft, n), peft.PeftConfig))
+
+
+def config_class(target: Any) -> type:
+    """The PEFT config class a ``_target_`` names, or a ConfigError listing the ones there are."""
+    import peft
+    from hydra.utils import get_class
+
+    fix = f"use one of {', '.join(peft_config_classes())}"
+    if not isinstance(target, str) or not target:
+        raise ConfigError(f"method.peft._target_={target!r} does not name a PEFT config class", fix)
+    try:
+        cls = get_class(target)
+    except Exception:
+        raise ConfigError(f"method.peft._target_={target} is not a class that can be imported", fix) from None
+    if not issubclass(cls, peft.PeftConfig):
+        raise ConfigError(f"method.peft._target_={target} is not a PEFT config class", fix)
+    return cls
+
+
+@register("peft")
+class PeftMethod(TrainedMethod):
+    """A PEFT adapter on a frozen backbone; ``num_tasks`` is how many tasks one adapter serves (multitask
+    prompt tuning trains on a mixture of that many tasks; 1 otherwise)."""
+
+    num_tasks: int = 1
+
+    def fields(self) -> dict:
+        block = self.cfg.get("peft")
+        if not isinstance(block, DictConfig) or "_target_" not in block:
+            raise ConfigError(f"method {self.cfg.name} has type peft but no peft: block with a _target_",
+                              "add peft: {_target_: peft.LoraConfig, ...} to its YAML (see conf/method/lora.yaml)")
+        return OmegaConf.to_container(block, resolve=True)
+
+    def peft_config(self, init_text: str, tokenizer_path: str):
+        """The PEFT config with the run's fields filled in; a ConfigError for a field the class does not take or a
+        value it refuses."""
+        kwargs = self.fields()
+        cls = config_class(kwargs.pop("_target_"))
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        known = set(fields)
+        for key, value in kwargs.items():
+            if key not in known:
+                near = difflib.get_close_matches(key, known, n=1)
+                raise ConfigError(f"method.peft.{key} is not a field of {cls.__name__}",
+                                  f"did you mean method.peft.{near[0]}?" if near else
+                                  f"use its fields: {', '.join(sorted(k for k in known if not k.startswith('_')))}")
+            default = fields[key].default
+            # PEFT compares these fields with its enums and silently falls back for any other string
+            if isinstance(default, enum.Enum) and value not in [m.value for m in type(default)]:
+                raise ConfigError(f"method.peft.{key}={value!r} is not one of {cls.__name__}'s choices",
+                                  f"use one of {', '.join(str(m.value) for m in type(default))}")
+        n = kwargs.get("num_virtual_tokens")
+        if "num_virtual_tokens" in known and not (is_whole(n, 1) and n <= MAX_VIRTUAL_TOKENS):
+            raise ConfigError(f"method.peft.num_virtual_tokens={n!r} is not an integer in 1..{MAX_VIRTUAL_TOKENS}",
+                              "use e.g. method.peft.num_virtual_tokens=20")
+        kwargs.setdefault("task_type", "CAUSAL_LM")
+        if str(kwargs.get("prompt_tuning_init", "")).upper() == TEXT_INIT:
+            kwargs["prompt_tuning_init_text"] = kwargs.get("prompt_tuning_init_text") or init_text
+            if not kwargs["prompt_tuning_init_text"]:
+                raise ConfigError("method.peft.prompt_tuning_init=TEXT but neither method.peft.prompt_tuning_init_text "
+                                  "nor the task's prompt_init_text is set",
+                                  "set method.peft.prompt_tuning_init_text=... or method.peft.prompt_tuning_init=RANDOM")
+            kwargs.setdefault("tokenizer_name_or_path", tokenizer_path)
+        if "num_tasks" in known:
+            kwargs["num_tasks"] = self.num_tasks
+        try:
+            return cls(**kwargs)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"{cls.__name__} refuses method.peft: {err}",
+                              "fix that field in the method's peft: block (PEFT's own message above)") from None
+
+    def validate(self, task) -> None:
+        super().validate(task)
+        self.peft_config(task.prompt_init_text, TOKENIZER_PLACEHOLDER)
+
+    def prepare(self, backbone, task):
+        from peft import get_peft_model
+
+        config = self.peft_config(task.prompt_init_text, backbone.path)
+        try:
+            model = get_peft_model(backbone.model, config)
+        except ValueError as err:  # what PEFT checks only against the model: a config error all the same
+            if "not found in the base model" in str(err):
+                targets = config.target_modules
+                raise ConfigError(
+                    f"method.peft.target_modules={sorted(targets) if isinstance(targets, set) else targets} match no "
+                    "module of the model", f"use names of its linear layers: {', '.join(linear_names(backbone.model))}"
+                ) from None
+            raise ConfigError(f"PEFT refuses method.peft for this model: {err}", "fix that field of method.peft") from None
+        return model.train()  # from_pretrained returns eval mode; Lightning keeps submodules' modes
+
+    def save(self, model, directory) -> None:
+        model.save_pretrained(directory)
+
+    def load(self, backbone, directory):
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(backbone.model, directory).eval()
+
+
+def linear_names(model: torch.nn.Module) -> list[str]:
+    """The distinct last name segments of a model's linear layers (what ``target_modules`` matches)."""
+    return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)})

@@ -1,0 +1,143 @@
+"""Every PEFT YAML on the tiny model: it trains only its own weights, stores what it says, reloads to the same
+predictions, reads scores at the right positions past virtual tokens, and generates like a by-hand greedy loop."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import PEFT_METHODS, read_predictions, read_result
+from safetensors.torch import load_file
+from test_generation import gen_cfg  # noqa: F401  (fixture)
+from test_scoring import brute_force, make_prompts, shared
+
+import promptlab.train
+from promptlab.data import eval_items, eval_loader
+from promptlab.errors import ConfigError
+from promptlab.methods import build_method
+from promptlab.methods.peft_adapter import PeftMethod
+from promptlab.models import load_backbone
+from promptlab.prompts import Encoder
+from promptlab.readout import ChoiceReadout, GenerateReadout
+from promptlab.tasks import TaskSpec, load_task
+
+PROMPT_LEARNING = {"prompt_tuning": 20, "p_tuning": 20, "multitask_prompt_tuning": 20, "prefix_tuning": 0}
+
+
+@pytest.fixture
+def prepared(monkeypatch):
+    """Keep the model each run prepares, with a copy of every weight as it was before training."""
+    seen = {}
+    real = PeftMethod.prepare
+
+    def spy(self, backbone, task):
+        model = real(self, backbone, task)
+        seen["model"] = model
+        seen["before"] = {n: p.detach().clone() for n, p in model.named_parameters()}
+        return model
+
+    monkeypatch.setattr(PeftMethod, "prepare", spy)
+    return seen
+
+
+def rescore(cfg, model, tok) -> list[dict]:
+    """The eval split scored again, batched as run() batches it, with each row's task id."""
+    spec = TaskSpec.from_config(cfg.data)
+    readout = ChoiceReadout(tok.pad_token_id)
+    out = []
+    with torch.no_grad():
+        for batch in eval_loader(eval_items(Encoder(tok, spec), load_task(spec, cfg.paths.data_root).eval), 8):
+            scores = readout.scores(model.eval(), batch["prompt_ids"], batch["choice_ids"], batch["task_id"])
+            out += [(int(i), [round(float(v), 5) for v in s]) for i, s in zip(batch["idx"], scores, strict=True)]
+    return sorted(out)
+
+
+@pytest.mark.parametrize("method", PEFT_METHODS)
+def test_peft_method_trains_only_its_own_weights_and_reloads(make_cfg, run_dir, prepared, method):
+    cfg = make_cfg("method.max_steps=2", method=method)
+    result = promptlab.train.run(cfg, run_dir)
+    assert result["status"] == "completed", result.get("error")
+    model, before = prepared["model"], prepared["before"]
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable, "nothing trains"
+    for name, p in model.named_parameters():
+        changed = not torch.equal(p.detach(), before[name])
+        assert changed == (name in trainable), f"{name}: trainable={name in trainable}, changed={changed}"
+
+    costs = result["costs"]
+    saved = load_file(run_dir / "checkpoint" / "adapter_model.safetensors")
+    assert costs["stored_params"] == sum(t.numel() for t in saved.values())
+    n_trainable = sum(model.get_parameter(n).numel() for n in trainable)
+    assert costs["trainable_params"] == n_trainable
+    # AdamW keeps two float32 moments per trainable weight (plus a step counter per tensor)
+    assert 8 * n_trainable <= costs["optimizer_state_bytes"] <= 8 * n_trainable + 64 * len(trainable)
+    if method == "p_tuning":  # the prompt encoder trains; only the prompts it made are stored
+        assert costs["stored_params"] < costs["trainable_params"]
+
+    backbone = load_backbone(cfg.model, cfg.paths.cache_dir)  # fresh, untrained
+    reloaded = build_method(cfg.method).load(backbone, run_dir / "checkpoint")
+    recorded = sorted((r["idx"], r["log_probs"]) for r in read_predictions(run_dir))
+    assert rescore(cfg, reloaded, backbone.tokenizer) == recorded
+    bare = rescore(cfg, load_backbone(cfg.model, cfg.paths.cache_dir).model, backbone.tokenizer)
+    assert bare != recorded, "the adapter changed nothing"
+
+
+@pytest.mark.parametrize("method", sorted(PROMPT_LEARNING))
+def test_scores_are_read_past_the_virtual_tokens(tiny_backbone, method, make_cfg):
+    """PEFT #2642/#1607: with virtual tokens prepended, the answer's logits sit num_virtual_tokens further on."""
+    cfg = make_cfg(method=method)
+    m = build_method(cfg.method)
+    model = m.prepare(tiny_backbone, TaskSpec.from_config(cfg.data)).eval()
+    tok = tiny_backbone.tokenizer
+    prompts = make_prompts(tok)
+    kwargs = {"task_ids": torch.zeros(1, dtype=torch.long)} if method == "multitask_prompt_tuning" else {}
+
+    def reference(input_ids):  # brute_force calls model(input_ids=...) one sequence at a time
+        return model(input_ids=input_ids, **kwargs)
+
+    for words in (["yes", "positive"], ["wonderfully", "dreadfully"]):  # single-token and multi-token answers
+        choices = shared(tok, words)
+        got = ChoiceReadout(tok.pad_token_id).scores(model, prompts, choices, [0] * len(prompts))
+        want = brute_force(type("M", (), {"__call__": lambda self, input_ids: reference(input_ids)})(), prompts,
+                           choices, skip_positions=PROMPT_LEARNING[method])
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+
+
+def greedy_by_hand(model, prompt: list[int], steps: int, **kwargs) -> list[int]:
+    """Greedy decoding without generate(): the whole sequence through the model at every step."""
+    ids = list(prompt)
+    for _ in range(steps):
+        logits = model(input_ids=torch.tensor([ids]), **kwargs).logits[0, -1]
+        ids.append(int(logits.argmax()))
+    return ids[len(prompt):]
+
+
+@pytest.mark.parametrize("method", sorted(PROMPT_LEARNING))
+def test_generation_with_prompt_adapters_matches_greedy_by_hand(gen_cfg, run_dir, method):  # noqa: F811
+    """PEFT #1962: generate() with prompt-learning adapters (virtual tokens, prefixes in the cache), batched and
+    left-padded, equals decoding one token at a time; a trained generation run reloads to the same outputs."""
+    cfg = gen_cfg("method.max_steps=2", "method.lr=0.3", method=method)
+    result = promptlab.train.run(cfg, run_dir)
+    assert result["status"] == "completed", result.get("error")
+    backbone = load_backbone(cfg.model, cfg.paths.cache_dir)
+    model = build_method(cfg.method).load(backbone, run_dir / "checkpoint")
+    spec = TaskSpec.from_config(cfg.data)
+    items = eval_items(Encoder(backbone.tokenizer, spec), load_task(spec, cfg.paths.data_root).eval)
+    readout = GenerateReadout(backbone.tokenizer, spec.generation.max_new_tokens)
+    gen = readout.generate(model, [x["prompt_ids"] for x in items], [0] * len(items))
+    kwargs = {"task_ids": torch.zeros(1, dtype=torch.long)} if method == "multitask_prompt_tuning" else {}
+    with torch.no_grad():
+        for x, g in zip(items, gen, strict=True):
+            by_hand = greedy_by_hand(model, x["prompt_ids"], spec.generation.max_new_tokens, **kwargs)
+            assert readout._decode(by_hand).text == g.text
+    by_idx = {r["idx"]: r["generation"] for r in read_predictions(run_dir)}
+    assert [by_idx[x["idx"]] for x in items] == [g.text for g in gen]
+
+
+@pytest.mark.parametrize(("override", "match"), [
+    ("method.peft.target_modules=[attention_query]", r"(?s)attention_query.*match no module.*q_proj"),
+    ("method.peft.r=0", "PEFT refuses method.peft for this model: .*r"),  # PEFT checks r only when it builds layers
+])
+def test_peft_errors_found_on_the_model_are_one_clear_message(make_cfg, run_dir, override, match):
+    with pytest.raises(ConfigError, match=match):
+        promptlab.train.run(make_cfg(override, method="lora"), run_dir)
+    assert read_result(run_dir)["status"] == "failed"
