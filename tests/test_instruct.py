@@ -94,7 +94,7 @@ def test_multitask_prompt_tuning_on_a_mixture_then_transferred(mix_cfg, make_cfg
     from safetensors.torch import load_file
     assert load_file(state)["prefix_task_cols"].shape[0] == 2  # one factor per seen task
     target = promptlab.train.run(make_cfg("data=rte", "method.peft.prompt_tuning_init=AVERAGE_SOURCE_TASKS",
-                                          f"+method.peft.prompt_tuning_init_state_dict_path={state}",
+                                          f"method.peft.prompt_tuning_init_state_dict_path={state}",
                                           method="multitask_prompt_tuning"), tmp_path / "target")
     assert target["status"] == "completed", target.get("error")
 

@@ -209,7 +209,10 @@ def test_bad_num_virtual_tokens_fails_before_model_load(make_cfg, run_dir, monke
         ("lora", "+method.peft.lora_alpah=4", "did you mean method.peft.lora_alpha"),
         ("lora", "+method.peft.rank=4", "use its fields: .*target_modules"),
         ("p_tuning", "method.peft.encoder_reparameterization_type=GRU", "MLP, LSTM"),
-        ("ia3", "method.peft.feedforward_modules=[up_proj]", "IA3Config refuses"),  # not among target_modules
+        ("ia3", "method.peft.feedforward_modules=[up_proj]", "IA3Config refuses"),
+        ("multitask_prompt_tuning", ("method.peft.prompt_tuning_init=AVERAGE_SOURCE_TASKS",
+                                     "method.peft.prompt_tuning_init_state_dict_path=/nonexistent/a.safetensors"),
+         "is not a file"),  # not among target_modules
         ("prompt_tuning", "+method.num_demos=2", "num_demos"),  # trained methods have no num_demos key
         ("full_finetune", "+method.num_demos=2", "num_demos"),
         ("prompt_tuning", "method.lr=0", "method.lr"),

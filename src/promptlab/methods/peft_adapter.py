@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -87,6 +88,10 @@ class PeftMethod(TrainedMethod):
         if "num_virtual_tokens" in known and not (is_whole(n, 1) and n <= MAX_VIRTUAL_TOKENS):
             raise ConfigError(f"method.peft.num_virtual_tokens={n!r} is not an integer in 1..{MAX_VIRTUAL_TOKENS}",
                               "use e.g. method.peft.num_virtual_tokens=20")
+        for key, value in kwargs.items():  # PEFT would read it only once the model is loaded
+            if key.endswith("state_dict_path") and value is not None and not Path(str(value)).is_file():
+                raise ConfigError(f"method.peft.{key}={value} is not a file",
+                                  "give a source run's checkpoint/adapter_model.safetensors")
         kwargs.setdefault("task_type", "CAUSAL_LM")
         if str(kwargs.get("prompt_tuning_init", "")).upper() == TEXT_INIT:
             kwargs["prompt_tuning_init_text"] = kwargs.get("prompt_tuning_init_text") or init_text
