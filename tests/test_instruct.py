@@ -135,3 +135,15 @@ def test_report_shows_seen_and_held_out_tasks(mix_cfg, make_cfg, tmp_path):
     assert set(report.summary["dataset"]) == {"sst2"}  # the mixture runs are not a dataset of the main table
     lora = read_result(runs / "lora")["metrics"]
     assert f"{100 * lora['rte/accuracy']:.1f}" in text
+
+
+def test_eval_of_a_mixture_run_on_one_task_and_on_the_whole_mixture(mix_cfg, run_dir):
+    from promptlab.eval import run_eval
+
+    cfg = mix_cfg()
+    promptlab.train.run(cfg, run_dir)  # writes config.yaml beside result.json
+    one, _ = run_eval(run_dir, ["data=rte", f"paths.data_root={cfg.paths.data_root}", "data.k_shot=2"])
+    assert one["status"] == "completed" and one["output_type"] == "choice" and "accuracy" in one["metrics"]
+    assert one["metrics"]["accuracy"] == read_result(run_dir)["metrics"]["rte/accuracy"]  # same model, same rows
+    again, _ = run_eval(run_dir, [])
+    assert again["output_type"] == "mixture" and again["metrics"] == read_result(run_dir)["metrics"]

@@ -41,7 +41,8 @@ def source_config(run_dir: Path) -> tuple[DictConfig, dict]:
 
 
 def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
-    """``data=<task>`` swaps in that task's YAML (composed by Hydra); ``a.b=c`` sets one value."""
+    """``data=<task>`` swaps in that task's YAML (composed by Hydra; a mixture-trained run is then evaluated on that
+    task alone); ``a.b=c`` sets one value."""
     from hydra import compose, initialize_config_dir
 
     from promptlab.train import CONFIG_DIR
@@ -56,6 +57,7 @@ def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
                 data = compose(config_name="train", overrides=[f"data={value}"]).data
             with open_dict(cfg):
                 cfg.data = data
+                cfg.mixture = None
         else:
             values.append(f"{key.lstrip('+')}={value}")
     with open_dict(cfg):
@@ -65,7 +67,14 @@ def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
 def run_eval(source: Path, overrides: list[str]) -> tuple[dict, Path]:
     """Evaluate the saved run ``source`` under ``overrides``; returns the new record and its directory."""
     from promptlab.models import fingerprint, load_backbone
-    from promptlab.train import build_module, evaluate_plan, make_trainer, plan, quiet_third_party_noise
+    from promptlab.train import (
+        build_module,
+        evaluate_plan,
+        make_trainer,
+        mixture_fields,
+        plan,
+        quiet_third_party_noise,
+    )
 
     cfg, src_record = source_config(source)
     cfg = apply_overrides(cfg, overrides)
@@ -81,7 +90,8 @@ def run_eval(source: Path, overrides: list[str]) -> tuple[dict, Path]:
     memory.reset()
     record.start_heartbeat()
     try:
-        record.describe(p.method.info(), p.spec, get_metric(p.spec.primary_metric).higher_is_better)
+        task = p.mixture or p.spec  # a mixture run evaluated again: every task of it
+        record.describe(p.method.info(), task, p.mixture is not None or get_metric(p.spec.primary_metric).higher_is_better)
         record.provenance(seeds=component_seeds(p.settings.seed), data=p.task.sources)
         backbone = load_backbone(cfg.model, cfg.paths.cache_dir)
         record.provenance(model=fingerprint(cfg.model, backbone))
@@ -91,7 +101,8 @@ def run_eval(source: Path, overrides: list[str]) -> tuple[dict, Path]:
         write_jsonl_atomic(out / "predictions.jsonl", ev.rows)
         costs = {**ev.costs(), "peak_rss_mb": round(memory.peak_rss_mb(), 1), "truncated_prompts": encoder.truncated}
         record.complete(ev.metrics, costs, num_demos=p.method.num_demos, checkpoint=None,
-                        **({"selection": ev.selection, "template_id": None} if ev.selection else {}))
+                        **({"selection": ev.selection, "template_id": None} if ev.selection else {}),
+                        **(mixture_fields(p, ev) if p.mixture else {}))
         return record.data, out
     except BaseException as err:
         record.fail(err)
