@@ -15,12 +15,28 @@ from promptlab.errors import ConfigError
 from promptlab.tasks import TaskSpec, load_task
 
 
-@pytest.mark.parametrize("experiment", ["demo", "compare_methods", "budget_curve", "tune_prompt_tuning"])
+@pytest.mark.parametrize("experiment", ["demo", "generation_demo", "instruction_tuning", "compare_methods",
+                                        "budget_curve", "tune_prompt_tuning"])
 def test_experiment_configs_compose(experiment, tmp_path):
     cfg = compose_config([f"experiment={experiment}", f"paths.data_root={tmp_path}"], return_hydra_config=True)
     assert cfg.hydra.mode.name == "MULTIRUN"
     assert cfg.hydra.sweeper.params  # every shipped experiment is a sweep
     OmegaConf.to_container(cfg, resolve=False)
+
+
+def test_instruction_tuning_plans_every_method_on_the_mixture(tmp_path):
+    """Each member of experiment=instruction_tuning passes every check (mixture, method, budgets) on real-shaped
+    configs: the methods it sweeps and the held-out tasks it evaluates."""
+    cfg = compose_config(["experiment=instruction_tuning"], return_hydra_config=True)
+    methods = cfg.hydra.sweeper.params.method.split(",")
+    assert methods == ["zero_shot", "lora", "full_finetune", "multitask_prompt_tuning"]
+    from promptlab.tasks.mixture import Mixture
+
+    for method in methods:
+        c = compose_config(["experiment=instruction_tuning", f"method={method}"])
+        m = Mixture.from_config(c.mixture)
+        assert {"rte", "cb", "copa", "sst5", "ntrex_en_fr"} == set(m.heldout_tasks)
+        assert all(s.eval_limit for s in m.specs.values())  # fixed subsets, the same for every method
 
 
 def test_compare_methods_grid():
