@@ -199,3 +199,16 @@ def tiny_backbone(tmp_path) -> Backbone:
 def tiny_tok():
     """The tiny chat tokenizer, shared read-only across tests."""
     return tiny_tokenizer()
+
+
+def assert_greedy(model, prompt: list[int], new_tokens: list[int], tol: float = 2e-3, **kwargs) -> None:
+    """Each generated token is the argmax of the model's logits, the whole unpadded sequence recomputed at every
+    step, up to ``tol``: a random tiny model has near-ties, and a padded batch (PEFT drops position ids for
+    virtual tokens) moves logits by ~1e-4, so exact text equality across paddings would test float noise."""
+    ids = list(prompt)
+    with torch.no_grad():
+        for j, tok in enumerate(new_tokens):
+            logits = model(input_ids=torch.tensor([ids]), **kwargs).logits[0, -1].float()
+            assert float(logits.max() - logits[tok]) <= tol, f"step {j}: token {tok} is not the greedy choice"
+            ids.append(tok)
+

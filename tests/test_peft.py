@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import PEFT_METHODS, read_predictions, read_result
+from conftest import PEFT_METHODS, assert_greedy, read_predictions, read_result
 from safetensors.torch import load_file
 from test_generation import gen_cfg  # noqa: F401  (fixture)
 from test_scoring import brute_force, make_prompts, shared
@@ -18,6 +18,7 @@ from promptlab.methods.peft_adapter import PeftMethod
 from promptlab.models import load_backbone
 from promptlab.prompts import Encoder
 from promptlab.readout import ChoiceReadout, GenerateReadout
+from promptlab.readout.model import pad
 from promptlab.tasks import TaskSpec, load_task
 
 PROMPT_LEARNING = {"prompt_tuning": 20, "p_tuning": 20, "multitask_prompt_tuning": 20, "prefix_tuning": 0}
@@ -102,19 +103,11 @@ def test_scores_are_read_past_the_virtual_tokens(tiny_backbone, method, make_cfg
         torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
 
 
-def greedy_by_hand(model, prompt: list[int], steps: int, **kwargs) -> list[int]:
-    """Greedy decoding without generate(): the whole sequence through the model at every step."""
-    ids = list(prompt)
-    for _ in range(steps):
-        logits = model(input_ids=torch.tensor([ids]), **kwargs).logits[0, -1]
-        ids.append(int(logits.argmax()))
-    return ids[len(prompt):]
-
-
 @pytest.mark.parametrize("method", sorted(PROMPT_LEARNING))
-def test_generation_with_prompt_adapters_matches_greedy_by_hand(gen_cfg, run_dir, method):  # noqa: F811
+def test_generation_with_prompt_adapters_is_greedy_and_reloads(gen_cfg, run_dir, method):  # noqa: F811
     """PEFT #1962: generate() with prompt-learning adapters (virtual tokens, prefixes in the cache), batched and
-    left-padded, equals decoding one token at a time; a trained generation run reloads to the same outputs."""
+    left-padded as a run batches it, writes each row's greedy tokens (checked against the whole unpadded sequence
+    recomputed at every step) and, reloaded, exactly what the run recorded."""
     cfg = gen_cfg("method.max_steps=2", "method.lr=0.3", method=method)
     result = promptlab.train.run(cfg, run_dir)
     assert result["status"] == "completed", result.get("error")
@@ -123,14 +116,17 @@ def test_generation_with_prompt_adapters_matches_greedy_by_hand(gen_cfg, run_dir
     spec = TaskSpec.from_config(cfg.data)
     items = eval_items(Encoder(backbone.tokenizer, spec), load_task(spec, cfg.paths.data_root).eval)
     readout = GenerateReadout(backbone.tokenizer, spec.generation.max_new_tokens)
-    gen = readout.generate(model, [x["prompt_ids"] for x in items], [0] * len(items))
     kwargs = {"task_ids": torch.zeros(1, dtype=torch.long)} if method == "multitask_prompt_tuning" else {}
-    with torch.no_grad():
-        for x, g in zip(items, gen, strict=True):
-            by_hand = greedy_by_hand(model, x["prompt_ids"], spec.generation.max_new_tokens, **kwargs)
-            assert readout._decode(by_hand).text == g.text
-    by_idx = {r["idx"]: r["generation"] for r in read_predictions(run_dir)}
-    assert [by_idx[x["idx"]] for x in items] == [g.text for g in gen]
+    recorded = {r["idx"]: r["generation"] for r in read_predictions(run_dir)}
+    for batch in eval_loader(items, cfg.eval_batch_size):  # the run's own batches: the same padding
+        prompts = batch["prompt_ids"]
+        assert [g.text for g in readout.generate(model, prompts, batch["task_id"])] == [recorded[i] for i in batch["idx"]]
+        ids, mask = pad(prompts, backbone.tokenizer.pad_token_id, torch.device("cpu"), left=True)
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=mask, generation_config=readout.config,
+                                 **({"task_ids": torch.zeros(len(prompts), dtype=torch.long)} if kwargs else {}))
+        for prompt, row in zip(prompts, out[:, ids.shape[1]:].tolist(), strict=True):
+            assert_greedy(model, prompt, row[: readout._decode(row).num_tokens], **kwargs)
 
 
 @pytest.mark.parametrize(("override", "match"), [
