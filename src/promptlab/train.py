@@ -487,7 +487,7 @@ def run_member(cfg: DictConfig, run_dir: Path, sweep_dir: Path | None) -> float:
     except Exception as err:
         return _member_failed(err, sweep_dir)
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items())
-    log.info("%s on %s: %s", cfg.method.name, cfg.data.name, metrics)
+    log.info("%s on %s: %s", cfg.method.name, result["dataset"], metrics)
     return primary_value(result)
 
 
