@@ -133,8 +133,17 @@ def test_report_shows_seen_and_held_out_tasks(mix_cfg, make_cfg, tmp_path):
     for column in ("sst2 (seen)", "tinyqa (seen)", "Mean seen", "rte (held out)", "Mean held out"):
         assert column in text
     assert set(report.summary["dataset"]) == {"sst2"}  # the mixture runs are not a dataset of the main table
+    from promptlab.report.mixtures import mixture_table
+
+    table = mixture_table(report.runs)
     lora = read_result(runs / "lora")["metrics"]
-    assert f"{100 * lora['rte/accuracy']:.1f}" in text
+    row = table[table["Method"] == "LoRA"].iloc[0]
+    assert row["rte (held out)"] == f"{100 * lora['rte/accuracy']:.1f}"
+    assert row["Mean seen"] == f"{100 * lora['seen_mean']:.1f}"
+    only = tmp_path / "only_mixtures"  # a report of mixture runs alone has no single-task table
+    only.mkdir()
+    (runs / "lora").rename(only / "lora")
+    assert "Instruction tuning" in write_report(only, tmp_path / "report2").stdout
 
 
 def test_eval_of_a_mixture_run_on_one_task_and_on_the_whole_mixture(mix_cfg, run_dir):

@@ -160,14 +160,15 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None, wandb_proj
     unreadable = df.attrs.get("unreadable", [])
     out.mkdir(parents=True, exist_ok=True)
     mixtures = mixture_table(df)  # instruction tuning: per-task columns, not one score per dataset
-    df = df[~is_mixture(df)]
-    summary = summarize(df)
-    sig = significance(df, n_resamples=n_resamples, seed=seed)
+    single = df[~is_mixture(df)]  # one task per run: the comparison tables, significance, sensitivity
+    empty = pd.DataFrame()
+    summary = summarize(single) if not single.empty else empty
+    sig = significance(single, n_resamples=n_resamples, seed=seed) if not single.empty else empty
     sig_note = significance_note(n_resamples, seed, sig["metric"] if not sig.empty else ())
-    sens, ens = sensitivity(df), seed_ensembles(df)
+    sens, ens = (sensitivity(single), seed_ensembles(single)) if not single.empty else (empty, empty)
     sec = Section()
-    for dataset, s in summary.groupby("dataset", sort=False):
-        _dataset_section(sec, df, dataset, s, sig, sens, ens, n_resamples, seed, out)
+    for dataset, s in summary.groupby("dataset", sort=False) if not summary.empty else []:
+        _dataset_section(sec, single, dataset, s, sig, sens, ens, n_resamples, seed, out)
 
     if not mixtures.empty:
         sec.md += ["## Instruction tuning: seen and held-out tasks", "", to_markdown(mixtures), "", MIXTURE_NOTE, ""]
@@ -203,7 +204,7 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None, wandb_proj
     }
     for name, text in texts.items():
         (out / name).write_text(text)
-    frames = {"table.csv": summary, "mixtures.csv": mixtures, "qualitative.csv": pd.concat(sec.qual), "runs.csv": df, "significance.csv": sig,
+    frames = {"table.csv": summary, "mixtures.csv": mixtures, "qualitative.csv": pd.concat(sec.qual) if sec.qual else empty, "runs.csv": df, "significance.csv": sig,
               "sensitivity.csv": sens, "ensembles.csv": ens}
     for name, frame in frames.items():
         frame.to_csv(out / name, index=False)

@@ -45,5 +45,5 @@ def _label(g: pd.DataFrame) -> str:
 def _cell(g: pd.DataFrame, col: str) -> str:
     if col not in g or g[col].isna().all():
         return "—"
-    values = g[col].dropna().astype(float)
+    values = 100 * g[col].dropna().astype(float)  # metrics are fractions; the tables show ×100
     return fmt_pct(values.mean(), values.std() if len(values) > 1 else float("nan"))
