@@ -104,6 +104,9 @@ def test_multitask_prompt_tuning_on_a_mixture_then_transferred(mix_cfg, make_cfg
     ({"train": {"sst2": 0}}, (), "positive weight"),
     ({"examples_per_task": 13}, (), "mixture task sst2: train_size=13"),  # sst2 has 12 training rows
     ({"templates": "some"}, (), "mixture.templates"),
+    ({"examples_per_task": 0}, (), "mixture.examples_per_task=0"),
+    ({"examples_per_task": "many"}, (), "mixture.examples_per_task='many'"),
+    ({"eval_limit": -1}, (), "mixture.eval_limit=-1"),
     ({}, ("calibration=[batch]",), "zero-shot"),
 ])
 def test_mixture_errors_come_before_the_model_loads(mix_cfg, run_dir, monkeypatch, mixture, overrides, match):

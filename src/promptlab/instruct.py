@@ -22,19 +22,17 @@ def train_items(mixture: Mixture, budgets: dict[str, list[dict]], method: Method
 
 
 def evaluate_mixture(mixture: Mixture, method: Method, module: PromptModule, tokenizer, trainer: L.Trainer,
-                     batch_size: int) -> tuple[Evaluation, list[str]]:
+                     batch_size: int) -> Evaluation:
     """Every task of the mixture, zero-shot with its default template and its own readout: metrics as
     ``<task>/<metric>`` plus the mean primary metric over seen and held-out tasks; rows name their task.
     A model that needs each row's task id (multitask prompt tuning) has no prompt for a held-out task: those
-    are skipped and returned."""
+    are skipped (``not_evaluated``)."""
     metrics, rows, seconds, tokens, gen_seconds = {}, [], 0.0, 0, 0.0
     groups: dict[str, list[float]] = {SEEN_MEAN: [], HELDOUT_MEAN: []}
-    skipped = []
     needs_ids = takes_task_ids(module.model)
     for name, spec in mixture.specs.items():
         seen = name in mixture.weights
         if needs_ids and not seen:
-            skipped.append(name)
             continue
         module.readout = method.readout(tokenizer, spec)
         task_id = mixture.train_tasks.index(name) if seen else 0
@@ -47,7 +45,12 @@ def evaluate_mixture(mixture: Mixture, method: Method, module: PromptModule, tok
     for key, values in groups.items():
         if values:
             metrics[key] = sum(values) / len(values)
-    return Evaluation(metrics, rows, seconds, tokens, gen_seconds), skipped
+    return Evaluation(metrics, rows, seconds, tokens, gen_seconds)
+
+
+def not_evaluated(mixture: Mixture, metrics: dict[str, float]) -> list[str]:
+    """The tasks a run's metrics have no primary metric for (held-out tasks of a task-id model)."""
+    return [t for t, spec in mixture.specs.items() if f"{t}/{spec.primary_metric}" not in metrics]
 
 
 def sources(mixture: Mixture) -> dict[str, str]:

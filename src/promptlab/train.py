@@ -89,7 +89,6 @@ class Plan:
     cache_dir: str | None = None  # where models are cached (a proposer model of its own)
     mixture: Mixture | None = None  # instruction tuning: the tasks trained on and evaluated (promptlab.instruct)
     budgets: dict[str, list[dict]] = field(default_factory=dict)  # a mixture's training rows per seen task
-    mixture_skipped: list[str] = field(default_factory=list)  # held-out tasks a task-id model cannot serve
 
 
 class OccupiedRunDir(ConfigError):
@@ -291,9 +290,8 @@ def evaluate_plan(p: Plan, module: PromptModule, encoder: Encoder, trainer: L.Tr
     if p.search:
         return run_search(p, module, trainer, encoder)
     if p.mixture:
-        ev, p.mixture_skipped = instruct.evaluate_mixture(p.mixture, p.method, module, encoder.tokenizer, trainer,
-                                                          p.settings.eval_batch_size)
-        return ev
+        return instruct.evaluate_mixture(p.mixture, p.method, module, encoder.tokenizer, trainer,
+                                         p.settings.eval_batch_size)
     free = []
     if "contextual" in p.settings.calibration:
         free = eval_items(encoder, content_free_rows(p.task.eval[0], template_fields(p.spec.prompt_template)))
@@ -349,7 +347,7 @@ def mixture_fields(p: Plan, ev: Evaluation) -> dict:
         "name": m.name, "seen": m.train_tasks, "held_out": m.heldout_tasks, "weights": m.weights,
         "examples_per_task": m.examples_per_task, "templates": m.templates,
         "primary_metrics": {t: s.primary_metric for t, s in m.specs.items()},
-        "not_evaluated": p.mixture_skipped}}
+        "not_evaluated": instruct.not_evaluated(m, ev.metrics)}}
 
 
 def run_costs(p: Plan, module: PromptModule, encoder: Encoder, trainer: L.Trainer, ev, memory: PeakMemory,

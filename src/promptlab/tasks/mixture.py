@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from omegaconf import DictConfig
 
-from promptlab.config import is_whole
+from promptlab.config import optional_whole_number, whole_number
 from promptlab.errors import ConfigError
 from promptlab.prompts import Encoder
 from promptlab.tasks.loading import Task, load_task
@@ -33,7 +33,6 @@ class Mixture:
     weights: dict[str, float]  # training tasks only
     examples_per_task: int
     templates: str = "all"
-    eval_limit: int | None = None  # every task's evaluation subset (null: each task's own data.eval_limit)
     tasks: dict[str, Task] = field(default_factory=dict)  # loaded by ``load``
 
     # what a run record says of its "task": scored (and chosen by a sweeper) on its seen tasks' mean primary
@@ -55,20 +54,15 @@ class Mixture:
         for name, w in train.items():
             if not (isinstance(w, int | float) and not isinstance(w, bool) and w > 0):
                 raise ConfigError(f"mixture.train.{name}={w!r} is not a positive weight", "use e.g. 1.0")
-        if not is_whole(cfg.examples_per_task, 1):
-            raise ConfigError(f"mixture.examples_per_task={cfg.examples_per_task!r} is not a whole number >= 1",
-                              "use e.g. 64")
+        examples = whole_number(cfg.examples_per_task, "mixture.examples_per_task", 1, 32)
         if cfg.get("templates", "all") not in TEMPLATE_MODES:
             raise ConfigError(f"mixture.templates={cfg.templates!r} is unknown", f"use one of {TEMPLATE_MODES}")
-        limit = cfg.get("eval_limit")
-        if limit is not None and not is_whole(limit, 1):
-            raise ConfigError(f"mixture.eval_limit={limit!r} is not a whole number >= 1 or null", "use e.g. 100")
+        limit = optional_whole_number(cfg.get("eval_limit"), "mixture.eval_limit", 100)
         order = [*train, *(t for t in tasks if t not in train)]
         specs = {t: TaskSpec.from_config(tasks[t]) for t in order}
         if limit is not None:
             specs = {t: dataclasses.replace(s, eval_limit=limit) for t, s in specs.items()}
-        return cls(cfg.name, specs, {t: float(w) for t, w in train.items()}, int(cfg.examples_per_task),
-                   cfg.get("templates", "all"), limit)
+        return cls(cfg.name, specs, {t: float(w) for t, w in train.items()}, examples, cfg.get("templates", "all"))
 
     @property
     def train_tasks(self) -> list[str]:
