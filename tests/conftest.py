@@ -55,6 +55,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 import promptlab.train  # noqa: E402
+from promptlab import precision  # noqa: E402
 from promptlab.models import Backbone, load_backbone, tiny_tokenizer  # noqa: E402
 from promptlab.tasks import TaskSpec  # noqa: E402
 
@@ -66,6 +67,15 @@ NEGATIVE = ["terrible boring film", "a bad movie", "hate this film", "boring and
 
 
 # ---------------------------------------------------------------------------------------------- env
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _fp32_by_default():
+    """trainer.precision=auto means fp32 in tests, whatever the CPU: tests compare runs with fp32 recomputations
+    (tests/test_precision.py covers auto and bf16 runs). Session-wide: module-scoped fixtures run models too."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(precision, "cpu_flags", set)
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -7,9 +7,10 @@ import socket
 from collections import Counter
 
 import pytest
+import torch
 from conftest import compose_config, data_cfg, rte_rows, sst2_rows, task_spec, write_jsonl
 
-from promptlab.data import PromptDataModule, collate
+from promptlab.data import LengthBuckets, PromptDataModule, collate
 from promptlab.errors import ConfigError
 from promptlab.prompts import Encoder, encode_answer
 from promptlab.tasks import TaskSpec, load_task, sample_demos, training_subset
@@ -282,16 +283,19 @@ def test_eval_limit_not_positive(tmp_path, limit):
 
 def test_datamodule_encodes_and_truncates(tmp_path, tiny_tok):
     root = write_task(tmp_path)
-    task = load(root, "sst2", "k_shot=2", "max_prompt_tokens=12")
+    whole = Encoder(tiny_tok, load(root, "sst2").spec)
+    frame = len(whole.prompt_ids({"idx": 0, "sentence": "", "label": 0}))  # the prompt without the review
+    task = load(root, "sst2", "k_shot=2", f"max_prompt_tokens={frame + 2}")
     train = training_subset(task, seed=0)
+    longer = sum(len(whole.prompt_ids(r)) > frame + 2 for r in train + task.eval)
     encoder = Encoder(tiny_tok, task.spec)
     dm = PromptDataModule(encoder, train, task.eval, batch_size=2, eval_batch_size=4, seed=0)
     dm.setup("fit")
     assert len(dm.train_items) == 4 and len(dm.eval_items) == 10
-    assert all(len(x["prompt_ids"]) <= 12 for x in dm.train_items + dm.eval_items)
-    assert encoder.truncated == 14
+    assert all(len(x["prompt_ids"]) <= frame + 2 for x in dm.train_items + dm.eval_items)
+    assert encoder.truncated == longer > 0
     dm.setup("predict")  # encoded once: a second setup neither re-encodes nor re-counts
-    assert encoder.truncated == 14
+    assert encoder.truncated == longer
     # every item carries its answers: the choice words and their token ids as written after the prompt
     choice_ids = [encode_answer(tiny_tok, c) for c in task.spec.choices]
     for item, row in zip(dm.train_items, train, strict=True):
@@ -377,3 +381,51 @@ def test_per_example_choice_that_is_empty_is_a_config_error(tmp_path, empty):
     rows[2]["choice2"] = empty
     with pytest.raises(ConfigError, match="row 2"):
         load(write_copa(tmp_path, validation=rows), "copa")
+
+
+# ------------------------------------------------------------------------------------ length buckets
+
+
+def test_length_buckets_are_seeded_and_visit_every_example_once_per_epoch():
+    lengths = [(i * 37) % 101 + 5 for i in range(203)]  # 203: the last batch is partial
+    sampler = LengthBuckets(lengths, batch_size=8, seed=3, group=4)
+    epochs = [list(sampler) for _ in range(3)]
+    for batches in epochs:
+        assert len(batches) == len(sampler) == 26
+        assert sorted(i for b in batches for i in b) == list(range(203))
+        assert all(len(b) <= 8 for b in batches)
+    assert epochs[0] != epochs[1] != epochs[2]  # a fresh order each epoch
+    assert list(LengthBuckets(lengths, 8, seed=3, group=4)) == epochs[0]  # seeded
+    assert list(LengthBuckets(lengths, 8, seed=4, group=4)) != epochs[0]
+
+    def padding(batches):
+        return sum(len(b) * max(lengths[i] for i in b) - sum(lengths[i] for i in b) for b in batches)
+
+    shuffled = torch.randperm(203, generator=torch.Generator().manual_seed(3)).tolist()
+    assert padding(epochs[0]) < padding([shuffled[j:j + 8] for j in range(0, 203, 8)]) / 3
+
+
+def test_length_buckets_resume_mid_epoch_from_their_state():
+    lengths = list(range(50))
+    whole = LengthBuckets(lengths, 4, seed=0)
+    uninterrupted = list(whole) + list(whole)
+    first = LengthBuckets(lengths, 4, seed=0)
+    it = iter(first)
+    taken = [next(it) for _ in range(5)]
+    resumed = LengthBuckets(lengths, 4, seed=0)
+    resumed.load_state_dict(first.state_dict())
+    assert taken + list(resumed) + list(resumed) == uninterrupted
+
+
+def test_datamodule_trains_on_length_buckets_unless_told_not_to(tmp_path, tiny_tok):
+    root = write_task(tmp_path)
+    task = load(root, "sst2", "k_shot=4")
+    train = training_subset(task, seed=0)
+    dm = PromptDataModule(Encoder(tiny_tok, task.spec), train, [], batch_size=2, eval_batch_size=4, seed=0)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    assert isinstance(loader.batch_sampler, LengthBuckets)
+    assert sorted(int(i) for b in loader for i in b["idx"]) == sorted(r["idx"] for r in train)
+    plain = PromptDataModule(Encoder(tiny_tok, task.spec), train, [], 2, 4, seed=0, bucket=False)
+    plain.setup("fit")
+    assert not isinstance(plain.train_dataloader().batch_sampler, LengthBuckets)

@@ -135,7 +135,7 @@ def test_prompt_tuning_on_generation_trains_only_the_prompt_and_lowers_target_lo
     model.train()
     module, encoder = promptlab.train.build_module(p, backbone, model)
     dm = promptlab.train.PromptDataModule(encoder, p.train_rows, [], 4, 4, cfg.seed)
-    trainer = promptlab.train.make_trainer(cfg, run_dir, [], True)
+    trainer = promptlab.train.make_trainer(cfg, p.settings, run_dir, [], True)
     trainer.fit(module, datamodule=dm)
     after = target_loss(model)
     # The random 2-layer model barely attends to far-away tokens, so the gain is small, but it is a gain.

@@ -137,3 +137,39 @@ def test_peft_errors_found_on_the_model_are_one_clear_message(make_cfg, run_dir,
     with pytest.raises(ConfigError, match=match):
         promptlab.train.run(make_cfg(override, method="lora"), run_dir)
     assert read_result(run_dir)["status"] == "failed"
+
+
+@pytest.mark.parametrize("method", ["prompt_tuning", "p_tuning", "lora", "ia3", "full_finetune"])
+def test_gradient_checkpointing_gives_the_same_gradients(tmp_path, make_cfg, method):
+    """method.gradient_checkpointing recomputes activations in the backward pass; the gradients are unchanged."""
+    grads = {}
+    for on in (False, True):
+        cfg = make_cfg(f"method.gradient_checkpointing={str(on).lower()}", method=method)
+        m = build_method(cfg.method)
+        backbone = load_backbone(cfg.model, tmp_path / "cache")
+        torch.manual_seed(0)  # the same adapter initialisation and dropout masks both times
+        model = m.prepare(backbone, TaskSpec.from_config(cfg.data))
+        m.checkpoint_activations(model)
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        assert base.is_gradient_checkpointing is on
+        tok = backbone.tokenizer
+        batch = {"prompt_ids": make_prompts(tok), "choice_ids": shared(tok, ["wonderfully", "dreadfully"]),
+                 "labels": torch.tensor([0, 1, 0])}
+        ChoiceReadout(tok.pad_token_id).loss(model, batch).backward()
+        grads[on] = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    assert grads[True].keys() == grads[False].keys() and grads[True]
+    for name, g in grads[False].items():
+        torch.testing.assert_close(grads[True][name], g, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_gradient_checkpointing_with_prefix_tuning_is_refused_before_the_model_loads(make_cfg):
+    cfg = make_cfg("method.gradient_checkpointing=true", method="prefix_tuning")
+    with pytest.raises(ConfigError, match="prefix tuning") as err:
+        build_method(cfg.method).validate(TaskSpec.from_config(cfg.data))
+    assert "gradient_checkpointing=false" in err.value.fix
+
+
+def test_gradient_checkpointing_must_be_true_or_false(make_cfg):
+    cfg = make_cfg("method.gradient_checkpointing=sometimes", method="lora")
+    with pytest.raises(ConfigError, match="gradient_checkpointing"):
+        build_method(cfg.method).validate(TaskSpec.from_config(cfg.data))

@@ -163,12 +163,30 @@ def test_encoder_item_is_the_prompt_and_the_answers(tiny_tok, plain_tok, chat):
     assert encoder.truncated == 0
 
 
-def test_encoder_truncation_keeps_the_end(tiny_tok):
-    full = Encoder(tiny_tok, sst2_spec()).prompt_ids(QUERY)
-    encoder = Encoder(tiny_tok, sst2_spec("max_prompt_tokens=10"))
-    assert encoder.prompt_ids(QUERY) == full[-10:]  # the query's end and the answer position survive
-    assert encoder.truncated == 1
-    assert Encoder(tiny_tok, sst2_spec(f"max_prompt_tokens={len(full)}")).prompt_ids(QUERY) == full
+def test_truncation_cuts_the_examples_text_not_the_instruction_or_the_answer_cue(tiny_tok):
+    long = {**QUERY, "sentence": " ".join(["a boring film"] * 40)}
+    full = Encoder(tiny_tok, sst2_spec(), DEMO_TURNS[:1]).prompt_ids(long)
+    short = Encoder(tiny_tok, sst2_spec(), DEMO_TURNS[:1]).prompt_ids({**long, "sentence": ""})
+    limit = len(short) + 12
+    encoder = Encoder(tiny_tok, sst2_spec(f"max_prompt_tokens={limit}"), DEMO_TURNS[:1])
+    ids = encoder.prompt_ids(long)
+    assert len(full) > limit >= len(ids) > limit - 4 and encoder.truncated == 1
+    text = tiny_tok.decode(ids)
+    template_start, template_end = SST2_TEMPLATE.split("{sentence}")
+    assert template_start.strip() in text and template_end.strip() in text  # the instruction survives whole
+    assert text.startswith(tiny_tok.decode(short[:8])) and DEMO_TURNS[0][0] in text  # the system turn, the demo
+    assert ids[-6:] == short[-6:]  # and the end: the answer cue
+    assert "a boring film a boring" in text  # the review's start is kept
+    untouched = Encoder(tiny_tok, sst2_spec(f"max_prompt_tokens={len(full)}"), DEMO_TURNS[:1])
+    assert untouched.prompt_ids(long) == full and untouched.truncated == 0
+
+
+def test_a_prompt_too_long_without_its_text_is_a_config_error(tiny_tok):
+    frame = len(Encoder(tiny_tok, sst2_spec(), DEMO_TURNS).prompt_ids({**QUERY, "sentence": ""}))
+    encoder = Encoder(tiny_tok, sst2_spec(f"max_prompt_tokens={frame - 1}"), DEMO_TURNS)
+    with pytest.raises(ConfigError, match="without the example's text") as err:
+        encoder.prompt_ids(QUERY)
+    assert "fewer or shorter demonstrations" in err.value.fix
 
 
 @pytest.mark.parametrize("answers", [["good", "good"], ["good", ""]])

@@ -71,6 +71,8 @@ class Settings:
     train_size: int | None
     eval_limit: int | None
     calibration: tuple[str, ...] = ()
+    bucket_by_length: bool = True  # training batches of similar lengths (data.LengthBuckets)
+    precision: str = "32-true"  # trainer.precision resolved for this machine (promptlab.precision)
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> Settings:
@@ -96,7 +98,16 @@ class Settings:
             train_size=optional_whole_number(_data(data, "train_size"), "data.train_size", 100),
             eval_limit=optional_whole_number(_data(data, "eval_limit"), "data.eval_limit", 100),
             calibration=_calibration(cfg.get("calibration")),
+            bucket_by_length=flag(cfg, "bucket_by_length", "batch training examples of similar lengths together"),
+            precision=_precision(cfg.get("trainer")),
         )
+
+
+def _precision(trainer: DictConfig | None) -> str:
+    from promptlab import precision  # imports torch: not needed by the other checks
+
+    trainer = trainer or {}
+    return precision.resolve(trainer.get("precision", precision.AUTO), str(trainer.get("accelerator", "cpu")))
 
 
 def _calibration(value: Any) -> tuple[str, ...]:

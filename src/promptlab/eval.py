@@ -94,10 +94,10 @@ def run_eval(source: Path, overrides: list[str]) -> tuple[dict, Path]:
         record.describe(p.method.info(), task, p.mixture is not None or get_metric(p.spec.primary_metric).higher_is_better)
         record.provenance(seeds=component_seeds(p.settings.seed), data=p.task.sources)
         backbone = load_backbone(cfg.model, cfg.paths.cache_dir)
-        record.provenance(model=fingerprint(cfg.model, backbone))
+        record.provenance(model=fingerprint(cfg.model, backbone), precision=p.settings.precision)
         model = p.method.load(backbone, checkpoint) if p.method.trains else p.method.prepare(backbone, p.spec)
         module, encoder = build_module(p, backbone, model)
-        ev = evaluate_plan(p, module, encoder, make_trainer(cfg, out, [], False))
+        ev = evaluate_plan(p, module, encoder, make_trainer(cfg, p.settings, out, [], False))
         write_jsonl_atomic(out / "predictions.jsonl", ev.rows)
         costs = {**ev.costs(), "peak_rss_mb": round(memory.peak_rss_mb(), 1), "truncated_prompts": encoder.truncated}
         record.complete(ev.metrics, costs, num_demos=p.method.num_demos, checkpoint=None,

@@ -120,13 +120,38 @@ class Encoder:
             check_answers(self.tokenizer, self.task.choices)
 
     def prompt_ids(self, row: Mapping) -> list[int]:
-        t = self.task
         demos = self.demos(row) if callable(self.demos) else self.demos
-        messages = build_messages(render(t.prompt_template, row), demos, t.system_prompt)
-        ids = encode_prompt(self.tokenizer, messages, self.assistant_prefix)
-        if len(ids) > t.max_prompt_tokens:  # keep the end: the query and the answer position
-            ids = ids[-t.max_prompt_tokens:]
+        ids = self._encode(row, demos)
+        if len(ids) > self.task.max_prompt_tokens:
             self.truncated += 1
+            ids = self._shortened(row, demos, len(ids))
+        return ids
+
+    def _encode(self, row: Mapping, demos: Sequence[tuple[str, str]]) -> list[int]:
+        messages = build_messages(render(self.task.prompt_template, row), demos, self.task.system_prompt)
+        return encode_prompt(self.tokenizer, messages, self.assistant_prefix)
+
+    def _shortened(self, row: Mapping, demos: Sequence[tuple[str, str]], length: int) -> list[int]:
+        """The prompt with the example's longest text field cut from its end until it fits ``max_prompt_tokens``:
+        the system prompt, the instruction, the demonstrations and the answer cue stay whole (cutting the
+        prompt's start, as before, dropped the instruction)."""
+        t, tok = self.task, self.tokenizer
+        fields = field_names(t.prompt_template)
+        row = dict(row)
+        tokens = {f: plain_ids(tok, str(row[f]).strip()) for f in fields}
+        ids = []
+        while length > t.max_prompt_tokens:
+            longest = max(fields, key=lambda f: len(tokens[f]))
+            if not tokens[longest]:
+                raise ConfigError(
+                    f"{t.name}: the prompt without the example's text is {length} tokens (system prompt, instruction, "
+                    f"{len(demos)} demonstrations), over data.max_prompt_tokens={t.max_prompt_tokens}",
+                    f"raise data.max_prompt_tokens to at least {length + 64}, or use fewer or shorter demonstrations")
+            # each pass strictly shortens a field; re-encoding decides whether the whole prompt fits yet
+            tokens[longest] = tokens[longest][: max(0, len(tokens[longest]) - (length - t.max_prompt_tokens))]
+            row[longest] = tok.decode(tokens[longest])
+            ids = self._encode(row, demos)
+            length = len(ids)
         return ids
 
     def target_ids(self, row: Mapping) -> list[int]:

@@ -170,5 +170,8 @@ class MultiTaskModel(torch.nn.Module):
     def get_output_embeddings(self) -> torch.nn.Module:
         return self.backbone.get_output_embeddings()
 
+    def get_decoder(self) -> torch.nn.Module:
+        return self.backbone.get_decoder()
+
     def get_input_embeddings(self) -> torch.nn.Module:
         return self.backbone.get_input_embeddings()

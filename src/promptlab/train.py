@@ -165,13 +165,15 @@ def build_module(p: Plan, backbone: Backbone, model: torch.nn.Module) -> tuple[P
     return PromptModule(model, readout, p.method.optim()), Encoder(tok, p.spec, demos, p.method.assistant_prefix)
 
 
-def make_trainer(cfg: DictConfig, run_dir: Path, loggers: list, trains: bool,
+def make_trainer(cfg: DictConfig, settings: Settings, run_dir: Path, loggers: list, trains: bool,
                  callbacks: list[L.Callback] = ()) -> L.Trainer:
+    """The configured Lightning Trainer, with ``trainer.precision`` resolved for this machine."""
     progress, bar = progress_callbacks()
     if loggers and trains:
         progress.append(L.pytorch.callbacks.LearningRateMonitor("step"))
     return hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=[*progress, *callbacks],
-                                   enable_progress_bar=bar, default_root_dir=str(run_dir))
+                                   enable_progress_bar=bar, default_root_dir=str(run_dir),
+                                   precision=settings.precision)
 
 
 def run(cfg: DictConfig, run_dir: str | Path) -> dict:
@@ -242,12 +244,15 @@ def _run(cfg: DictConfig, run_dir: Path, record: RunRecord, point: resume.Resume
         backbone = load_backbone(cfg.model, cfg.paths.cache_dir)
         record.provenance(model=fingerprint(cfg.model, backbone))
         model = p.method.prepare(backbone, p.spec)
+        if p.method.trains:
+            p.method.checkpoint_activations(model)
         module, encoder = build_module(p, backbone, model)
         loggers = make_loggers(cfg, run_dir, record.data["run_id"], mode=wandb) if record.primary else []
         saver = resume.ResumeCheckpoint(resume.checkpoint_path(run_dir), p.settings.checkpoint_every_n_steps,
                                         p.settings.checkpoint_every_minutes,
                                         on_start=(lambda step: record.resumed(step, point)) if point else None)
-        trainer = make_trainer(cfg, run_dir, loggers, p.method.trains, [saver] if p.method.trains else [])
+        trainer = make_trainer(cfg, p.settings, run_dir, loggers, p.method.trains, [saver] if p.method.trains else [])
+        record.provenance(precision=p.settings.precision)
         trainable, total = count_parameters(model)
         if p.method.trains:
             log.info("%s trains %s of %s parameters (%.4f%%)", p.method.cfg.name, f"{trainable:,}", f"{total:,}",
@@ -331,7 +336,7 @@ def fit(p: Plan, module: PromptModule, encoder: Encoder, trainer: L.Trainer, run
     items = (instruct.train_items(p.mixture, p.budgets, p.method, encoder.tokenizer, p.settings.seed)
              if p.mixture else None)
     datamodule = PromptDataModule(encoder, p.train_rows, [], p.method.cfg.batch_size, p.settings.eval_batch_size,
-                                  p.settings.seed, train_items=items)
+                                  p.settings.seed, train_items=items, bucket=p.settings.bucket_by_length)
     with signals.deferred():  # SIGINT/SIGTERM end the run at the end of a step (resume.ResumeCheckpoint)
         trainer.fit(module, datamodule=datamodule, ckpt_path=point.checkpoint if point else None)
     checkpoint = run_dir / "checkpoint"

@@ -110,7 +110,12 @@ class PeftMethod(TrainedMethod):
 
     def validate(self, task) -> None:
         super().validate(task)
-        self.peft_config(task.prompt_init_text, TOKENIZER_PLACEHOLDER)
+        config = self.peft_config(task.prompt_init_text, TOKENIZER_PLACEHOLDER)
+        if self.gradient_checkpointing and config.peft_type == "PREFIX_TUNING":
+            # its virtual tokens are a key/value cache handed to every layer, which checkpointed layers cannot
+            # take (PEFT's docs say so too)
+            raise ConfigError(f"{self.cfg.name}: gradient checkpointing does not work with prefix tuning",
+                              "set method.gradient_checkpointing=false (or use prompt tuning or LoRA)")
 
     def prepare(self, backbone, task):
         from peft import get_peft_model
