@@ -3,6 +3,8 @@ invariance), training on targets, chain-of-thought, and ``promptlab-eval`` repro
 
 from __future__ import annotations
 
+from unittest import mock
+
 import pytest
 import torch
 from conftest import read_predictions, read_result, write_jsonl
@@ -98,6 +100,35 @@ def test_batch_generates_the_same_as_one_at_a_time(tiny_backbone):
         batched = [g.text for g in gen.generate(tiny_backbone.model, prompts)]
         single = [gen.generate(tiny_backbone.model, [p])[0].text for p in prompts]
         assert batched == single
+
+
+@pytest.mark.parametrize("adapter", [None, "lora"])
+def test_hand_decoding_drops_finished_rows_and_matches_generate(tiny_backbone, adapter):
+    """GenerateReadout.greedy (finished rows leave the batch) writes what transformers' generate writes."""
+    import promptlab.readout.generate as G
+
+    model = tiny_backbone.model
+    if adapter:
+        from peft import LoraConfig, get_peft_model
+
+        torch.manual_seed(0)
+        model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)).eval()
+    assert G.decodes_by_hand(model)
+    tok = tiny_backbone.tokenizer
+    texts = ["positive good", "a bad film with love and hate for this movie yes", "great fun movie review", "good"]
+    lengths = set()
+    for prompts in (plain(tok, texts), prompts_of(tok, texts)):
+        for until in ((), ("d g", "ie", " of", "unun"), ("\n",)):
+            gen = readout_for(tiny_backbone, max_new_tokens=10, until=until)
+            with mock.patch.object(gen, "_finished", wraps=gen._finished) as finished:
+                by_hand = gen.generate(model, prompts)
+            with mock.patch.object(G, "decodes_by_hand", return_value=False):
+                reference = gen.generate(model, prompts)
+            assert [(g.text, g.num_tokens) for g in by_hand] == [(g.text, g.num_tokens) for g in reference]
+            # one check per live row per step: no step is spent on a row that has finished
+            assert finished.call_count == sum(g.num_tokens for g in by_hand)
+            lengths.add(tuple(g.num_tokens for g in by_hand))
+    assert any(len(set(n)) > 1 for n in lengths), lengths  # rows did finish at different steps
 
 
 def test_zero_shot_generation_run_records_text_answer_and_costs(gen_cfg, run_dir):

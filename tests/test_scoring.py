@@ -3,12 +3,13 @@ for shared answer words (one or several tokens) and for per-example answers (COP
 
 from __future__ import annotations
 
+import copy
 from unittest import mock
 
 import pytest
 import torch
 import torch.nn.functional as F
-from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
+from peft import LoraConfig, PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
 
 from promptlab.prompts import build_messages, encode_answer, encode_prompt, render
 from promptlab.readout import ChoiceReadout, brute_force_scores
@@ -191,7 +192,7 @@ def test_shared_prefix_cache_changes_no_score(tiny_backbone, words):
     prompts = [encode_prompt(tok, build_messages(render(TEMPLATE, {"sentence": q}), demos)) for q in queries]
     choices = shared(tok, words, len(prompts))
     plain, cached = ChoiceReadout(tok.pad_token_id), ChoiceReadout(tok.pad_token_id)
-    plain.prefix.min_tokens = 10**9  # never
+    plain.prefix.enabled = False  # every whole sequence, one per (prompt, answer)
     cached.prefix.min_tokens = 1
     with torch.no_grad():
         expected = plain.scores(model, prompts, choices)
@@ -213,3 +214,44 @@ def test_shared_prefix_cache_is_not_used_with_gradients_or_wrappers(tiny_backbon
         peft = get_peft_model(model, PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=2,
                                                         prompt_tuning_init=PromptTuningInit.RANDOM))
         assert readout.prefix.applies(peft, prompts, 10**6) == 0
+
+
+def per_example_answers(tok) -> list[list[list[int]]]:
+    """COPA-like answers: their own per example, of different counts and token lengths (1 to several)."""
+    words = [["yes", "a terrible boring film", "wonderfully"], ["good"], ["dreadfully", "love this movie"]]
+    return [[encode_answer(tok, w) for w in ws] for ws in words]
+
+
+@pytest.mark.parametrize("adapter", [None, "lora"])
+@pytest.mark.parametrize("kind", ["shared multi-token", "per example"])
+def test_each_prompt_runs_once_for_all_its_answers_with_the_same_scores(tiny_backbone, adapter, kind):
+    """Inference with several answers per example: the prompt runs once (its cache kept, its shared prefix too)
+    and each answer continues it; the scores are those of one whole sequence per (prompt, answer)."""
+    model, tok = tiny_backbone.model.eval(), tiny_backbone.tokenizer
+    if adapter:
+        torch.manual_seed(0)
+        model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)).eval()
+    prompts = make_prompts(tok)
+    choices = shared(tok, MULTI) if kind == "shared multi-token" else per_example_answers(tok)
+    whole, once = ChoiceReadout(tok.pad_token_id), ChoiceReadout(tok.pad_token_id)
+    whole.prefix.enabled = False
+    once.prefix.min_tokens = 1  # the prompts' shared opening is cached as well
+    with torch.no_grad(), mock.patch.object(once, "_prompt_once", wraps=once._prompt_once) as reused:
+        got = once.scores(model, prompts, choices)
+        want = whole.scores(model, prompts, choices)
+    assert reused.called
+    torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+    if adapter is None:
+        torch.testing.assert_close(got, brute_force(model, prompts, choices), atol=ATOL, rtol=0)
+
+
+def test_prefix_reuse_serves_weight_adapters_but_not_prompt_learning(tiny_backbone):
+    model, tok = tiny_backbone.model.eval(), tiny_backbone.tokenizer
+    readout = ChoiceReadout(tok.pad_token_id)
+    lora = get_peft_model(copy.deepcopy(model), LoraConfig(r=4, target_modules="all-linear")).eval()
+    with torch.no_grad():
+        assert readout.prefix.reuses(lora)
+    prompt = get_peft_model(tiny_backbone.model, PromptTuningConfig(
+        task_type=TaskType.CAUSAL_LM, num_virtual_tokens=2, prompt_tuning_init=PromptTuningInit.RANDOM)).eval()
+    with torch.no_grad():
+        assert not readout.prefix.reuses(prompt)

@@ -11,12 +11,13 @@ sequence, scored with the full-vocabulary log-softmax at the answer positions on
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
-from promptlab.readout.model import PrefixCache, head_of
+from promptlab.readout.model import NO_LOGITS, PrefixCache, head_of, pad, run_keeping_last_hidden
 
 
 class ChoiceReadout:
@@ -48,10 +49,9 @@ class ChoiceReadout:
     def _single_token(self, model, prompts, token_rows: list[int], task_ids) -> torch.Tensor:
         head = head_of(model)
         device = head.weight.device
-        hidden, shared = self.prefix.hidden_states(model, prompts, self.pad_id, device, min(map(len, prompts)) - 1,
-                                                   task_ids)
-        last = torch.tensor([len(p) - 1 - shared for p in prompts], device=device)
-        answer = hidden[torch.arange(len(prompts), device=device), last]  # (B, H)
+        run = self.prefix.hidden_states(model, prompts, self.pad_id, device, min(map(len, prompts)) - 1, task_ids)
+        last = torch.tensor([len(p) - 1 - run.shared for p in prompts], device=device)
+        answer = run.states[torch.arange(len(prompts), device=device), last]  # (B, H)
         rows = torch.tensor(token_rows, device=device)
         logits = answer @ head.weight[rows].T  # (B, C): the only projection computed
         if head.bias is not None:
@@ -59,13 +59,15 @@ class ChoiceReadout:
         return logits.float().log_softmax(-1)
 
     def _sequences(self, model, prompts, choices, task_ids) -> torch.Tensor:
+        if self.prefix.reuses(model):
+            return self._prompt_once(model, prompts, choices)
         head = head_of(model)
         device = head.weight.device
         pairs = [(i, c) for i, cs in enumerate(choices) for c in range(len(cs))]
         sequences = [list(prompts[i]) + list(choices[i][c]) for i, c in pairs]
         pair_tasks = None if task_ids is None else [task_ids[i] for i, _ in pairs]
-        hidden, shared = self.prefix.hidden_states(model, sequences, self.pad_id, device, min(map(len, prompts)) - 1,
-                                                   pair_tasks)
+        run = self.prefix.hidden_states(model, sequences, self.pad_id, device, min(map(len, prompts)) - 1, pair_tasks)
+        hidden, shared = run.states, run.shared
         seq, pos, targets = [], [], []
         for s, (i, c) in enumerate(pairs):
             for j, tok in enumerate(choices[i][c]):
@@ -79,6 +81,39 @@ class ChoiceReadout:
         width = max(len(cs) for cs in choices)
         out = torch.full((len(choices), width), -torch.inf, device=device)
         out[[i for i, _ in pairs], [c for _, c in pairs]] = seq_logp
+        return out.log_softmax(-1)
+
+
+    def _prompt_once(self, model, prompts, choices) -> torch.Tensor:
+        """Inference: each prompt runs once and keeps its key/value cache; the answers continue it, one forward per
+        answer slot over the examples that have one, instead of a whole (prompt + answer) sequence per pair. The
+        prompt's last hidden state scores every answer's first token."""
+        head = head_of(model)
+        device = head.weight.device
+        run = self.prefix.hidden_states(model, prompts, self.pad_id, device, min(map(len, prompts)) - 1, keep_cache=True)
+        last = torch.tensor([len(p) - 1 - run.shared for p in prompts], device=device)
+        first = head(run.states[torch.arange(len(prompts), device=device), last]).float().log_softmax(-1)  # (B, V)
+        width = max(len(cs) for cs in choices)
+        out = torch.full((len(choices), width), -torch.inf, device=device)
+        for c in range(width):
+            rows = [i for i, cs in enumerate(choices) if len(cs) > c]
+            answers = [list(choices[i][c]) for i in rows]
+            logp = first[rows, [a[0] for a in answers]]
+            if max(map(len, answers)) > 1:  # tokens 0..n-2 go in, predicting tokens 1..n-1
+                index = torch.tensor(rows, device=device)
+                cache = copy.deepcopy(run.cache)
+                cache.batch_select_indices(index)  # one copy at a time: memory stays ~2x the prompts' cache
+                ids, mask = pad([a[:-1] for a in answers], self.pad_id, device)
+                positions = torch.tensor([len(prompts[i]) for i in rows], device=device)[:, None] + torch.arange(
+                    ids.shape[1], device=device)
+                _, hidden = run_keeping_last_hidden(
+                    model, input_ids=ids, attention_mask=torch.cat([run.mask[index], mask], dim=1),
+                    position_ids=positions, past_key_values=cache, logits_to_keep=NO_LOGITS.to(device), use_cache=True)
+                seq, pos, targets = (torch.tensor(x, device=device) for x in zip(
+                    *[(k, j, a[j + 1]) for k, a in enumerate(answers) for j in range(len(a) - 1)], strict=True))
+                token_logp = head(hidden[seq, pos]).float().log_softmax(-1).gather(1, targets[:, None]).squeeze(1)
+                logp = logp.index_add(0, seq, token_logp)
+            out[rows, c] = logp
         return out.log_softmax(-1)
 
 

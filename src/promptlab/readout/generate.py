@@ -14,6 +14,17 @@ from transformers import GenerationConfig, PreTrainedTokenizerBase, StoppingCrit
 from promptlab.readout.model import final_hidden_states, head_of, pad, task_inputs
 
 
+def decodes_by_hand(model: torch.nn.Module) -> bool:
+    """Whether ``GenerateReadout.greedy`` serves this model: a plain transformers model, or a PEFT model whose
+    adapter changes weights only (LoRA, IA3, DoRA); prompt learning and multi-task models use their generate."""
+    from peft import PeftModel
+    from transformers import PreTrainedModel
+
+    if isinstance(model, PeftModel):
+        return not model.active_peft_config.is_prompt_learning
+    return isinstance(model, PreTrainedModel)
+
+
 @dataclass
 class Generated:
     text: str  # decoded, cut before the first stop string
@@ -64,15 +75,51 @@ class GenerateReadout:
     def generate(self, model: torch.nn.Module, prompts: Sequence[Sequence[int]],
                  task_ids: Sequence[int] | None = None) -> list[Generated]:
         device = head_of(model).weight.device
-        ids, mask = pad(prompts, self.tokenizer.pad_token_id, device, left=True)
         start = time.perf_counter()
-        stop = StoppingCriteriaList([StopOnGeneratedText(self.tokenizer, ids.shape[1], self.until)] if self.until else [])
-        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=self.config, stopping_criteria=stop,
-                             **task_inputs(model, task_ids, device))
+        if decodes_by_hand(model):
+            new = self.greedy(model, prompts, device)
+        else:  # virtual tokens or per-row adapters: their wrappers' own generate
+            ids, mask = pad(prompts, self.tokenizer.pad_token_id, device, left=True)
+            stop = StoppingCriteriaList([StopOnGeneratedText(self.tokenizer, ids.shape[1], self.until)] if self.until
+                                        else [])
+            out = model.generate(input_ids=ids, attention_mask=mask, generation_config=self.config,
+                                 stopping_criteria=stop, **task_inputs(model, task_ids, device))
+            new = [row.tolist() for row in out[:, ids.shape[1]:]]
         self.generation_seconds += time.perf_counter() - start
-        results = [self._decode(row.tolist()) for row in out[:, ids.shape[1]:]]
+        results = [self._decode(row) for row in new]
         self.generated_tokens += sum(r.num_tokens for r in results)
         return results
+
+    def greedy(self, model: torch.nn.Module, prompts: Sequence[Sequence[int]], device: torch.device) -> list[list[int]]:
+        """Greedy decoding with the KV cache, token for token what ``model.generate`` gives, minus the work on
+        finished rows: a row that wrote EOS or a stop string leaves the batch (and the cache) at once, where
+        ``generate`` keeps computing it, padded, until the last row ends. Written here for that reason."""
+        ids, mask = pad(prompts, self.tokenizer.pad_token_id, device, left=True)
+        positions = (mask.cumsum(-1) - 1).clamp_min(0)  # as generate numbers left-padded rows
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+        cache, token = out.past_key_values, out.logits[:, -1].argmax(-1)
+        position = positions[:, -1:] + 1
+        alive, new = list(range(len(prompts))), [[] for _ in prompts]
+        while True:
+            for row, t in zip(alive, token.tolist(), strict=True):
+                new[row].append(t)
+            keep = [k for k, row in enumerate(alive) if not self._finished(new[row])]
+            if not keep:
+                return new
+            if len(keep) < len(alive):
+                index = torch.tensor(keep, device=device)
+                cache.batch_select_indices(index)
+                mask, token, position = mask[index], token[index], position[index]
+                alive = [alive[k] for k in keep]
+            mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=1)
+            out = model(input_ids=token[:, None], attention_mask=mask, position_ids=position, past_key_values=cache,
+                        use_cache=True)
+            token, position = out.logits[:, -1].argmax(-1), position + 1
+
+    def _finished(self, new: list[int]) -> bool:
+        if new[-1] == self.tokenizer.eos_token_id or len(new) >= self.config.max_new_tokens:
+            return True
+        return bool(self.until) and any(s in self.tokenizer.decode(new, skip_special_tokens=True) for s in self.until)
 
     def _decode(self, new: list[int]) -> Generated:
         eos, pad_id = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 
@@ -80,26 +81,50 @@ def head_of(model: torch.nn.Module) -> torch.nn.Module:
     return model.get_output_embeddings()
 
 
+def plain_forward(model: torch.nn.Module) -> bool:
+    """Whether the model's forward is a transformers causal LM's: a plain model, or a PEFT adapter that changes
+    weights only (LoRA, IA3, DoRA). Then a key/value cache can be kept and extended; prompt learning prepends
+    its virtual tokens on every call and multi-task models route rows, so they always get whole sequences."""
+    from peft import PeftModel
+    from transformers import PreTrainedModel
+
+    if isinstance(model, PeftModel):
+        return not model.active_peft_config.is_prompt_learning
+    return isinstance(model, PreTrainedModel)
+
+
+class Pass(NamedTuple):
+    """One forward pass of right-padded sequences whose first ``shared`` tokens came from the prefix cache."""
+
+    states: torch.Tensor  # last-layer hidden states of the tokens after the shared prefix
+    shared: int
+    cache: object = None  # the key/value cache of the whole sequences (when asked for), to continue them
+    mask: torch.Tensor | None = None  # its attention mask
+
+
 class PrefixCache:
     """Runs the token prefix that every sequence of a batch shares (a system turn, few-shot demonstrations, the
     template's opening words) once, keeps its key/value cache, and puts only each sequence's own suffix through
     the model: few-shot scoring then costs about what zero-shot does. Exact up to float rounding.
 
-    Used for inference by a plain transformers model only: with gradients (training) or a wrapper (PEFT's
-    virtual tokens, FSDP) the whole sequences are run. Written here because transformers reuses a shared
-    prefix only inside ``generate`` (and only when asked for one prompt), not for batched scoring.
+    Used for inference by models with a plain forward (``plain_forward``); with gradients (training) the whole
+    sequences are run. Written here because transformers reuses a shared prefix only inside ``generate`` (and
+    only when asked for one prompt), not for batched scoring. ``enabled=False`` turns it off (benchmarks).
     """
 
     def __init__(self, min_tokens: int = 32):
         self.min_tokens = min_tokens  # a shorter shared prefix is not worth the cache copy
+        self.enabled = True
         self.prefix: list[int] = []
         self.cache = None
 
+    def reuses(self, model: torch.nn.Module) -> bool:
+        """Whether caches may be kept and extended for this model now (inference, plain forward, enabled)."""
+        return self.enabled and not torch.is_grad_enabled() and not model.training and plain_forward(model)
+
     def applies(self, model: torch.nn.Module, sequences: Sequence[Sequence[int]], limit: int) -> int:
         """The length (at most ``limit``) of the shared prefix to reuse for these sequences; 0: no cache."""
-        from transformers import PreTrainedModel
-
-        if torch.is_grad_enabled() or model.training or not isinstance(model, PreTrainedModel) or len(sequences) < 2:
+        if len(sequences) < 2 or not self.reuses(model):
             return 0
         n = min(limit, min(len(s) for s in sequences) - 1)  # every sequence keeps a token of its own
         if self.prefix and len(self.prefix) <= n and all(list(s[: len(self.prefix)]) == self.prefix for s in sequences):
@@ -109,13 +134,18 @@ class PrefixCache:
         return shared if shared >= self.min_tokens else 0
 
     def hidden_states(self, model: torch.nn.Module, sequences: Sequence[Sequence[int]], pad_id: int,
-                      device: torch.device, limit: int, task_ids: Sequence[int] | None = None) -> tuple[torch.Tensor, int]:
-        """(last-layer hidden states of the right-padded sequences after the shared prefix, prefix length); the
-        prefix is at most ``limit`` tokens (the first position whose hidden state the caller reads)."""
+                      device: torch.device, limit: int, task_ids: Sequence[int] | None = None,
+                      keep_cache: bool = False) -> Pass:
+        """The last-layer hidden states of the right-padded sequences after their shared prefix (at most ``limit``
+        tokens: the first position whose hidden state the caller reads); ``keep_cache``: with their cache."""
         shared = self.applies(model, sequences, limit)
         if not shared:
             ids, mask = pad(sequences, pad_id, device)
-            return final_hidden_states(model, ids, mask, task_ids), 0
+            if not keep_cache:
+                return Pass(final_hidden_states(model, ids, mask, task_ids), 0)
+            out, hidden = run_keeping_last_hidden(model, input_ids=ids, attention_mask=mask, use_cache=True,
+                                                  logits_to_keep=NO_LOGITS.to(device))
+            return Pass(hidden, 0, out.past_key_values, mask)
         if list(sequences[0][:shared]) != self.prefix:
             self.prefix = list(sequences[0][:shared])
             ids = torch.tensor([self.prefix], device=device)
@@ -124,6 +154,6 @@ class PrefixCache:
         cache.batch_repeat_interleave(len(sequences))
         ids, mask = pad([s[shared:] for s in sequences], pad_id, device)
         mask = torch.cat([torch.ones(len(sequences), shared, dtype=mask.dtype, device=device), mask], dim=1)
-        _, hidden = run_keeping_last_hidden(model, input_ids=ids, attention_mask=mask, past_key_values=cache,
-                                            logits_to_keep=NO_LOGITS.to(device), use_cache=True)
-        return hidden[:, -ids.shape[1]:], shared
+        out, hidden = run_keeping_last_hidden(model, input_ids=ids, attention_mask=mask, past_key_values=cache,
+                                              logits_to_keep=NO_LOGITS.to(device), use_cache=True)
+        return Pass(hidden[:, -ids.shape[1]:], shared, out.past_key_values if keep_cache else None, mask)
