@@ -30,8 +30,11 @@ test: install
 lint: install
 	$(BIN)/ruff check src tests scripts
 
+# Speed and memory against a plain PyTorch loop and with the speed-ups off; each prints and writes results/*.json.
+# Run on an idle machine: two jobs at once on 2 cores slow both 2-3x.
+BENCHES := training evaluation prefix_reuse generation memory
 bench: install
-	$(BIN)/python scripts/benchmark.py
+	for b in $(BENCHES); do $(BIN)/python scripts/bench/$$b.py || exit 1; done
 
 clean:
 	rm -rf runs multirun outputs results .pytest_cache

@@ -261,3 +261,25 @@ def test_hub_model_offline_is_a_clear_error(tmp_path):
     cfg = OmegaConf.create({"name": "x", "source": "hub", "hub_id": "no-such-org/no-such-model", "revision": None})
     with pytest.raises(ConfigError, match="cannot be reached"):
         load_backbone(cfg, tmp_path)
+
+
+def test_adamw_is_fused_and_steps_like_the_unfused_one(tiny_backbone):
+    """The fused AdamW kernel (one pass over all weights) takes the step the per-tensor one takes."""
+    from promptlab.module import Optim, PromptModule
+
+    model = tiny_backbone.model.requires_grad_(True)
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    module = PromptModule(model, ChoiceReadout(0), Optim(lr=1e-3, weight_decay=0.01, max_steps=10))
+    optimizer = module.configure_optimizers()["optimizer"]
+    assert optimizer.defaults["fused"] is True
+    for p in model.parameters():
+        p.grad = torch.ones_like(p) * 0.1
+    optimizer.step()
+    fused = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            p.copy_(start[n])
+    reference = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01, foreach=False)
+    reference.step()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(fused[n], p.detach(), msg=n)

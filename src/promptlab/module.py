@@ -105,7 +105,10 @@ class PromptModule(L.LightningModule):
     def configure_optimizers(self):
         o = self.optim
         params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+        # fused: one kernel over all weights; on this CPU a full fine-tuning step's AdamW update of the 135M
+        # model takes 0.05-0.07 s instead of 0.42 s (scripts/bench/training.py)
+        fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
+        optimizer = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay, fused=fused)
         schedule = get_linear_schedule_with_warmup(optimizer, int(o.warmup_ratio * o.max_steps), max(o.max_steps, 1))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 

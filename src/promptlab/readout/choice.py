@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from promptlab.readout.model import NO_LOGITS, PrefixCache, head_of, pad, run_keeping_last_hidden
+from promptlab.readout.model import NO_LOGITS, PrefixCache, head_of, pad, project, run_keeping_last_hidden
 
 
 class ChoiceReadout:
@@ -52,11 +52,8 @@ class ChoiceReadout:
         run = self.prefix.hidden_states(model, prompts, self.pad_id, device, min(map(len, prompts)) - 1, task_ids)
         last = torch.tensor([len(p) - 1 - run.shared for p in prompts], device=device)
         answer = run.states[torch.arange(len(prompts), device=device), last]  # (B, H)
-        rows = torch.tensor(token_rows, device=device)
-        logits = answer @ head.weight[rows].T  # (B, C): the only projection computed
-        if head.bias is not None:
-            logits = logits + head.bias[rows]
-        return logits.float().log_softmax(-1)
+        logits = project(head, answer, torch.tensor(token_rows, device=device))  # (B, C): the only projection
+        return logits.log_softmax(-1)
 
     def _sequences(self, model, prompts, choices, task_ids) -> torch.Tensor:
         if self.prefix.reuses(model):
@@ -75,7 +72,7 @@ class ChoiceReadout:
                 pos.append(len(prompts[i]) - 1 + j - shared)  # the position that predicts answer token j
                 targets.append(tok)
         seq_t = torch.tensor(seq, device=device)
-        token_logp = head(hidden[seq_t, torch.tensor(pos, device=device)]).float().log_softmax(-1)
+        token_logp = project(head, hidden[seq_t, torch.tensor(pos, device=device)]).log_softmax(-1)
         token_logp = token_logp.gather(1, torch.tensor(targets, device=device)[:, None]).squeeze(1)
         seq_logp = torch.zeros(len(pairs), device=device).index_add(0, seq_t, token_logp)
         width = max(len(cs) for cs in choices)
@@ -92,7 +89,7 @@ class ChoiceReadout:
         device = head.weight.device
         run = self.prefix.hidden_states(model, prompts, self.pad_id, device, min(map(len, prompts)) - 1, keep_cache=True)
         last = torch.tensor([len(p) - 1 - run.shared for p in prompts], device=device)
-        first = head(run.states[torch.arange(len(prompts), device=device), last]).float().log_softmax(-1)  # (B, V)
+        first = project(head, run.states[torch.arange(len(prompts), device=device), last]).log_softmax(-1)  # (B, V)
         width = max(len(cs) for cs in choices)
         out = torch.full((len(choices), width), -torch.inf, device=device)
         for c in range(width):
@@ -111,7 +108,7 @@ class ChoiceReadout:
                     position_ids=positions, past_key_values=cache, logits_to_keep=NO_LOGITS.to(device), use_cache=True)
                 seq, pos, targets = (torch.tensor(x, device=device) for x in zip(
                     *[(k, j, a[j + 1]) for k, a in enumerate(answers) for j in range(len(a) - 1)], strict=True))
-                token_logp = head(hidden[seq, pos]).float().log_softmax(-1).gather(1, targets[:, None]).squeeze(1)
+                token_logp = project(head, hidden[seq, pos]).log_softmax(-1).gather(1, targets[:, None]).squeeze(1)
                 logp = logp.index_add(0, seq, token_logp)
             out[rows, c] = logp
         return out.log_softmax(-1)

@@ -11,7 +11,15 @@ import torch
 import torch.nn.functional as F
 from transformers import GenerationConfig, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 
-from promptlab.readout.model import final_hidden_states, head_of, pad, task_inputs
+from promptlab.readout.model import (
+    NO_LOGITS,
+    final_hidden_states,
+    head_of,
+    pad,
+    project,
+    run_keeping_last_hidden,
+    task_inputs,
+)
 
 
 def decodes_by_hand(model: torch.nn.Module) -> bool:
@@ -67,9 +75,9 @@ class GenerateReadout:
         hidden = final_hidden_states(model, ids, mask, batch.get("task_id"))
         rows = [i for i, t in enumerate(targets) for _ in t]
         cols = [len(p) - 1 + j for p, t in zip(prompts, targets, strict=True) for j in range(len(t))]
-        logits = head(hidden[torch.tensor(rows, device=device), torch.tensor(cols, device=device)])
+        logits = project(head, hidden[torch.tensor(rows, device=device), torch.tensor(cols, device=device)])
         gold = torch.tensor([tok for t in targets for tok in t], device=device)
-        return F.cross_entropy(logits.float(), gold)
+        return F.cross_entropy(logits, gold)
 
     @torch.no_grad()
     def generate(self, model: torch.nn.Module, prompts: Sequence[Sequence[int]],
@@ -91,13 +99,16 @@ class GenerateReadout:
         return results
 
     def greedy(self, model: torch.nn.Module, prompts: Sequence[Sequence[int]], device: torch.device) -> list[list[int]]:
-        """Greedy decoding with the KV cache, token for token what ``model.generate`` gives, minus the work on
-        finished rows: a row that wrote EOS or a stop string leaves the batch (and the cache) at once, where
-        ``generate`` keeps computing it, padded, until the last row ends. Written here for that reason."""
+        """Greedy decoding with the KV cache, token for token what ``model.generate`` gives in fp32, minus the work
+        on finished rows: a row that wrote EOS or a stop string leaves the batch (and the cache) at once, where
+        ``generate`` keeps computing it, padded, until the last row ends. Written here for that reason (and to
+        take each next token from fp32 logits under bf16 autocast, see ``project``)."""
         ids, mask = pad(prompts, self.tokenizer.pad_token_id, device, left=True)
         positions = (mask.cumsum(-1) - 1).clamp_min(0)  # as generate numbers left-padded rows
-        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-        cache, token = out.past_key_values, out.logits[:, -1].argmax(-1)
+        head, none = head_of(model), NO_LOGITS.to(device)  # the next token from fp32 logits (``project``)
+        out, hidden = run_keeping_last_hidden(model, input_ids=ids, attention_mask=mask, position_ids=positions,
+                                              use_cache=True, logits_to_keep=none)
+        cache, token = out.past_key_values, project(head, hidden[:, -1]).argmax(-1)
         position = positions[:, -1:] + 1
         alive, new = list(range(len(prompts))), [[] for _ in prompts]
         while True:
@@ -112,9 +123,10 @@ class GenerateReadout:
                 mask, token, position = mask[index], token[index], position[index]
                 alive = [alive[k] for k in keep]
             mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=1)
-            out = model(input_ids=token[:, None], attention_mask=mask, position_ids=position, past_key_values=cache,
-                        use_cache=True)
-            token, position = out.logits[:, -1].argmax(-1), position + 1
+            _, hidden = run_keeping_last_hidden(model, input_ids=token[:, None], attention_mask=mask,
+                                                position_ids=position, past_key_values=cache, use_cache=True,
+                                                logits_to_keep=none)
+            token, position = project(head, hidden[:, -1]).argmax(-1), position + 1
 
     def _finished(self, new: list[int]) -> bool:
         if new[-1] == self.tokenizer.eos_token_id or len(new) >= self.config.max_new_tokens:
