@@ -32,7 +32,7 @@ lint: install
 
 # Speed and memory against a plain PyTorch loop and with the speed-ups off; each prints and writes results/*.json.
 # Run on an idle machine: two jobs at once on 2 cores slow both 2-3x.
-BENCHES := training evaluation prefix_reuse generation memory
+BENCHES := training evaluation precision prefix_reuse generation memory
 bench: install
 	for b in $(BENCHES); do $(BIN)/python scripts/bench/$$b.py || exit 1; done
 

@@ -65,17 +65,47 @@ def test_unknown_precision_is_one_config_error(bad):
     assert "auto" in err.value.fix
 
 
-def test_a_bf16_run_trains_and_scores_like_fp32_within_bf16_rounding(make_cfg, tmp_path):
+@pytest.mark.parametrize("method", ["prompt_tuning", "lora", "dora", "full_finetune"])
+def test_a_bf16_run_trains_and_scores_like_fp32_within_bf16_rounding(make_cfg, tmp_path, method):
     from conftest import read_predictions, read_result
 
     import promptlab.train
 
     records = {}
     for p in ("32-true", "bf16-mixed"):
-        cfg = make_cfg(f"trainer.precision={p}", method="prompt_tuning")
+        cfg = make_cfg(f"trainer.precision={p}", method=method)
         promptlab.train.run(cfg, tmp_path / p)
         records[p] = read_result(tmp_path / p)
         assert records[p]["status"] == "completed" and records[p]["provenance"]["precision"] == p
     fp32, bf16 = (torch.tensor([r["log_probs"] for r in read_predictions(tmp_path / p)]) for p in records)
     assert not torch.equal(fp32, bf16)  # it did run in bf16
     torch.testing.assert_close(bf16, fp32, atol=0.05, rtol=0)  # bf16 keeps 8 bits of mantissa
+
+
+def test_bf16_weights_cast_once_score_as_autocast_does_and_are_put_back(tiny_backbone):
+    from test_scoring import MULTI, make_prompts, shared
+
+    from promptlab.readout import ChoiceReadout
+
+    model, tok = tiny_backbone.model.eval(), tiny_backbone.tokenizer
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    prompts, choices = make_prompts(tok), shared(tok, MULTI)
+    readout = ChoiceReadout(tok.pad_token_id)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        per_forward = readout.scores(model, prompts, choices)
+        with precision.bf16_linear_weights(model):
+            assert model.model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
+            assert model.get_output_embeddings().weight.dtype == torch.float32  # tied to the input embedding
+            once = readout.scores(model, prompts, choices)
+    torch.testing.assert_close(once, per_forward, atol=0, rtol=0)
+    for n, p in model.named_parameters():
+        assert p.dtype == torch.float32 and torch.equal(p, before[n]), n
+
+
+def test_fitting_casts_only_the_frozen_weights(tiny_backbone):
+    model = tiny_backbone.model.requires_grad_(False)
+    trained = model.model.layers[0].self_attn.q_proj.weight.requires_grad_(True)
+    with precision.bf16_linear_weights(model, frozen_only=True):
+        assert trained.dtype == torch.float32
+        assert model.model.layers[0].self_attn.k_proj.weight.dtype == torch.bfloat16
+    assert model.model.layers[0].self_attn.k_proj.weight.dtype == torch.float32

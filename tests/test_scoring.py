@@ -255,3 +255,19 @@ def test_prefix_reuse_serves_weight_adapters_but_not_prompt_learning(tiny_backbo
         task_type=TaskType.CAUSAL_LM, num_virtual_tokens=2, prompt_tuning_init=PromptTuningInit.RANDOM)).eval()
     with torch.no_grad():
         assert not readout.prefix.reuses(prompt)
+
+
+def test_the_prefix_cache_belongs_to_its_precision(tiny_backbone):
+    """A prefix cached under bf16 autocast is not reused for fp32 scoring (nor the reverse)."""
+    model, tok = tiny_backbone.model.eval(), tiny_backbone.tokenizer
+    prompts, choices = make_prompts(tok), shared(tok, SINGLE)
+    readout = ChoiceReadout(tok.pad_token_id)
+    readout.prefix.min_tokens = 1
+    with torch.no_grad():
+        fp32 = readout.scores(model, prompts, choices)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            readout.scores(model, prompts, choices)
+        again = readout.scores(model, prompts, choices)
+    torch.testing.assert_close(again, fp32, atol=0, rtol=0)
+    readout.new_pass()
+    assert readout.prefix.prefix == [] and readout.prefix.cache is None

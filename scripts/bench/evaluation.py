@@ -50,7 +50,8 @@ def run_shots(args, shots: int) -> dict:
             else:
                 with tempfile.TemporaryDirectory() as tmp:
                     trainer = T.make_trainer(cfg, p.settings, tmp, [], False)
-                    rows = [r for b in trainer.predict(module, eval_loader(items, args.batch_size)) for r in b]
+                    with module.predicting(trainer):
+                        rows = [r for b in trainer.predict(module, eval_loader(items, args.batch_size)) for r in b]
             seconds = time.perf_counter() - start
             preds[variant] = {r["idx"]: (r["pred"], r["label"]) for r in rows}
             ph.record.update(examples_per_second=len(items) / seconds, seconds=round(seconds, 2),

@@ -4,7 +4,8 @@
 * ``plain``: transformers' ``model.generate`` (KV cache; its ``stop_strings``), fp32, as a user would call it;
 * ``promptlab_off``: promptlab's readout through ``model.generate`` (finished rows stay in the batch), fp32;
 * ``promptlab``: as shipped: its own greedy loop, where a row that wrote EOS or a stop string leaves the batch
-  and the cache at once, under ``trainer.precision=auto`` (bf16-mixed where the CPU has avx512_bf16).
+  and the cache at once, under ``trainer.precision=auto`` (bf16-mixed where the CPU has avx512_bf16, with the
+  linear weights cast to bf16 once, as ``PromptModule.predicting`` does).
 
 Tokens/s counts each row's tokens up to and including the one that ended it. Also: how many generations are
 identical to fp32 ``promptlab_off`` (bf16 may change a greedy choice, and every token after it).
@@ -15,6 +16,7 @@ identical to fp32 ``promptlab_off`` (bf16 may change a greedy choice, and every 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from unittest import mock
 
@@ -24,7 +26,7 @@ from common import Phase, parser, plan, setup, write
 import promptlab.readout.generate as G
 import promptlab.train as T
 from promptlab.data import collate, eval_items
-from promptlab.precision import resolve
+from promptlab.precision import bf16_linear_weights, resolve
 
 VARIANTS = ("plain", "promptlab_off", "promptlab")
 
@@ -62,8 +64,10 @@ def main() -> dict:
                 if variant == "plain":
                     tokens += sum(plain_generate(model, backbone.tokenizer, readout, b["prompt_ids"]))
                     continue
+                fast = bf16 and variant == "promptlab"
                 with (mock.patch.object(G, "decodes_by_hand", return_value=variant == "promptlab"),
-                      torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16 and variant == "promptlab")):
+                      torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast),
+                      bf16_linear_weights(model) if fast else contextlib.nullcontext()):  # as module.predicting
                     gens = readout.generate(model, b["prompt_ids"])
                 tokens += sum(g.num_tokens for g in gens)
                 texts[variant] += [g.text for g in gens]

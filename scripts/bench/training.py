@@ -18,6 +18,7 @@ Examples/s counts the steps after ``--warmup`` untimed ones, wall clock from the
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
 
@@ -27,7 +28,7 @@ from common import Phase, naive_loss, parser, plan, setup, write
 
 import promptlab.train as T
 from promptlab.data import PromptDataModule, collate
-from promptlab.precision import resolve
+from promptlab.precision import bf16_linear_weights, resolve
 
 METHODS = ("prompt_tuning", "lora", "full_finetune")
 VARIANTS = ("plain", "promptlab_off", "promptlab", "promptlab_step_by_hand")
@@ -66,7 +67,9 @@ def run_variant(args, method: str, variant: str) -> dict:
         if variant in ("promptlab_off", "promptlab"):
             timer = StepTimes()
             with tempfile.TemporaryDirectory() as tmp:
-                T.make_trainer(cfg, p.settings, tmp, [], True, [timer]).fit(module, datamodule=dm)
+                trainer = T.make_trainer(cfg, p.settings, tmp, [], True, [timer])
+                with module.fitting(trainer):
+                    trainer.fit(module, datamodule=dm)
             ends, sizes = timer.ends, timer.sizes
         else:
             ends, sizes = hand_loop(module, dm, p.settings.precision, plain=variant == "plain", steps=args.steps,
@@ -77,11 +80,12 @@ def run_variant(args, method: str, variant: str) -> dict:
 
 
 def hand_loop(module, dm: PromptDataModule, precision: str, plain: bool, steps: int, pad_id: int):
-    """AdamW steps without Lightning: the plain loop's LM loss on shuffled batches, or promptlab's loss on
-    promptlab's batches under its autocast."""
+    """AdamW steps without Lightning: the plain loop's LM loss on shuffled batches (torch's default AdamW), or
+    promptlab's loss and optimiser on promptlab's batches under its autocast."""
     model = module.model.train()
-    optimizer = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=module.optim.lr,
-                                  weight_decay=module.optim.weight_decay)
+    trainable = [q for q in model.parameters() if q.requires_grad]
+    optimizer = (torch.optim.AdamW(trainable, lr=module.optim.lr, weight_decay=module.optim.weight_decay) if plain
+                 else module.configure_optimizers()["optimizer"])  # promptlab's own (fused) AdamW
     if plain:
         order = torch.randperm(len(dm.train_items), generator=torch.Generator().manual_seed(0)).tolist()
         batches = [collate([dm.train_items[i] for i in order[j:j + 8]]) for j in range(0, steps * 8, 8)]
@@ -89,6 +93,15 @@ def hand_loop(module, dm: PromptDataModule, precision: str, plain: bool, steps: 
         batches = list(dm.train_dataloader())[:steps]
     bf16 = precision.startswith("bf16") and not plain
     ends, sizes = [], []
+    # promptlab's frozen weights cast to bf16 once, as PromptModule.fitting does for trainer.fit
+    cast = bf16_linear_weights(model, frozen_only=True) if bf16 else contextlib.nullcontext()
+    with cast:
+        _steps(model, module, optimizer, batches, bf16, plain, pad_id, ends, sizes)
+    return ends, sizes
+
+
+def _steps(model, module, optimizer, batches: list[dict], bf16: bool, plain: bool, pad_id: int,
+           ends: list[float], sizes: list[int]) -> None:
     for batch in batches:
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -97,7 +110,6 @@ def hand_loop(module, dm: PromptDataModule, precision: str, plain: bool, steps: 
         optimizer.step()
         ends.append(time.perf_counter())
         sizes.append(len(batch["prompt_ids"]))
-    return ends, sizes
 
 
 def main() -> dict:

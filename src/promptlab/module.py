@@ -4,6 +4,7 @@ what training changes: trainable weights, counters and random-number states."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from collections import deque
@@ -13,6 +14,8 @@ import lightning as L
 import numpy as np
 import torch
 from transformers import get_linear_schedule_with_warmup
+
+from promptlab.precision import bf16_linear_weights
 
 
 @dataclass
@@ -98,6 +101,22 @@ class PromptModule(L.LightningModule):
         np.random.set_state((name, keys.numpy(), pos, has_gauss, gauss))
         if rng["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
+
+    def predicting(self, trainer: L.Trainer) -> contextlib.AbstractContextManager:
+        """Wrap ``trainer.predict`` calls: under bf16-mixed in one process, the linear weights are cast to bf16 once
+        for the whole pass rather than by autocast on every forward (``precision.bf16_linear_weights``)."""
+        self.readout.new_pass()  # e.g. a prefix cache computed before training: recomputed in this pass
+        return self._bf16_weights(trainer, frozen_only=False)
+
+    def fitting(self, trainer: L.Trainer) -> contextlib.AbstractContextManager:
+        """Wrap ``trainer.fit``: under bf16-mixed in one process, the frozen linear weights (a PEFT backbone's) are
+        cast to bf16 once for the whole fit rather than on every step; trainable ones stay fp32."""
+        return self._bf16_weights(trainer, frozen_only=True)
+
+    def _bf16_weights(self, trainer: L.Trainer, frozen_only: bool) -> contextlib.AbstractContextManager:
+        if trainer.precision == "bf16-mixed" and trainer.world_size == 1:
+            return bf16_linear_weights(self.model, frozen_only)
+        return contextlib.nullcontext()
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         return self.readout.predict(self.model, batch)

@@ -9,8 +9,10 @@ matmuls run in bf16, promptlab's scores are computed in fp32 (``readout``: ``.fl
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import platform
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -64,3 +66,24 @@ def resolve(requested: object, accelerator: str = "cpu", flags: set[str] | None 
         log.warning("trainer.precision=%s on a %s without native bf16: expect it to be several times slower "
                     "than fp32 (trainer.precision=auto picks fp32 here)", value, where)
     return value
+
+
+@contextlib.contextmanager
+def bf16_linear_weights(model: torch.nn.Module, frozen_only: bool = False) -> Iterator[None]:
+    """Under bf16 autocast: the linear layers' weights (``frozen_only``: those that do not train) cast to bf16
+    once for the whole block, the fp32 weights put back after it. Autocast caches its casts only for weights
+    that require grad, so a frozen weight is cast again on every forward: 135M weights per decoded token, which
+    left bf16 decoding no faster than fp32 (scripts/bench/generation.py), and a frozen backbone's weights on
+    every training step. The numbers are the same: autocast rounds the same weights to bf16. The output
+    embedding (tied to the input one) stays fp32: the readouts project with it in fp32."""
+    head = model.get_output_embeddings()
+    saved = [(m, m.weight.data) for m in model.modules()
+             if isinstance(m, torch.nn.Linear) and m is not head and m.weight.dtype == torch.float32
+             and not (frozen_only and m.weight.requires_grad)]
+    try:
+        for m, weight in saved:
+            m.weight.data = weight.to(torch.bfloat16)
+        yield
+    finally:
+        for m, weight in saved:
+            m.weight.data = weight

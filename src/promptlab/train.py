@@ -337,7 +337,8 @@ def fit(p: Plan, module: PromptModule, encoder: Encoder, trainer: L.Trainer, run
              if p.mixture else None)
     datamodule = PromptDataModule(encoder, p.train_rows, [], p.method.cfg.batch_size, p.settings.eval_batch_size,
                                   p.settings.seed, train_items=items, bucket=p.settings.bucket_by_length)
-    with signals.deferred():  # SIGINT/SIGTERM end the run at the end of a step (resume.ResumeCheckpoint)
+    # SIGINT/SIGTERM end the run at the end of a step (resume.ResumeCheckpoint)
+    with signals.deferred(), module.fitting(trainer):
         trainer.fit(module, datamodule=datamodule, ckpt_path=point.checkpoint if point else None)
     checkpoint = run_dir / "checkpoint"
     if trainer.is_global_zero:

@@ -63,7 +63,8 @@ def generation_clock(module: PromptModule) -> Callable[[], float]:
 
 
 def predict_rows(module: PromptModule, items: list[dict], trainer: L.Trainer, batch_size: int) -> list[dict]:
-    batches = trainer.predict(module, dataloaders=eval_loader(items, batch_size))
+    with module.predicting(trainer):
+        batches = trainer.predict(module, dataloaders=eval_loader(items, batch_size))
     return sorted(gather_rows([r for b in batches for r in b], trainer), key=lambda r: r["idx"])
 
 

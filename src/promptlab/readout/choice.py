@@ -27,6 +27,10 @@ class ChoiceReadout:
         self.pad_id = pad_id
         self.prefix = PrefixCache()  # inference: the batch's shared prompt prefix runs once
 
+    def new_pass(self) -> None:
+        """An evaluation pass starts: a prefix cached before (by other weights, another precision) is dropped."""
+        self.prefix.clear()
+
     def scores(self, model: torch.nn.Module, prompts: Sequence[Sequence[int]],
                choices: Sequence[Sequence[Sequence[int]]], task_ids: Sequence[int] | None = None) -> torch.Tensor:
         """(batch, max answers) log-probabilities over each example's answers; -inf pads shorter lists.

@@ -15,6 +15,9 @@ class CoTChoiceReadout:
     def __init__(self, generate: GenerateReadout, choice: ChoiceReadout, answer_cue: str):
         self.gen, self.choice, self.answer_cue = generate, choice, answer_cue
 
+    def new_pass(self) -> None:
+        self.choice.new_pass()
+
     @torch.no_grad()
     def predict(self, model: torch.nn.Module, batch: dict) -> list[dict]:
         tok = self.gen.tokenizer

@@ -65,6 +65,9 @@ class GenerateReadout:
         )
         self.generated_tokens, self.generation_seconds = 0, 0.0
 
+    def new_pass(self) -> None:
+        """Nothing is kept between evaluation passes."""
+
     def loss(self, model: torch.nn.Module, batch: dict) -> torch.Tensor:
         """Mean cross-entropy of the target tokens given the prompt (prompt tokens are not predicted)."""
         prompts, targets = batch["prompt_ids"], batch["target_ids"]

@@ -131,7 +131,12 @@ class PrefixCache:
         self.min_tokens = min_tokens  # a shorter shared prefix is not worth the cache copy
         self.enabled = True
         self.prefix: list[int] = []
+        self.key: tuple = ()
         self.cache = None
+
+    def clear(self) -> None:
+        """Forget the cached prefix (its model's weights are about to change, or have)."""
+        self.prefix, self.key, self.cache = [], (), None
 
     def reuses(self, model: torch.nn.Module) -> bool:
         """Whether caches may be kept and extended for this model now (inference, plain forward, enabled)."""
@@ -161,8 +166,10 @@ class PrefixCache:
             out, hidden = run_keeping_last_hidden(model, input_ids=ids, attention_mask=mask, use_cache=True,
                                                   logits_to_keep=NO_LOGITS.to(device))
             return Pass(hidden, 0, out.past_key_values, mask)
-        if list(sequences[0][:shared]) != self.prefix:
-            self.prefix = list(sequences[0][:shared])
+        # the cache belongs to these tokens, this model and its precision (a bf16 cache must not serve fp32 scoring)
+        key = (id(model), torch.is_autocast_enabled(device.type), torch.get_autocast_dtype(device.type))
+        if list(sequences[0][:shared]) != self.prefix or key != self.key:
+            self.prefix, self.key = list(sequences[0][:shared]), key
             ids = torch.tensor([self.prefix], device=device)
             self.cache = model(input_ids=ids, use_cache=True, logits_to_keep=NO_LOGITS.to(device)).past_key_values
         cache = copy.deepcopy(self.cache)
