@@ -113,7 +113,7 @@ def test_hand_decoding_drops_finished_rows_and_matches_generate(tiny_backbone, a
 
         torch.manual_seed(0)
         model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)).eval()
-    assert G.decodes_by_hand(model)
+    assert G.plain_forward(model)
     tok = tiny_backbone.tokenizer
     texts = ["positive good", "a bad film with love and hate for this movie yes", "great fun movie review", "good"]
     lengths = set()
@@ -122,7 +122,7 @@ def test_hand_decoding_drops_finished_rows_and_matches_generate(tiny_backbone, a
             gen = readout_for(tiny_backbone, max_new_tokens=10, until=until)
             with mock.patch.object(gen, "_finished", wraps=gen._finished) as finished:
                 by_hand = gen.generate(model, prompts)
-            with mock.patch.object(G, "decodes_by_hand", return_value=False):
+            with mock.patch.object(G, "plain_forward", return_value=False):
                 reference = gen.generate(model, prompts)
             assert [(g.text, g.num_tokens) for g in by_hand] == [(g.text, g.num_tokens) for g in reference]
             # one check per live row per step: no step is spent on a row that has finished

@@ -65,7 +65,7 @@ def main() -> dict:
                     tokens += sum(plain_generate(model, backbone.tokenizer, readout, b["prompt_ids"]))
                     continue
                 fast = bf16 and variant == "promptlab"
-                with (mock.patch.object(G, "decodes_by_hand", return_value=variant == "promptlab"),
+                with (mock.patch.object(G, "plain_forward", return_value=variant == "promptlab"),
                       torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast),
                       bf16_linear_weights(model) if fast else contextlib.nullcontext()):  # as module.predicting
                     gens = readout.generate(model, b["prompt_ids"])

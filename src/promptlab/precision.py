@@ -4,7 +4,7 @@ and fp32 elsewhere; any Lightning precision string can also be given.
 bf16 without hardware support is many times *slower* than fp32 on CPU (pytorch #86270, #146508: the
 matmuls fall back to emulation), so ``auto`` looks at the CPU's flags rather than trusting that bf16 is
 always faster. Lightning's ``bf16-mixed`` is ``torch.autocast``: weights and optimiser state stay fp32,
-matmuls run in bf16, promptlab's scores are computed in fp32 (``readout``: ``.float()`` before log-softmax).
+matmuls run in bf16, and the readouts project onto answer tokens in fp32 (``readout.model.project``).
 """
 
 from __future__ import annotations

@@ -242,7 +242,7 @@ def _run(cfg: DictConfig, run_dir: Path, record: RunRecord, point: resume.Resume
 
         record.phase = "loading the model"
         backbone = load_backbone(cfg.model, cfg.paths.cache_dir)
-        record.provenance(model=fingerprint(cfg.model, backbone))
+        record.provenance(model=fingerprint(cfg.model, backbone), precision=p.settings.precision)
         model = p.method.prepare(backbone, p.spec)
         if p.method.trains:
             p.method.checkpoint_activations(model)
@@ -252,7 +252,6 @@ def _run(cfg: DictConfig, run_dir: Path, record: RunRecord, point: resume.Resume
                                         p.settings.checkpoint_every_minutes,
                                         on_start=(lambda step: record.resumed(step, point)) if point else None)
         trainer = make_trainer(cfg, p.settings, run_dir, loggers, p.method.trains, [saver] if p.method.trains else [])
-        record.provenance(precision=p.settings.precision)
         trainable, total = count_parameters(model)
         if p.method.trains:
             log.info("%s trains %s of %s parameters (%.4f%%)", p.method.cfg.name, f"{trainable:,}", f"{total:,}",

@@ -17,6 +17,7 @@ from promptlab.errors import ConfigError
 from promptlab.module import Optim
 from promptlab.prompts import render
 from promptlab.readout import ChoiceReadout, GenerateReadout
+from promptlab.readout.model import base_model
 from promptlab.schema import MethodInfo
 from promptlab.tasks import TaskSpec
 
@@ -137,8 +138,7 @@ class TrainedMethod(Method):
         recompute the rest in the backward pass (transformers' own mechanism; non-reentrant, so a frozen backbone
         needs no input that requires grad). Less memory for long inputs, about a third more compute."""
         if self.gradient_checkpointing:
-            base = model.get_base_model() if hasattr(model, "get_base_model") else model
-            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            base_model(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     def optim(self) -> Optim:
         c = self.cfg

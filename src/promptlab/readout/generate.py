@@ -16,21 +16,11 @@ from promptlab.readout.model import (
     final_hidden_states,
     head_of,
     pad,
+    plain_forward,
     project,
     run_keeping_last_hidden,
     task_inputs,
 )
-
-
-def decodes_by_hand(model: torch.nn.Module) -> bool:
-    """Whether ``GenerateReadout.greedy`` serves this model: a plain transformers model, or a PEFT model whose
-    adapter changes weights only (LoRA, IA3, DoRA); prompt learning and multi-task models use their generate."""
-    from peft import PeftModel
-    from transformers import PreTrainedModel
-
-    if isinstance(model, PeftModel):
-        return not model.active_peft_config.is_prompt_learning
-    return isinstance(model, PreTrainedModel)
 
 
 @dataclass
@@ -87,7 +77,7 @@ class GenerateReadout:
                  task_ids: Sequence[int] | None = None) -> list[Generated]:
         device = head_of(model).weight.device
         start = time.perf_counter()
-        if decodes_by_hand(model):
+        if plain_forward(model):  # a transformers forward: decoded here, finished rows dropped
             new = self.greedy(model, prompts, device)
         else:  # virtual tokens or per-row adapters: their wrappers' own generate
             ids, mask = pad(prompts, self.tokenizer.pad_token_id, device, left=True)

@@ -29,10 +29,14 @@ def task_inputs(model: torch.nn.Module, task_ids: Sequence[int] | None, device: 
     return {"task_ids": torch.as_tensor(list(task_ids), dtype=torch.long, device=device)}
 
 
+def base_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model inside a PEFT wrapper (the model itself when it is not wrapped)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def decoder_of(model: torch.nn.Module) -> torch.nn.Module:
     """The transformer stack (its output: the final, post-norm hidden states) of a plain or wrapped model."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base.get_decoder()
+    return base_model(model).get_decoder()
 
 
 def run_keeping_last_hidden(model: torch.nn.Module, **inputs) -> tuple[object, torch.Tensor]:
