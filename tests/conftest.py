@@ -145,7 +145,8 @@ def compose_config(overrides: Iterable[str] = (), return_hydra_config: bool = Fa
 
 
 PEFT_METHODS = ("prompt_tuning", "prefix_tuning", "p_tuning", "lora", "dora", "ia3", "multitask_prompt_tuning")
-TRAINED_METHODS = (*PEFT_METHODS, "full_finetune")  # test_configs checks this against build_method().trains
+CLIP_METHODS = ("clip_zero_shot", "coop", "linear_probe")  # model.kind=clip only
+TRAINED_METHODS = (*PEFT_METHODS, "full_finetune", "coop", "linear_probe")  # test_configs checks this against build_method().trains
 
 
 def config_names(group: str) -> list[str]:

@@ -15,7 +15,7 @@ import promptlab.train
 from promptlab.data import eval_items
 from promptlab.eval import main as eval_main
 from promptlab.eval import run_eval
-from promptlab.methods import build_method
+from promptlab.methods import Method, build_method
 from promptlab.prompts import Encoder, encode_prompt
 from promptlab.readout import GenerateReadout
 from promptlab.tasks import TaskSpec, load_task
@@ -227,13 +227,13 @@ def test_cot_prompt_starts_the_answer_with_the_trigger(gen_cfg, tiny_tok):
 
 def test_few_shot_cot_on_a_choice_task_writes_its_demonstrations(make_cfg, run_dir, monkeypatch):
     seen = {}
-    real = promptlab.train.Encoder
+    real = Method.encoder
 
-    def spy(tokenizer, spec, demos=(), assistant_prefix=""):
+    def spy(self, backbone, spec, demos):
         seen["demos"] = list(demos)
-        return real(tokenizer, spec, demos, assistant_prefix)
+        return real(self, backbone, spec, demos)
 
-    monkeypatch.setattr(promptlab.train, "Encoder", spy)
+    monkeypatch.setattr(Method, "encoder", spy)
     cfg = make_cfg("method.num_demos=2", "method.max_new_tokens=4", method="few_shot_cot")
     result = promptlab.train.run(cfg, run_dir)
     assert result["status"] == "completed" and result["num_demos"] == 2

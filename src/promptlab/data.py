@@ -26,7 +26,7 @@ def collate(items: list[dict]) -> dict:
 def item_length(item: dict) -> int:
     """Tokens an item puts through the model (the longest answer for choices scored as sequences)."""
     answers = item.get("target_ids") or max(item.get("choice_ids") or [[]], key=len)
-    return len(item["prompt_ids"]) + len(answers)
+    return len(item.get("prompt_ids", ())) + len(answers)  # a CLIP item has pixels only: all alike
 
 
 class LengthBuckets(Sampler[list[int]]):
@@ -108,7 +108,7 @@ class PromptDataModule(L.LightningDataModule):
 
 def eval_items(encoder: Encoder, rows: list[dict]) -> list[dict]:
     # Longest first: padding waste is smallest and an out-of-memory shows up on the first batch.
-    return sorted((encoder.item(r, train=False) for r in rows), key=lambda x: -len(x["prompt_ids"]))
+    return sorted((encoder.item(r, train=False) for r in rows), key=lambda x: -len(x.get("prompt_ids", ())))
 
 
 def eval_loader(items: list[dict], batch_size: int) -> DataLoader:

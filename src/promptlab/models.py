@@ -1,4 +1,8 @@
-"""Loading a backbone: the bundled GGUF (converted once, cached), any Hub id, or a tiny random model."""
+"""Loading a backbone: the bundled GGUF (converted once, cached), any Hub id, or a tiny random model.
+
+``model.kind`` says what it is: ``lm`` (a causal LM), ``vlm`` (a vision-language model that writes text, e.g.
+SmolVLM) or ``clip`` (a contrastive image-text model, e.g. CLIP). Each loads with transformers' own classes
+and, for images, the model's own processor."""
 
 from __future__ import annotations
 
@@ -39,9 +43,12 @@ class Backbone:
     path: str  # a directory or Hub id that from_pretrained accepts (PEFT text init reloads the tokenizer)
     load_seconds: float
     from_cache: bool
+    kind: str = "lm"
+    processor: object = None  # a vision-language or CLIP model's processor (images; its tokenizer is ``tokenizer``)
 
 
 SOURCES = ("bundled_gguf", "hub", "tiny_random")
+KINDS = ("lm", "vlm", "clip")
 HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")  # "gpt2" or "org/name"
 WEIGHT_FILES = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -55,6 +62,12 @@ def check_model(cfg: DictConfig) -> None:
     dtype = cfg.get("dtype", "float32")
     if not isinstance(getattr(torch, str(dtype), None), torch.dtype):
         raise ConfigError(f"model.dtype={dtype!r} is not a torch dtype", "use float32, bfloat16 or float16")
+    kind = cfg.get("kind", "lm")
+    if kind not in KINDS:
+        raise ConfigError(f"unknown model.kind {kind!r}", f"use one of: {', '.join(KINDS)} (lm: a causal LM, vlm: a "
+                          "vision-language model that writes text, clip: a contrastive image-text model)")
+    if source == "bundled_gguf" and kind != "lm":
+        raise ConfigError(f"model.source=bundled_gguf is a text model, but model.kind={kind}", "use model.kind=lm")
     if source == "hub":
         check_hub_id(cfg.get("hub_id"))
 
@@ -84,6 +97,9 @@ def load_backbone(cfg: DictConfig, cache_dir: str | os.PathLike) -> Backbone:
     check_model(cfg)
     start = time.perf_counter()
     dtype = getattr(torch, cfg.get("dtype", "float32"))
+    kind = cfg.get("kind", "lm")
+    if kind != "lm":
+        return _multimodal(cfg, kind, dtype, Path(cache_dir).expanduser(), start)
     if cfg.source == "bundled_gguf":
         path, from_cache = _bundled_gguf_as_safetensors(cfg, Path(cache_dir).expanduser())
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
@@ -99,6 +115,23 @@ def load_backbone(cfg: DictConfig, cache_dir: str | os.PathLike) -> Backbone:
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return Backbone(model, tokenizer, str(path), time.perf_counter() - start, from_cache)
+
+
+def _multimodal(cfg: DictConfig, kind: str, dtype: torch.dtype, cache_dir: Path, start: float) -> Backbone:
+    """A vision-language or CLIP backbone with its processor: built in code (tiny_random) or from the Hub."""
+    if cfg.source == "tiny_random":
+        from promptlab.tiny_multimodal import tiny_clip, tiny_vlm
+
+        model, processor = (tiny_vlm if kind == "vlm" else tiny_clip)(cfg)
+        path, from_cache = str(cache_dir / f"tiny_random_{kind}_processor"), False
+        processor.save_pretrained(path)  # PEFT's text init of a soft prompt reloads the tokenizer from here
+    else:
+        path, from_cache = cfg.hub_id, True
+        model, processor = _from_hub(cfg.hub_id, cfg.get("revision"), dtype, kind)
+    tokenizer = processor.tokenizer
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return Backbone(model.to(dtype), tokenizer, str(path), time.perf_counter() - start, from_cache, kind, processor)
 
 
 def _bundled_gguf_as_safetensors(cfg: DictConfig, cache_dir: Path) -> tuple[Path, bool]:
@@ -151,7 +184,7 @@ def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
         return False
 
 
-def _from_hub(hub_id: str, revision: str | None, dtype: torch.dtype):
+def _from_hub(hub_id: str, revision: str | None, dtype: torch.dtype, kind: str = "lm"):
     if not Path(hub_id).expanduser().is_dir() and not hub_reachable():
         # Say we are offline, or transformers retries the Hub for ~25 s even with local_files_only=True.
         import huggingface_hub.constants
@@ -162,13 +195,19 @@ def _from_hub(hub_id: str, revision: str | None, dtype: torch.dtype):
         except OSError:
             raise ConfigError(
                 f"model '{hub_id}' is not in the local Hugging Face cache and the Hub cannot be reached",
-                "use model=smollm2_135m (bundled, offline), point model.hub_id at a local directory, "
-                "or run where huggingface.co is reachable",
+                ("use model=smollm2_135m (bundled, offline), " if kind == "lm" else
+                 f"use model=tiny_random_{kind} (built in code, offline; random weights), ")
+                + "point model.hub_id at a local copy (a folder written by save_pretrained), or run where "
+                "huggingface.co is reachable once",
             ) from None
-    return (
-        AutoModelForCausalLM.from_pretrained(hub_id, revision=revision, dtype=dtype),
-        AutoTokenizer.from_pretrained(hub_id, revision=revision),
-    )
+    if kind == "lm":
+        return (AutoModelForCausalLM.from_pretrained(hub_id, revision=revision, dtype=dtype),
+                AutoTokenizer.from_pretrained(hub_id, revision=revision))
+    from transformers import AutoModel, AutoModelForImageTextToText, AutoProcessor
+
+    loader = AutoModelForImageTextToText if kind == "vlm" else AutoModel
+    return (loader.from_pretrained(hub_id, revision=revision, dtype=dtype),
+            AutoProcessor.from_pretrained(hub_id, revision=revision))
 
 
 TINY_CORPUS = (

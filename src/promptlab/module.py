@@ -46,8 +46,8 @@ class PromptModule(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.readout.loss(self.model, batch)
-        n = len(batch["prompt_ids"])
-        tokens = sum(len(p) for p in batch["prompt_ids"]) + sum(len(t) for t in batch.get("target_ids", []))
+        n = len(batch["idx"])
+        tokens = sum(len(p) for p in batch.get("prompt_ids", [])) + sum(len(t) for t in batch.get("target_ids", []))
         if self.trainer.world_size > 1:  # data-parallel: count what every rank trained on
             n, tokens = (int(x) for x in self.trainer.strategy.reduce(torch.tensor([n, tokens]), reduce_op="sum"))
         self.examples_seen += n

@@ -75,8 +75,8 @@ def bf16_linear_weights(model: torch.nn.Module, frozen_only: bool = False) -> It
     that require grad, so a frozen weight is cast again on every forward: 135M weights per decoded token, which
     left bf16 decoding no faster than fp32 (scripts/bench/generation.py), and a frozen backbone's weights on
     every training step. The numbers are the same: autocast rounds the same weights to bf16. The output
-    embedding (tied to the input one) stays fp32: the readouts project with it in fp32."""
-    head = model.get_output_embeddings()
+    embedding (tied to the input one) stays fp32: the readouts project with it in fp32 (a CLIP method has none)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     saved = [(m, m.weight.data) for m in model.modules()
              if isinstance(m, torch.nn.Linear) and m is not head and m.weight.dtype == torch.float32
              and not (frozen_only and m.weight.requires_grad)]

@@ -104,6 +104,11 @@ def plan(cfg: DictConfig) -> Plan:
     spec = TaskSpec.from_config(cfg.data)
     method = build_method(cfg.method)
     method.validate(spec)
+    method.check_model(cfg.model.get("kind", "lm"), spec)
+    if spec.image_column and (cfg.get("search") is not None or "contextual" in settings.calibration):
+        raise ConfigError(f"{spec.name} shows images: prompt search and contextual calibration (a content-free "
+                          "input in place of the image) are not supported for image tasks yet",
+                          "drop search=... and use calibration=[] or [batch]")
     if settings.calibration and (spec.output_type != "choice" or spec.choice_columns):
         raise ConfigError(f"calibration={list(settings.calibration)} needs a choice task with one answer set; "
                           f"{spec.name} is {'per-example answers' if spec.choice_columns else spec.output_type}",
@@ -132,6 +137,10 @@ def plan_mixture(cfg: DictConfig, settings: Settings) -> Plan:
     method.num_tasks = len(mixture.train_tasks)  # multitask prompt tuning: one task id per seen task
     for spec in mixture.specs.values():
         method.validate(spec)
+        method.check_model(cfg.model.get("kind", "lm"), spec)
+        if spec.image_column:
+            raise ConfigError(f"mixture={mixture.name} holds the image task {spec.name}: mixtures are text-only for now",
+                              "train on image tasks one at a time")
     mixture.load(cfg.paths.data_root)
     budgets = mixture.budgets(settings.seed) if method.trains else {}
     first = mixture.tasks[mixture.train_tasks[0]]  # a soft prompt's init text: the first seen task's
@@ -162,7 +171,7 @@ def build_module(p: Plan, backbone: Backbone, model: torch.nn.Module) -> tuple[P
     # a mixture trains every task as text-to-text (its answer text's loss); each task is read its own way later
     readout = GenerateReadout(tok, 1) if p.mixture else p.method.readout(tok, p.spec)
     demos = p.method.demos(model, tok, p.spec, p.demos, readout)
-    return PromptModule(model, readout, p.method.optim()), Encoder(tok, p.spec, demos, p.method.assistant_prefix)
+    return PromptModule(model, readout, p.method.optim()), p.method.encoder(backbone, p.spec, demos)
 
 
 def make_trainer(cfg: DictConfig, settings: Settings, run_dir: Path, loggers: list, trains: bool,

@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from promptlab.config import is_whole
 from promptlab.errors import ConfigError
 from promptlab.module import Optim
-from promptlab.prompts import render
+from promptlab.prompts import Content, Encoder, render_content
 from promptlab.readout import ChoiceReadout, GenerateReadout
 from promptlab.readout.model import base_model
 from promptlab.schema import MethodInfo
@@ -42,6 +42,7 @@ class Method:
 
     type: ClassVar[str]
     trains: ClassVar[bool] = False
+    model_kinds: ClassVar[tuple[str, ...]] = ("lm", "vlm")  # the ``model.kind``s it works with
 
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
@@ -64,9 +65,22 @@ class Method:
         if not is_whole(self.num_demos, 0):
             raise ConfigError(f"method.num_demos={self.num_demos!r} is not a whole number >= 0", "use e.g. 4")
 
-    def demo(self, task: TaskSpec, row: dict) -> tuple[str, str]:
-        """A demonstration as a (question, answer) chat turn pair."""
-        return render(task.prompt_template, row), task.target_of(row)
+    def check_model(self, kind: str, task: TaskSpec) -> None:
+        """The model's kind fits this method and the task: ConfigError otherwise (before the model loads)."""
+        n = self.cfg.name
+        if kind not in self.model_kinds:
+            fix = ("use method=clip_zero_shot, coop or linear_probe with a CLIP model, or a vision-language model "
+                   "(model=tiny_random_vlm, smolvlm_256m)" if kind == "clip" else
+                   f"use a {' or '.join(self.model_kinds)} model (model.kind), e.g. model=tiny_random_clip")
+            raise ConfigError(f"method {n} does not work with a model.kind={kind} model", fix)
+        if task.image_column and kind == "lm":
+            raise ConfigError(f"task {task.name} shows images (data.image_column={task.image_column}) and the model "
+                              "is text-only (model.kind=lm)", "use a vision-language model (model=tiny_random_vlm, "
+                              "smolvlm_256m) or a CLIP model with method=clip_zero_shot, coop or linear_probe")
+
+    def demo(self, task: TaskSpec, row: dict) -> tuple[Content, str]:
+        """A demonstration as a (question, answer) chat turn pair (the question with its image, for image tasks)."""
+        return render_content(task.prompt_template, row, task.image_column), task.target_of(row)
 
     @property
     def draws_demos(self) -> bool:
@@ -79,7 +93,7 @@ class Method:
 
         return sample_demos(pool, task, self.num_demos, seed)
 
-    def demos(self, model: torch.nn.Module, tokenizer, task: TaskSpec, rows: list[dict], readout) -> list[tuple[str, str]]:
+    def demos(self, model: torch.nn.Module, tokenizer, task: TaskSpec, rows: list[dict], readout) -> list[tuple[Content, str]]:
         """All demonstrations, once the model is loaded (a method may have the model write part of them)."""
         return [self.demo(task, r) for r in rows]
 
@@ -87,6 +101,13 @@ class Method:
     def demo_costs(self) -> dict[str, float]:
         """What writing the demonstrations cost (generated tokens and seconds; zero when nothing was written)."""
         return {"demo_generated_tokens": 0, "demo_generation_seconds": 0.0, "demo_selection_seconds": 0.0}
+
+    def encoder(self, backbone, task: TaskSpec, demos) -> Encoder:
+        """What turns the task's rows into model inputs (with the images, for a vision-language model)."""
+        from promptlab.vision import ImageBlocks
+
+        images = ImageBlocks(backbone.processor) if backbone.kind == "vlm" and task.image_column else None
+        return Encoder(backbone.tokenizer, task, demos, self.assistant_prefix, images=images)
 
     def readout(self, tokenizer, task: TaskSpec):
         if task.output_type == "choice":
@@ -146,7 +167,7 @@ class TrainedMethod(Method):
 
 
 def build_method(cfg: DictConfig) -> Method:
-    from promptlab.methods import cot, full_finetune, peft_adapter, prompting  # noqa: F401  (registration)
+    from promptlab.methods import clip, cot, full_finetune, peft_adapter, prompting  # noqa: F401  (registration)
 
     kind = cfg.get("type")
     if kind not in REGISTRY:

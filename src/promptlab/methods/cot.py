@@ -32,6 +32,9 @@ class ChainOfThought(Method):
         if not is_whole(c.max_new_tokens, 1):
             raise ConfigError(f"method.max_new_tokens={c.max_new_tokens!r} is not a whole number >= 1",
                               "use e.g. method.max_new_tokens=128 (reasoning length on choice tasks)")
+        if task.image_column:
+            raise ConfigError(f"{c.name} on an image task ({task.name}) is not supported yet",
+                              "use zero_shot or few_shot for image tasks")
 
     def demo(self, task, row: dict) -> tuple[str, str]:
         return render(task.prompt_template, row), f"{self.cfg.trigger} {task.target_of(row)}"

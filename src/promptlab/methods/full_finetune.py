@@ -14,6 +14,4 @@ class FullFinetune(TrainedMethod):
         model.save_pretrained(directory)
 
     def load(self, backbone, directory):
-        from transformers import AutoModelForCausalLM
-
-        return AutoModelForCausalLM.from_pretrained(directory, dtype=backbone.model.dtype).eval()
+        return type(backbone.model).from_pretrained(directory, dtype=backbone.model.dtype).eval()  # its own class

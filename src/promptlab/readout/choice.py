@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from promptlab.readout.model import NO_LOGITS, PrefixCache, head_of, pad, project, run_keeping_last_hidden
+from promptlab.vision import pixel_inputs
 
 
 class ChoiceReadout:
@@ -32,42 +33,48 @@ class ChoiceReadout:
         self.prefix.clear()
 
     def scores(self, model: torch.nn.Module, prompts: Sequence[Sequence[int]],
-               choices: Sequence[Sequence[Sequence[int]]], task_ids: Sequence[int] | None = None) -> torch.Tensor:
+               choices: Sequence[Sequence[Sequence[int]]], task_ids: Sequence[int] | None = None,
+               images: Sequence[Sequence[dict]] | None = None) -> torch.Tensor:
         """(batch, max answers) log-probabilities over each example's answers; -inf pads shorter lists.
-        ``task_ids``: each row's task, for a model serving several (``readout.model.takes_task_ids``)."""
+        ``task_ids``: each row's task, for a model serving several (``readout.model.takes_task_ids``);
+        ``images``: each row's images (pixel inputs, in prompt order), for a vision-language model."""
         shared = all(list(c) == list(choices[0]) for c in choices)
         if shared and all(len(t) == 1 for t in choices[0]):
-            return self._single_token(model, prompts, [t[0] for t in choices[0]], task_ids)
-        return self._sequences(model, prompts, choices, task_ids)
+            return self._single_token(model, prompts, [t[0] for t in choices[0]], task_ids, images)
+        return self._sequences(model, prompts, choices, task_ids, images)
 
     def loss(self, model: torch.nn.Module, batch: dict) -> torch.Tensor:
-        scores = self.scores(model, batch["prompt_ids"], batch["choice_ids"], batch.get("task_id"))
+        scores = self.scores(model, batch["prompt_ids"], batch["choice_ids"], batch.get("task_id"), batch.get("images"))
         return F.nll_loss(scores, batch["labels"])
 
     def predict(self, model: torch.nn.Module, batch: dict) -> list[dict]:
-        logp = self.scores(model, batch["prompt_ids"], batch["choice_ids"], batch.get("task_id")).float().cpu()
+        logp = self.scores(model, batch["prompt_ids"], batch["choice_ids"], batch.get("task_id"),
+                           batch.get("images")).float().cpu()
         return [{"idx": int(i), "label": int(y), "pred": int(s.argmax()),
                  "log_probs": [round(float(v), 5) for v in s[: len(c)]]}
                 for i, y, s, c in zip(batch["idx"], batch["labels"], logp, batch["choice_ids"], strict=True)]
 
-    def _single_token(self, model, prompts, token_rows: list[int], task_ids) -> torch.Tensor:
+    def _single_token(self, model, prompts, token_rows: list[int], task_ids, images) -> torch.Tensor:
         head = head_of(model)
         device = head.weight.device
-        run = self.prefix.hidden_states(model, prompts, self.pad_id, device, min(map(len, prompts)) - 1, task_ids)
+        run = self.prefix.hidden_states(model, prompts, self.pad_id, device, min(map(len, prompts)) - 1, task_ids,
+                                        images=pixel_inputs(images, device) if images else None)
         last = torch.tensor([len(p) - 1 - run.shared for p in prompts], device=device)
         answer = run.states[torch.arange(len(prompts), device=device), last]  # (B, H)
         logits = project(head, answer, torch.tensor(token_rows, device=device))  # (B, C): the only projection
         return logits.log_softmax(-1)
 
-    def _sequences(self, model, prompts, choices, task_ids) -> torch.Tensor:
-        if self.prefix.reuses(model):
+    def _sequences(self, model, prompts, choices, task_ids, images) -> torch.Tensor:
+        if self.prefix.reuses(model) and not images:
             return self._prompt_once(model, prompts, choices)
         head = head_of(model)
         device = head.weight.device
         pairs = [(i, c) for i, cs in enumerate(choices) for c in range(len(cs))]
         sequences = [list(prompts[i]) + list(choices[i][c]) for i, c in pairs]
         pair_tasks = None if task_ids is None else [task_ids[i] for i, _ in pairs]
-        run = self.prefix.hidden_states(model, sequences, self.pad_id, device, min(map(len, prompts)) - 1, pair_tasks)
+        pixels = pixel_inputs([images[i] for i, _ in pairs], device) if images else None
+        run = self.prefix.hidden_states(model, sequences, self.pad_id, device, min(map(len, prompts)) - 1, pair_tasks,
+                                        images=pixels)
         hidden, shared = run.states, run.shared
         seq, pos, targets = [], [], []
         for s, (i, c) in enumerate(pairs):

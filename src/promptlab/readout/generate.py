@@ -21,6 +21,7 @@ from promptlab.readout.model import (
     run_keeping_last_hidden,
     task_inputs,
 )
+from promptlab.vision import pixel_inputs
 
 
 @dataclass
@@ -65,7 +66,8 @@ class GenerateReadout:
         device = head.weight.device
         ids, mask = pad([list(p) + list(t) for p, t in zip(prompts, targets, strict=True)],
                         self.tokenizer.pad_token_id, device)
-        hidden = final_hidden_states(model, ids, mask, batch.get("task_id"))
+        images = batch.get("images")
+        hidden = final_hidden_states(model, ids, mask, batch.get("task_id"), pixel_inputs(images, device) if images else None)
         rows = [i for i, t in enumerate(targets) for _ in t]
         cols = [len(p) - 1 + j for p, t in zip(prompts, targets, strict=True) for j in range(len(t))]
         logits = project(head, hidden[torch.tensor(rows, device=device), torch.tensor(cols, device=device)])
@@ -74,17 +76,19 @@ class GenerateReadout:
 
     @torch.no_grad()
     def generate(self, model: torch.nn.Module, prompts: Sequence[Sequence[int]],
-                 task_ids: Sequence[int] | None = None) -> list[Generated]:
+                 task_ids: Sequence[int] | None = None, images: Sequence[Sequence[dict]] | None = None) -> list[Generated]:
+        """Each prompt's continuation; ``images``: each row's pixel inputs, for a vision-language model."""
         device = head_of(model).weight.device
         start = time.perf_counter()
-        if plain_forward(model):  # a transformers forward: decoded here, finished rows dropped
+        if plain_forward(model) and not images:  # a transformers forward: decoded here, finished rows dropped
             new = self.greedy(model, prompts, device)
-        else:  # virtual tokens or per-row adapters: their wrappers' own generate
+        else:  # virtual tokens, per-row adapters or images: the model's (or its wrapper's) own generate
             ids, mask = pad(prompts, self.tokenizer.pad_token_id, device, left=True)
             stop = StoppingCriteriaList([StopOnGeneratedText(self.tokenizer, ids.shape[1], self.until)] if self.until
                                         else [])
             out = model.generate(input_ids=ids, attention_mask=mask, generation_config=self.config,
-                                 stopping_criteria=stop, **task_inputs(model, task_ids, device))
+                                 stopping_criteria=stop, **task_inputs(model, task_ids, device),
+                                 **(pixel_inputs(images, device) if images else {}))
             new = [row.tolist() for row in out[:, ids.shape[1]:]]
         self.generation_seconds += time.perf_counter() - start
         results = [self._decode(row) for row in new]
@@ -136,6 +140,6 @@ class GenerateReadout:
         return Generated(text[:cut].strip(), n)
 
     def predict(self, model: torch.nn.Module, batch: dict) -> list[dict]:
-        gens = self.generate(model, batch["prompt_ids"], batch.get("task_id"))
+        gens = self.generate(model, batch["prompt_ids"], batch.get("task_id"), batch.get("images"))
         return [{"idx": int(i), "generation": g.text, "references": refs, "generated_tokens": g.num_tokens}
                 for i, g, refs in zip(batch["idx"], gens, batch["references"], strict=True)]

@@ -54,15 +54,16 @@ def run_keeping_last_hidden(model: torch.nn.Module, **inputs) -> tuple[object, t
 
 
 def final_hidden_states(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                        task_ids: Sequence[int] | None = None) -> torch.Tensor:
-    """Last-layer (post-norm) hidden states, shape (batch, len, hidden), for plain and PEFT-wrapped models.
+                        task_ids: Sequence[int] | None = None, images: dict | None = None) -> torch.Tensor:
+    """Last-layer (post-norm) hidden states, shape (batch, len, hidden), for plain and PEFT-wrapped models;
+    ``images``: a vision-language model's pixel inputs for these rows (``vision.pixel_inputs``).
 
     The LM head is skipped: callers project only the positions they need (the vocabulary projection of
     every position is the largest tensor of a forward pass).
     """
     _, hidden = run_keeping_last_hidden(
         model, input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=NO_LOGITS.to(input_ids.device),
-        use_cache=False, **task_inputs(model, task_ids, input_ids.device))
+        use_cache=False, **task_inputs(model, task_ids, input_ids.device), **(images or {}))
     # Prompt tuning prepends virtual tokens (prefix tuning puts them in the cache instead): keep the positions of
     # the real input, which come last.
     return hidden[:, -input_ids.shape[1]:]
@@ -146,9 +147,11 @@ class PrefixCache:
         """Whether caches may be kept and extended for this model now (inference, plain forward, enabled)."""
         return self.enabled and not torch.is_grad_enabled() and not model.training and plain_forward(model)
 
-    def applies(self, model: torch.nn.Module, sequences: Sequence[Sequence[int]], limit: int) -> int:
-        """The length (at most ``limit``) of the shared prefix to reuse for these sequences; 0: no cache."""
-        if len(sequences) < 2 or not self.reuses(model):
+    def applies(self, model: torch.nn.Module, sequences: Sequence[Sequence[int]], limit: int,
+                images: dict | None = None) -> int:
+        """The length (at most ``limit``) of the shared prefix to reuse for these sequences; 0: no cache (also
+        with images: their tokens stand for pixels the cache would have to be keyed on)."""
+        if len(sequences) < 2 or images or not self.reuses(model):
             return 0
         n = min(limit, min(len(s) for s in sequences) - 1)  # every sequence keeps a token of its own
         if self.prefix and len(self.prefix) <= n and all(list(s[: len(self.prefix)]) == self.prefix for s in sequences):
@@ -159,14 +162,15 @@ class PrefixCache:
 
     def hidden_states(self, model: torch.nn.Module, sequences: Sequence[Sequence[int]], pad_id: int,
                       device: torch.device, limit: int, task_ids: Sequence[int] | None = None,
-                      keep_cache: bool = False) -> Pass:
+                      keep_cache: bool = False, images: dict | None = None) -> Pass:
         """The last-layer hidden states of the right-padded sequences after their shared prefix (at most ``limit``
-        tokens: the first position whose hidden state the caller reads); ``keep_cache``: with their cache."""
-        shared = self.applies(model, sequences, limit)
+        tokens: the first position whose hidden state the caller reads); ``keep_cache``: with their cache;
+        ``images``: the rows' pixel inputs (a vision-language model)."""
+        shared = self.applies(model, sequences, limit, images)
         if not shared:
             ids, mask = pad(sequences, pad_id, device)
             if not keep_cache:
-                return Pass(final_hidden_states(model, ids, mask, task_ids), 0)
+                return Pass(final_hidden_states(model, ids, mask, task_ids, images), 0)
             out, hidden = run_keeping_last_hidden(model, input_ids=ids, attention_mask=mask, use_cache=True,
                                                   logits_to_keep=NO_LOGITS.to(device))
             return Pass(hidden, 0, out.past_key_values, mask)

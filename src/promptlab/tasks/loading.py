@@ -13,6 +13,7 @@ from promptlab.config import optional_whole_number
 from promptlab.errors import ConfigError
 from promptlab.prompts import template_fields
 from promptlab.tasks.spec import TaskSpec
+from promptlab.vision import check_images, resolve_paths
 
 EVAL_SUBSET_SEED = 0  # eval_limit takes the same examples for every run, so runs stay comparable
 DEV_SPLIT_SEED = 1234  # the dev carve-out is the same for every run and seed
@@ -122,9 +123,12 @@ def read_split(spec: TaskSpec, split: str, data_root: str | None) -> list[dict]:
     if path is not None:
         builder, kwargs = BUILDERS[path.suffix]
         try:  # to_list() too: text that is not UTF-8 may only fail when it is decoded
-            return datasets.load_dataset(builder, data_files={split: str(path)}, split=split, **kwargs).to_list()
+            rows = datasets.load_dataset(builder, data_files={split: str(path)}, split=split, **kwargs).to_list()
         except Exception as err:  # the builders raise many types for a malformed file
             raise _unreadable(path, err) from None
+        if spec.image_column:
+            resolve_paths(rows, spec.image_column, path.parent)
+        return rows
     from promptlab.models import hub_reachable
 
     if not spec.hub.get("path"):
@@ -134,7 +138,10 @@ def read_split(spec: TaskSpec, split: str, data_root: str | None) -> list[dict]:
         raise ConfigError(f"no local copy of {spec.name} (data root: {data_root or 'unset'}) and the Hub cannot be "
                           f"reached to fetch '{spec.hub['path']}'",
                           f"set PROMPTLAB_DATA to a folder holding {spec.local_dir or spec.name}/, or run with network")
-    return datasets.load_dataset(spec.hub["path"], spec.hub.get("name"), split=split).to_list()
+    data = datasets.load_dataset(spec.hub["path"], spec.hub.get("name"), split=split)
+    if spec.image_column in data.features:  # keep images as bytes until a processor reads them
+        data = data.cast_column(spec.image_column, datasets.Image(decode=False))
+    return data.to_list()
 
 
 def _unreadable(path: Path, err: Exception) -> ConfigError:
@@ -161,6 +168,8 @@ def validate_rows(rows: list[dict], spec: TaskSpec, where: str) -> None:
     if missing:
         raise ConfigError(f"{where} lacks column(s) {missing}; it has {sorted(rows[0])}",
                           "fix the data config's templates / columns, or the data file")
+    if spec.image_column:
+        check_images(rows, spec.image_column, where)
     text_fields = sorted(needed - {spec.label_column})
     for i, row in enumerate(rows):
         empty = [c for c in text_fields if row.get(c) is None]

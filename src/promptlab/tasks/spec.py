@@ -8,6 +8,9 @@ The ``output_type`` picks the readout, as in lm-evaluation-harness:
   what trained methods learn to write and what few-shot demonstrations show; the metric compares the
   model's text, after ``filters``, with the references (``reference_column`` or the target, after
   ``reference_filters``).
+An image task names its ``image_column`` (paths, relative to the data file, or image bytes) and shows the image
+where a template names that column: ``"{image}What colour is the shape?"``. A vision-language model reads it
+through its processor; a CLIP model scores the image against ``clip_templates`` filled with each answer word.
 Every check here raises ``ConfigError`` and runs before any model loads.
 """
 
@@ -44,6 +47,9 @@ class TaskSpec:
     # before it. null: the columns of template 0, one per line ("{sentence}"; "Premise: {premise}" for several).
     input_template: str | None = None
     prompt_init_text: str = ""  # soft prompt initialisation text (prompt tuning, init=text)
+    image_column: str | None = None  # image tasks: the column holding each row's image
+    # CLIP's hand-written prompts over each answer word, averaged (Radford et al. 2021 ensemble prompts this way)
+    clip_templates: list[str] = field(default_factory=lambda: ["a photo of a {label}."])
     # where the rows are: local files under data_root/local_dir ({split}.jsonl|.json|.csv|.tsv|.parquet), else Hub
     source: str = "auto"
     local_dir: str | None = None
@@ -161,6 +167,8 @@ class TaskSpec:
             if not isinstance(text, str) or not template_fields(text):
                 raise ConfigError(f"{n}: template {i} has no {{column}} placeholder, so every prompt is identical",
                                   "put the input column(s) in the template, e.g. {sentence}")
+        if self.image_column is not None:
+            self._validate_images()
         if self.input_template is not None and not template_fields(str(self.input_template)):
             raise ConfigError(f"{n}: input_template {self.input_template!r} has no {{column}} placeholder",
                               "write the inputs as a template, e.g. '{sentence}', or use input_template: null")
@@ -177,6 +185,18 @@ class TaskSpec:
         if self.output_type == "generate" and any(f.get("type") == "map_choice" for f in self.filters):
             raise ConfigError(f"{n}: the map_choice filter needs answer choices, and a generate task has none",
                               "drop it, or make the task output_type: choice")
+
+    def _validate_images(self) -> None:
+        n, col = self.name, self.image_column
+        if not isinstance(col, str) or not col:
+            raise ConfigError(f"{n}: data.image_column={col!r} is not a column name", "name the image column, e.g. image")
+        for i, text in enumerate(self.templates):
+            if col not in template_fields(text):
+                raise ConfigError(f"{n}: template {i} does not show the image (no {{{col}}} in it)",
+                                  f"put {{{col}}} where the image goes, e.g. '{{{col}}}What is shown?'")
+        if not self.clip_templates or any("{label}" not in str(t) for t in self.clip_templates):
+            raise ConfigError(f"{n}: data.clip_templates={self.clip_templates} need {{label}} in each",
+                              "write them like 'a photo of a {label}.'")
 
     def _validate_choice(self) -> None:
         n = self.name

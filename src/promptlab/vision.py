@@ -1,0 +1,118 @@
+"""Images: reading an image column's values, checking them before any model loads, and turning them into what a
+vision-language model reads (each image's block of image tokens and its pixels, from the model's own processor).
+
+A task's images come from ``datasets`` (a path, ``{"bytes", "path"}`` as its ``Image`` feature stores them, or a
+decoded PIL image). A prompt shows an image where its template names the image column, e.g.
+``"{image}What colour is the shape?"``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from promptlab.errors import ConfigError
+
+
+def resolve_paths(rows: list[dict], column: str, base: Path) -> None:
+    """Relative image paths in a local data file mean "next to the file": made absolute here, in place."""
+    for row in rows:
+        value = row.get(column)
+        if isinstance(value, str) and not os.path.isabs(value):
+            row[column] = str(base / value)
+        elif isinstance(value, dict) and isinstance(value.get("path"), str) and not value.get("bytes") \
+                and not os.path.isabs(value["path"]):
+            row[column] = {**value, "path": str(base / value["path"])}
+
+
+def open_image(value: object) -> Image.Image:
+    """An RGB PIL image from a path, ``{"bytes", "path"}`` or a PIL image; ValueError when it is none of these."""
+    if isinstance(value, Image.Image):
+        image = value
+    elif isinstance(value, dict) and value.get("bytes"):
+        image = Image.open(io.BytesIO(value["bytes"]))
+    elif isinstance(value, dict) and value.get("path"):
+        image = Image.open(value["path"])
+    elif isinstance(value, str) and value:
+        image = Image.open(value)
+    else:
+        raise ValueError(f"not an image: {str(value)[:80]!r} (a path, {{'bytes', 'path'}} or a PIL image)")
+    return image.convert("RGB")
+
+
+def check_images(rows: Sequence[Mapping], column: str, where: str) -> None:
+    """Every row's image can be opened (its header read; cheap): one ConfigError naming the first that cannot."""
+    for i, row in enumerate(rows):
+        value = row.get(column)
+        try:
+            if isinstance(value, Image.Image):
+                continue
+            with (Image.open(io.BytesIO(value["bytes"])) if isinstance(value, dict) and value.get("bytes")
+                  else Image.open(value["path"] if isinstance(value, dict) else value)) as image:
+                image.size  # noqa: B018  (reading the header is the check)
+        except (OSError, UnidentifiedImageError, ValueError, TypeError, KeyError, AttributeError) as err:
+            raise ConfigError(f"{where} row {i}: column {column!r} is not a readable image ({err})",
+                              "give a path to an image file (relative to the data file), or image bytes") from None
+
+
+class ImageBlocks:
+    """A vision-language processor's view of images: each image's token block (e.g. Idefics3's
+    ``<fake_token_around_image><global-img><image>*64<fake_token_around_image>``) and its pixel tensors, computed
+    once per image (few-shot demonstrations repeat the same images in every prompt)."""
+
+    def __init__(self, processor):
+        self.processor = processor
+        self.token = processor.image_token  # what the chat template writes where an image goes
+        self._cache: dict[object, tuple[list[int], dict[str, torch.Tensor]]] = {}
+
+    def block(self, value: object) -> tuple[list[int], dict[str, torch.Tensor]]:
+        """(token ids, pixel inputs) of one image; the pixel inputs are the processor's, for that image alone."""
+        key = value if isinstance(value, str) else id(value)
+        if key not in self._cache:
+            try:
+                out = self.processor(text=self.token, images=[open_image(value)], add_special_tokens=False,
+                                     return_tensors="pt")
+            except (OSError, ValueError, TypeError) as err:
+                raise ConfigError(f"the model's processor rejects the image {str(value)[:80]!r}: {err}",
+                                  "convert the image to RGB PNG or JPEG") from None
+            pixels = {k: v[0] for k, v in out.items() if k.startswith("pixel")}
+            self._cache[key] = (out["input_ids"][0].tolist(), pixels)
+        return self._cache[key]
+
+
+def pixel_inputs(images: Sequence[Sequence[dict[str, torch.Tensor]]], device: torch.device) -> dict[str, torch.Tensor]:
+    """The model's image inputs for a batch: each row's images (in prompt order), zero-padded to the batch's most
+    images and largest size, as Idefics3-style models take them (``pixel_values`` of shape (rows, images, C, H,
+    W), all-zero images are padding, and ``pixel_attention_mask`` marks real pixels)."""
+    rows = [row for row in images if row]
+    if not rows:
+        return {}
+    values = [torch.cat([im["pixel_values"] for im in row]) if row else None for row in images]
+    masks = [torch.cat([_mask(im) for im in row]) if row else None for row in images]
+    n = max(v.shape[0] for v in values if v is not None)
+    c = rows[0][0]["pixel_values"].shape[1]
+    h = max(v.shape[2] for v in values if v is not None)
+    w = max(v.shape[3] for v in values if v is not None)
+    batch = torch.zeros(len(images), n, c, h, w, dtype=rows[0][0]["pixel_values"].dtype)
+    mask = torch.zeros(len(images), n, h, w, dtype=torch.long)
+    for i, (v, m) in enumerate(zip(values, masks, strict=True)):
+        if v is not None:
+            batch[i, : v.shape[0], :, : v.shape[2], : v.shape[3]] = v
+            mask[i, : m.shape[0], : m.shape[1], : m.shape[2]] = m
+    out = {"pixel_values": batch.to(device)}
+    if "pixel_attention_mask" in rows[0][0]:
+        out["pixel_attention_mask"] = mask.to(device)
+    return out
+
+
+def _mask(image: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The processor's mask of real pixels, or all of them when it gives none."""
+    if "pixel_attention_mask" in image:
+        return image["pixel_attention_mask"].long()
+    v = image["pixel_values"]
+    return torch.ones(v.shape[0], v.shape[2], v.shape[3], dtype=torch.long)

@@ -1,0 +1,224 @@
+"""Image tasks on the tiny random vision-language model (Idefics3, SmolVLM's architecture) and the tiny CLIP: every
+method trains only its own weights and reloads to the same predictions, prompts render through the processor's
+chat template, batched image scores equal per-row ones, CoOp learns the synthetic colour task, and bad input is
+one clear message before the model loads."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import compose_config, read_predictions, write_jsonl
+
+import promptlab.train
+from promptlab import eval as eval_cli
+from promptlab.errors import ConfigError
+from promptlab.methods import build_method
+from promptlab.models import load_backbone
+from promptlab.module import PromptModule
+from promptlab.prompts import build_messages, encode_multimodal, render_content
+from promptlab.readout import ChoiceReadout
+from promptlab.tasks import TaskSpec, load_task
+from promptlab.tasks.shapes import make
+from promptlab.train import plan
+from promptlab.vision import ImageBlocks, pixel_inputs
+
+
+@pytest.fixture
+def image_root(tmp_path):
+    make(tmp_path / "data" / "colours", train=16, validation=8, size=32)
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def mm_cfg(tmp_path, image_root):
+    """A fast config on the synthetic colours task: ``mm_cfg("vlm", "prompt_tuning", "method.lr=0.1")``."""
+
+    def _make(kind: str, method: str, *overrides: str, data: str = "colours"):
+        base = [f"model=tiny_random_{kind}", f"method={method}", f"data={data}", f"paths.data_root={image_root}",
+                f"paths.cache_dir={tmp_path / 'cache'}", "logger=none", "eval_batch_size=4"]
+        base.append("data.k_shot=2" if data == "colours" else "data.train_size=8")
+        if build_method(compose_config([f"method={method}"]).method).trains:
+            base += ["method.max_steps=2", "method.batch_size=4"]
+        return compose_config([*base, *overrides])
+
+    return _make
+
+
+@pytest.fixture
+def captured(monkeypatch):
+    """The model each run trains, with a copy of every weight as it was before training."""
+    seen = {}
+    real = PromptModule.__init__
+
+    def spy(self, model, readout, optim=None):
+        seen["model"], seen["before"] = model, {n: p.detach().clone() for n, p in model.named_parameters()}
+        real(self, model, readout, optim)
+
+    monkeypatch.setattr(PromptModule, "__init__", spy)
+    return seen
+
+
+TRAINED = [("vlm", "prompt_tuning"), ("vlm", "lora"), ("vlm", "ia3"), ("vlm", "full_finetune"), ("clip", "coop"),
+           ("clip", "linear_probe")]
+
+
+@pytest.mark.parametrize(("kind", "method"), TRAINED)
+def test_multimodal_method_trains_only_its_own_weights_and_reloads(mm_cfg, captured, run_dir, kind, method):
+    cfg = mm_cfg(kind, method, "method.lr=0.05" if method in ("coop", "linear_probe") else "method.max_steps=2")
+    result = promptlab.train.run(cfg, run_dir)
+    assert result["status"] == "completed", result.get("error")
+    model, before = captured["model"], captured["before"]
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable, "nothing trains"
+    for name, p in model.named_parameters():
+        changed = not torch.equal(p.detach(), before[name])
+        assert changed == (name in trainable), f"{name}: trainable={name in trainable}, changed={changed}"
+    costs = result["costs"]
+    assert costs["trainable_params"] == sum(model.get_parameter(n).numel() for n in trainable)
+    assert costs["stored_params"] == costs["trainable_params"] and costs["checkpoint_bytes"] > 0  # what trained
+
+    record, out = eval_cli.run_eval(run_dir, [])  # a fresh backbone + the stored weights
+    assert record["status"] == "completed"
+    again = sorted((r["idx"], r["log_probs"]) for r in read_predictions(out))
+    assert again == sorted((r["idx"], r["log_probs"]) for r in read_predictions(run_dir))
+
+
+@pytest.mark.parametrize(("kind", "method"), [("vlm", "zero_shot"), ("vlm", "few_shot"), ("clip", "clip_zero_shot")])
+def test_prompting_rows_on_images(mm_cfg, run_dir, kind, method):
+    result = promptlab.train.run(mm_cfg(kind, method), run_dir)
+    assert result["status"] == "completed", result.get("error")
+    assert result["costs"]["trainable_params"] == 0 and result["costs"]["stored_params"] == 0
+    rows = read_predictions(run_dir)
+    assert len(rows) == 8 and all(len(r["log_probs"]) == 4 for r in rows)
+
+
+@pytest.mark.parametrize("method", ["zero_shot", "prompt_tuning"])
+def test_captions_are_generated_from_images(mm_cfg, run_dir, method):
+    result = promptlab.train.run(mm_cfg("vlm", method, data="shape_captions"), run_dir)
+    assert result["status"] == "completed", result.get("error")
+    rows = read_predictions(run_dir)
+    assert len(rows) == 8 and all(r["references"][0].startswith("a ") and "generation" in r for r in rows)
+    assert result["costs"]["generated_tokens"] > 0
+
+
+def test_few_shot_prompt_renders_through_the_processors_chat_template(tmp_path, image_root):
+    """The prompt's tokens and pixels are what the processor makes of the chat template's text, demonstrations'
+    images interleaved; answers start as the template writes them ("Assistant: red")."""
+    cfg = compose_config(["model=tiny_random_vlm", "data=colours", "method=few_shot", "method.num_demos=2"])
+    spec = TaskSpec.from_config(cfg.data)
+    task = load_task(spec, str(image_root))
+    backbone = load_backbone(cfg.model, tmp_path / "cache")
+    method = build_method(cfg.method)
+    demos = [method.demo(spec, r) for r in task.train[:2]]
+    row = task.eval[0]
+    item = method.encoder(backbone, spec, demos).item(row, train=False)
+
+    messages = build_messages(render_content(spec.prompt_template, row, "image"), demos, spec.system_prompt)
+    processor = backbone.processor
+    typed = [{**m, "content": [{"type": "text", "text": m["content"]}] if isinstance(m["content"], str) else m["content"]}
+             for m in messages]
+    text = processor.apply_chat_template(typed, add_generation_prompt=True)
+    images = [p["image"] for m in typed for p in m["content"] if p["type"] == "image"]
+    from promptlab.vision import open_image
+
+    reference = processor(text=text, images=[[open_image(i) for i in images]], return_tensors="pt")
+    assert item["prompt_ids"] == reference["input_ids"][0].tolist()
+    assert text.count("<image>") == len(item["images"]) == 3  # two demonstrations' images, then the query's
+    pixels = pixel_inputs([item["images"]], torch.device("cpu"))
+    assert torch.equal(pixels["pixel_values"], reference["pixel_values"])
+    tok = backbone.tokenizer
+    assert "Assistant: red" in tok.decode(item["prompt_ids"]) or "Assistant: green" in tok.decode(item["prompt_ids"])
+    assert tok.decode(item["choice_ids"][0]) == " red"  # "Assistant:" + " red", as the template writes answers
+    ids, _ = encode_multimodal(tok, ImageBlocks(processor), messages)
+    assert ids == item["prompt_ids"]
+
+
+def test_batched_image_scores_equal_scores_one_row_at_a_time(tmp_path, image_root):
+    """Rows with different numbers of images in one batch: the padding images change nothing."""
+    cfg = compose_config(["model=tiny_random_vlm", "data=colours", "method=few_shot", "method.num_demos=1"])
+    spec = TaskSpec.from_config(cfg.data)
+    task = load_task(spec, str(image_root))
+    backbone = load_backbone(cfg.model, tmp_path / "cache")
+    method = build_method(cfg.method)
+    zero = method.encoder(backbone, spec, [])
+    one = method.encoder(backbone, spec, [method.demo(spec, task.train[0])])
+    items = [zero.item(task.eval[0], False), one.item(task.eval[1], False), zero.item(task.eval[2], False)]
+    assert [len(x["images"]) for x in items] == [1, 2, 1]
+    readout, model = ChoiceReadout(backbone.tokenizer.pad_token_id), backbone.model.eval()
+
+    def scores(xs):
+        return readout.scores(model, [x["prompt_ids"] for x in xs], [x["choice_ids"] for x in xs], None,
+                              [x["images"] for x in xs])
+
+    with torch.no_grad():
+        batched = scores(items)
+        alone = torch.cat([scores([x]) for x in items])
+    torch.testing.assert_close(batched, alone, atol=1e-5, rtol=1e-5)
+
+
+def test_coop_beats_chance_on_the_colour_task(tmp_path, run_dir):
+    make(tmp_path / "d" / "colours", train=64, validation=32, size=64)
+    cfg = compose_config(["model=tiny_random_clip", "method=coop", "data=colours", f"paths.data_root={tmp_path / 'd'}",
+                          f"paths.cache_dir={tmp_path / 'cache'}", "logger=none", "method.context=''",
+                          "method.n_ctx=16", "method.lr=0.01", "method.max_steps=100"])
+    result = promptlab.train.run(cfg, run_dir)
+    assert result["status"] == "completed", result.get("error")
+    assert result["metrics"]["accuracy"] >= 0.4  # chance: 0.25 (4 colours); 32 examples
+
+
+@pytest.mark.parametrize(("kind", "method", "extra", "match"), [
+    ("lm", "zero_shot", [], "text-only"),
+    ("vlm", "coop", [], "does not work with a model.kind=vlm"),
+    ("clip", "zero_shot", [], "does not work with a model.kind=clip"),
+    ("clip", "coop", ["data=sst2"], "classifies images"),
+    ("vlm", "zero_shot", ["data.image_column=picture"], "does not show the image"),
+    ("vlm", "zero_shot", ["search=templates"], "not supported for image tasks"),
+    ("vlm", "zero_shot_cot", [], "not supported yet"),
+    ("vlm", "zero_shot", ["model.kind=banana"], "unknown model.kind"),
+])
+def test_bad_multimodal_configs_are_one_message_before_the_model_loads(image_root, kind, method, extra, match):
+    overrides = [o for o in extra if not o.startswith("data=")]
+    data = next((o.split("=")[1] for o in extra if o.startswith("data=")), "colours")
+    model = "tiny_random" if kind == "lm" else f"tiny_random_{kind}"
+    cfg = compose_config([f"model={model}", f"method={method}", f"data={data}", "logger=none",
+                          f"paths.data_root={image_root}", *overrides])
+    with pytest.raises(ConfigError, match=match):
+        plan(cfg)
+
+
+@pytest.mark.parametrize(("value", "write"), [("missing.png", None), ("notes.png", b"not an image")])
+def test_unreadable_images_are_named_before_the_model_loads(mm_cfg, image_root, value, write):
+    folder = image_root / "colours"
+    if write:
+        (folder / value).write_bytes(write)
+    rows = [json.loads(line) for line in (folder / "validation.jsonl").read_text().splitlines()]
+    rows[3]["image"] = value
+    write_jsonl(folder / "validation.jsonl", rows)
+    with pytest.raises(ConfigError, match="validation row 3: column 'image' is not a readable image"):
+        plan(mm_cfg("vlm", "zero_shot"))
+
+
+def test_a_missing_image_column_is_named(mm_cfg, image_root):
+    folder = image_root / "colours"
+    rows = [{k: v for k, v in json.loads(line).items() if k != "image"}
+            for line in (folder / "train.jsonl").read_text().splitlines()]
+    write_jsonl(folder / "train.jsonl", rows)
+    with pytest.raises(ConfigError, match=r"lacks column\(s\) \['image'\]"):
+        plan(mm_cfg("clip", "coop"))
+
+
+def test_an_image_the_processor_rejects_is_one_message(tmp_path, image_root):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes((image_root / "colours" / "images" / "train_0000.png").read_bytes()[:60])  # header only
+    backbone = load_backbone(compose_config(["model=tiny_random_vlm"]).model, tmp_path / "cache")
+    with pytest.raises(ConfigError, match="rejects the image"):
+        ImageBlocks(backbone.processor).block(str(broken))
+
+
+def test_real_vlms_offline_fail_fast_naming_the_offline_models(tmp_path):
+    cfg = compose_config(["model=smolvlm_256m"]).model
+    with pytest.raises(ConfigError, match="not in the local Hugging Face cache") as err:
+        load_backbone(cfg, tmp_path / "cache")
+    assert "tiny_random_vlm" in err.value.fix
