@@ -222,3 +222,53 @@ def test_real_vlms_offline_fail_fast_naming_the_offline_models(tmp_path):
     with pytest.raises(ConfigError, match="not in the local Hugging Face cache") as err:
         load_backbone(cfg, tmp_path / "cache")
     assert "tiny_random_vlm" in err.value.fix
+
+
+def test_the_image_reaches_the_model(tmp_path, image_root):
+    """Two rows with the same prompt text and different images get different scores (and the same image, the same)."""
+    cfg = compose_config(["model=tiny_random_vlm", "data=colours", "method=zero_shot"])
+    spec = TaskSpec.from_config(cfg.data)
+    task = load_task(spec, str(image_root))
+    backbone = load_backbone(cfg.model, tmp_path / "cache")
+    encoder = build_method(cfg.method).encoder(backbone, spec, [])
+    a, b = (encoder.item(r, False) for r in task.eval[:2])
+    assert a["prompt_ids"] == b["prompt_ids"] and a["images"] is not b["images"]
+    readout = ChoiceReadout(backbone.tokenizer.pad_token_id)
+    with torch.no_grad():
+        s = readout.scores(backbone.model.eval(), [a["prompt_ids"]] * 3, [a["choice_ids"]] * 3, None,
+                           [a["images"], b["images"], a["images"]])
+    assert not torch.allclose(s[0], s[1]) and torch.allclose(s[0], s[2])
+
+
+def test_the_report_shows_multimodal_rows_like_any_other(mm_cfg, tmp_path):
+    """CLIP and VLM rows on one image task: one table, a Model column to tell the backbones apart, their costs."""
+    from promptlab.report import write_report
+
+    for kind, method in [("clip", "clip_zero_shot"), ("clip", "linear_probe"), ("vlm", "zero_shot")]:
+        assert promptlab.train.run(mm_cfg(kind, method), tmp_path / "runs" / method)["status"] == "completed"
+    write_report(tmp_path / "runs", tmp_path / "report")
+    table = (tmp_path / "report" / "table.md").read_text()
+    for text in ("CLIP zero-shot", "Linear probe", "Zero-shot", "tiny_random_clip", "tiny_random_vlm", "| Model"):
+        assert text in table
+    assert (tmp_path / "report" / "index.html").is_file()
+
+
+def test_an_imagefolder_split_is_read_with_its_class_folders(tmp_path, mm_cfg, image_root):
+    """<split>/<class>/<image>: datasets' imagefolder builder; labels are the class folders in name order."""
+    import shutil
+
+    folder = image_root / "colours"
+    names = ["blue", "green", "red", "yellow"]  # sorted folder names: the label ids
+    for split in ("train", "validation"):
+        for line in (folder / f"{split}.jsonl").read_text().splitlines():
+            row = json.loads(line)
+            colour = row["caption"].split()[1]
+            (folder / split / colour).mkdir(parents=True, exist_ok=True)
+            shutil.copy(folder / row["image"], folder / split / colour / f"{row['idx']}.png")
+        (folder / f"{split}.jsonl").unlink()
+    cfg = mm_cfg("clip", "clip_zero_shot", f"data.choices=[{','.join(names)}]")
+    p = plan(cfg)
+    assert len(p.task.eval) == 8 and {r["label"] for r in p.task.eval} == {0, 1, 2, 3}
+    for row in p.task.eval:
+        assert f"/{names[row['label']]}/" in row["image"]["path"]
+    assert p.task.sources["validation"].startswith("validation sha256:")

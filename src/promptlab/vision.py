@@ -30,32 +30,34 @@ def resolve_paths(rows: list[dict], column: str, base: Path) -> None:
             row[column] = {**value, "path": str(base / value["path"])}
 
 
-def open_image(value: object) -> Image.Image:
-    """An RGB PIL image from a path, ``{"bytes", "path"}`` or a PIL image; ValueError when it is none of these."""
+def _lazy(value: object) -> Image.Image:
+    """A PIL image opened from a path, ``{"bytes", "path"}`` or a PIL image: only its header is read yet."""
     if isinstance(value, Image.Image):
-        image = value
-    elif isinstance(value, dict) and value.get("bytes"):
-        image = Image.open(io.BytesIO(value["bytes"]))
-    elif isinstance(value, dict) and value.get("path"):
-        image = Image.open(value["path"])
-    elif isinstance(value, str) and value:
-        image = Image.open(value)
-    else:
-        raise ValueError(f"not an image: {str(value)[:80]!r} (a path, {{'bytes', 'path'}} or a PIL image)")
-    return image.convert("RGB")
+        return value
+    if isinstance(value, dict) and value.get("bytes"):
+        return Image.open(io.BytesIO(value["bytes"]))
+    if isinstance(value, dict) and value.get("path"):
+        return Image.open(value["path"])
+    if isinstance(value, str) and value:
+        return Image.open(value)
+    raise ValueError(f"not an image: {str(value)[:80]!r} (a path, {{'bytes', 'path'}} or a PIL image)")
+
+
+def open_image(value: object) -> Image.Image:
+    """The RGB image a column value holds (see ``_lazy``)."""
+    return _lazy(value).convert("RGB")
 
 
 def check_images(rows: Sequence[Mapping], column: str, where: str) -> None:
     """Every row's image can be opened (its header read; cheap): one ConfigError naming the first that cannot."""
     for i, row in enumerate(rows):
         value = row.get(column)
+        if isinstance(value, Image.Image):
+            continue
         try:
-            if isinstance(value, Image.Image):
-                continue
-            with (Image.open(io.BytesIO(value["bytes"])) if isinstance(value, dict) and value.get("bytes")
-                  else Image.open(value["path"] if isinstance(value, dict) else value)) as image:
-                image.size  # noqa: B018  (reading the header is the check)
-        except (OSError, UnidentifiedImageError, ValueError, TypeError, KeyError, AttributeError) as err:
+            with _lazy(value):  # opening reads the header: the check; closing frees the file
+                pass
+        except (OSError, UnidentifiedImageError, ValueError) as err:
             raise ConfigError(f"{where} row {i}: column {column!r} is not a readable image ({err})",
                               "give a path to an image file (relative to the data file), or image bytes") from None
 

@@ -159,9 +159,11 @@ def point_labels(summary: pd.DataFrame) -> pd.Series:
 
 
 def _varying(rows: pd.DataFrame) -> list[str]:
-    """The variant columns needed to tell a method's rows apart (e.g. budget, when a method ran several)."""
-    by_method = rows.astype({c: str for c in VARIANTS}).groupby("method")
-    return [c for c in VARIANTS if (by_method[c].nunique() > 1).any()]
+    """The variant columns needed to tell a method's rows apart (e.g. budget, when a method ran several); the
+    model whenever the rows span several (CLIP and a vision-language model on one image task)."""
+    rows = rows.astype({c: str for c in VARIANTS})
+    by_method = rows.groupby("method")
+    return [c for c in VARIANTS if (by_method[c].nunique() > 1).any() or (c == "model" and rows[c].nunique() > 1)]
 
 
 def machine_note(rows: pd.DataFrame) -> str:

@@ -88,9 +88,11 @@ def data_source(spec: TaskSpec, split: str, data_root: str | None) -> str:
     if path is None:
         return f"hub:{spec.hub.get('path')}/{spec.hub.get('name')}:{split}"
     digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
+    for file in sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]:
+        digest.update(str(file.relative_to(path) if path.is_dir() else "").encode())  # an imagefolder: names too
+        with file.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
     return f"{path.name} sha256:{digest.hexdigest()[:16]}"
 
 
@@ -109,6 +111,8 @@ def _local_file(spec: TaskSpec, split: str, data_root: str | None) -> Path | Non
         raise ConfigError(f"data.source=local for {spec.name} but no data root is set",
                           "set PROMPTLAB_DATA=/path/to/data or paths.data_root=...")
     found = [folder / f"{split}{ext}" for ext in BUILDERS if (folder / f"{split}{ext}").is_file()]
+    if spec.image_column and (folder / split).is_dir():  # an imagefolder: <split>/<class name>/<image>
+        found.append(folder / split)
     if not found:
         raise ConfigError(f"missing data file {folder / split}.{{{','.join(e[1:] for e in BUILDERS)}}}",
                           f"put the {split} split under {folder}, or fix PROMPTLAB_DATA / paths.data_root")
@@ -121,6 +125,8 @@ def read_split(spec: TaskSpec, split: str, data_root: str | None) -> list[dict]:
     datasets.disable_progress_bars()
     path = _local_file(spec, split, data_root)
     if path is not None:
+        if path.is_dir():
+            return _imagefolder(path, spec.image_column, split)
         builder, kwargs = BUILDERS[path.suffix]
         try:  # to_list() too: text that is not UTF-8 may only fail when it is decoded
             rows = datasets.load_dataset(builder, data_files={split: str(path)}, split=split, **kwargs).to_list()
@@ -141,6 +147,19 @@ def read_split(spec: TaskSpec, split: str, data_root: str | None) -> list[dict]:
     data = datasets.load_dataset(spec.hub["path"], spec.hub.get("name"), split=split)
     if spec.image_column in data.features:  # keep images as bytes until a processor reads them
         data = data.cast_column(spec.image_column, datasets.Image(decode=False))
+    return data.to_list()
+
+
+def _imagefolder(path: Path, image_column: str, split: str) -> list[dict]:
+    """A split stored as ``<split>/<class name>/<image file>``, read by ``datasets``' imagefolder builder: an
+    ``image`` column (kept as file paths until a processor reads them) and a ``label`` column, the class folders'
+    ids in sorted name order (the task's ``choices`` must list them in that order)."""
+    import datasets
+
+    data = datasets.load_dataset("imagefolder", data_dir=str(path), split="train")
+    data = data.cast_column("image", datasets.Image(decode=False))
+    if image_column != "image":
+        data = data.rename_column("image", image_column)
     return data.to_list()
 
 
