@@ -223,3 +223,13 @@ def assert_greedy(model, prompt: list[int], new_tokens: list[int], tol: float = 
             assert float(logits.max() - logits[tok]) <= tol, f"step {j}: token {tok} is not the greedy choice"
             ids.append(tok)
 
+
+
+def assert_only_trainable_changed(model, before: dict[str, torch.Tensor]) -> set[str]:
+    """Every trainable weight moved and no other did (``before``: each weight as it was); the trainable names."""
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable, "nothing trains"
+    for name, p in model.named_parameters():
+        changed = not torch.equal(p.detach(), before[name])
+        assert changed == (name in trainable), f"{name}: trainable={name in trainable}, changed={changed}"
+    return trainable

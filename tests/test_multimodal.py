@@ -9,7 +9,7 @@ import json
 
 import pytest
 import torch
-from conftest import compose_config, read_predictions, write_jsonl
+from conftest import assert_only_trainable_changed, compose_config, read_predictions, write_jsonl
 
 import promptlab.train
 from promptlab import eval as eval_cli
@@ -70,11 +70,7 @@ def test_multimodal_method_trains_only_its_own_weights_and_reloads(mm_cfg, captu
     result = promptlab.train.run(cfg, run_dir)
     assert result["status"] == "completed", result.get("error")
     model, before = captured["model"], captured["before"]
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable, "nothing trains"
-    for name, p in model.named_parameters():
-        changed = not torch.equal(p.detach(), before[name])
-        assert changed == (name in trainable), f"{name}: trainable={name in trainable}, changed={changed}"
+    trainable = assert_only_trainable_changed(model, before)
     costs = result["costs"]
     assert costs["trainable_params"] == sum(model.get_parameter(n).numel() for n in trainable)
     assert costs["stored_params"] == costs["trainable_params"] and costs["checkpoint_bytes"] > 0  # what trained

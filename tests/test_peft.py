@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import PEFT_METHODS, assert_greedy, read_predictions, read_result
+from conftest import PEFT_METHODS, assert_greedy, assert_only_trainable_changed, read_predictions, read_result
 from safetensors.torch import load_file
 from test_generation import gen_cfg  # noqa: F401  (fixture)
 from test_scoring import brute_force, make_prompts, shared
@@ -58,11 +58,7 @@ def test_peft_method_trains_only_its_own_weights_and_reloads(make_cfg, run_dir, 
     result = promptlab.train.run(cfg, run_dir)
     assert result["status"] == "completed", result.get("error")
     model, before = prepared["model"], prepared["before"]
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable, "nothing trains"
-    for name, p in model.named_parameters():
-        changed = not torch.equal(p.detach(), before[name])
-        assert changed == (name in trainable), f"{name}: trainable={name in trainable}, changed={changed}"
+    trainable = assert_only_trainable_changed(model, before)
 
     costs = result["costs"]
     saved = load_file(run_dir / "checkpoint" / "adapter_model.safetensors")
