@@ -270,3 +270,13 @@ def test_an_imagefolder_split_is_read_with_its_class_folders(tmp_path, mm_cfg, i
     for row in p.task.eval:
         assert f"/{names[row['label']]}/" in row["image"]["path"]
     assert p.task.sources["validation"].startswith("validation sha256:")
+
+
+def test_text_tasks_on_a_vlm_go_through_its_chat_template(tmp_path, data_root):
+    cfg = compose_config(["model=tiny_random_vlm", "data=sst2", "method=zero_shot"])
+    spec = TaskSpec.from_config(cfg.data)
+    backbone = load_backbone(cfg.model, tmp_path / "cache")
+    item = build_method(cfg.method).encoder(backbone, spec, []).item(load_task(spec, str(data_root)).eval[0], False)
+    text = backbone.tokenizer.decode(item["prompt_ids"])
+    assert text.startswith("<|im_start|>System: ") and text.endswith("<end_of_utterance>\nAssistant:")
+    assert "images" not in item and backbone.tokenizer.decode(item["choice_ids"][0]) == " negative"

@@ -200,7 +200,7 @@ class Encoder:
     assistant_prefix: str = ""
     truncated: int = 0  # prompts cut to fit max_prompt_tokens
     task_id: int = 0  # the task's index in a run that serves several (a mixture, multi-task serving)
-    images: ImageBlocks | None = None  # a vision-language model's processor view (tasks with an image column)
+    images: ImageBlocks | None = None  # a vision-language model's processor (its chat template, images)
     space: bool = field(default=False, init=False)  # answers start with a space (``answer_needs_space``)
 
     def __post_init__(self) -> None:
@@ -228,7 +228,7 @@ class Encoder:
         t = self.task
         query = render_content(t.prompt_template, row, t.image_column if self.images else None)
         messages = build_messages(query, demos, t.system_prompt)
-        if self.images is not None and t.image_column:
+        if self.images is not None:
             return encode_multimodal(self.tokenizer, self.images, messages, self.assistant_prefix)
         return encode_prompt(self.tokenizer, messages, self.assistant_prefix), []
 

@@ -103,10 +103,11 @@ class Method:
         return {"demo_generated_tokens": 0, "demo_generation_seconds": 0.0, "demo_selection_seconds": 0.0}
 
     def encoder(self, backbone, task: TaskSpec, demos) -> Encoder:
-        """What turns the task's rows into model inputs (with the images, for a vision-language model)."""
+        """What turns the task's rows into model inputs; a vision-language model's prompts (with images or not) go
+        through its processor's chat template."""
         from promptlab.vision import ImageBlocks
 
-        images = ImageBlocks(backbone.processor) if backbone.kind == "vlm" and task.image_column else None
+        images = ImageBlocks(backbone.processor) if backbone.kind == "vlm" else None
         return Encoder(backbone.tokenizer, task, demos, self.assistant_prefix, images=images)
 
     def readout(self, tokenizer, task: TaskSpec):
