@@ -280,3 +280,28 @@ def test_text_tasks_on_a_vlm_go_through_its_chat_template(tmp_path, data_root):
     text = backbone.tokenizer.decode(item["prompt_ids"])
     assert text.startswith("<|im_start|>System: ") and text.endswith("<end_of_utterance>\nAssistant:")
     assert "images" not in item and backbone.tokenizer.decode(item["choice_ids"][0]) == " negative"
+
+
+def test_image_prompts_run_once_for_all_their_answers(tmp_path, image_root):
+    """Inference scores each image prompt once and continues its cache per answer (multi-token colour words under
+    the tiny tokenizer): the same scores as one whole (prompt + answer) sequence per pair."""
+    cfg = compose_config(["model=tiny_random_vlm", "data=colours", "method=few_shot", "method.num_demos=1"])
+    spec = TaskSpec.from_config(cfg.data)
+    task = load_task(spec, str(image_root))
+    backbone = load_backbone(cfg.model, tmp_path / "cache")
+    method = build_method(cfg.method)
+    encoder = method.encoder(backbone, spec, [method.demo(spec, task.train[0])])
+    items = [encoder.item(r, False) for r in task.eval[:4]]
+    assert max(len(c) for c in items[0]["choice_ids"]) > 1
+    readout, model = ChoiceReadout(backbone.tokenizer.pad_token_id), backbone.model.eval()
+    args = ([x["prompt_ids"] for x in items], [x["choice_ids"] for x in items], None, [x["images"] for x in items])
+    calls = []
+    vision = model.model.vision_model
+    handle = vision.register_forward_hook(lambda m, a, out: calls.append(out.last_hidden_state.shape[0]))
+    with torch.no_grad():
+        once = readout.scores(model, *args)
+        readout.prefix.enabled = False  # whole sequences, one per (example, answer)
+        whole = readout.scores(model, *args)
+    handle.remove()
+    torch.testing.assert_close(once, whole, atol=1e-5, rtol=1e-5)
+    assert calls == [8, 32]  # 4 rows x 2 images, once; then again for each of the 4 answers

@@ -65,8 +65,8 @@ class ChoiceReadout:
         return logits.log_softmax(-1)
 
     def _sequences(self, model, prompts, choices, task_ids, images) -> torch.Tensor:
-        if self.prefix.reuses(model) and not images:
-            return self._prompt_once(model, prompts, choices)
+        if self.prefix.reuses(model):
+            return self._prompt_once(model, prompts, choices, images)
         head = head_of(model)
         device = head.weight.device
         pairs = [(i, c) for i, cs in enumerate(choices) for c in range(len(cs))]
@@ -92,13 +92,15 @@ class ChoiceReadout:
         return out.log_softmax(-1)
 
 
-    def _prompt_once(self, model, prompts, choices) -> torch.Tensor:
+    def _prompt_once(self, model, prompts, choices, images=None) -> torch.Tensor:
         """Inference: each prompt runs once and keeps its key/value cache; the answers continue it, one forward per
         answer slot over the examples that have one, instead of a whole (prompt + answer) sequence per pair. The
-        prompt's last hidden state scores every answer's first token."""
+        prompt's last hidden state scores every answer's first token. With images, the vision tower too runs once
+        per example rather than once per answer."""
         head = head_of(model)
         device = head.weight.device
-        run = self.prefix.hidden_states(model, prompts, self.pad_id, device, min(map(len, prompts)) - 1, keep_cache=True)
+        run = self.prefix.hidden_states(model, prompts, self.pad_id, device, min(map(len, prompts)) - 1, keep_cache=True,
+                                        images=pixel_inputs(images, device) if images else None)
         last = torch.tensor([len(p) - 1 - run.shared for p in prompts], device=device)
         first = project(head, run.states[torch.arange(len(prompts), device=device), last]).log_softmax(-1)  # (B, V)
         width = max(len(cs) for cs in choices)

@@ -172,7 +172,7 @@ class PrefixCache:
             if not keep_cache:
                 return Pass(final_hidden_states(model, ids, mask, task_ids, images), 0)
             out, hidden = run_keeping_last_hidden(model, input_ids=ids, attention_mask=mask, use_cache=True,
-                                                  logits_to_keep=NO_LOGITS.to(device))
+                                                  logits_to_keep=NO_LOGITS.to(device), **(images or {}))
             return Pass(hidden, 0, out.past_key_values, mask)
         # the cache belongs to these tokens, this model and its precision (a bf16 cache must not serve fp32 scoring)
         key = (id(model), torch.is_autocast_enabled(device.type), torch.get_autocast_dtype(device.type))
