@@ -21,16 +21,6 @@ import torch
 from common import Phase, parser, write
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
-from transformers import (
-    CLIPConfig,
-    CLIPModel,
-    CLIPProcessor,
-    Idefics3Config,
-    Idefics3ForConditionalGeneration,
-    Idefics3Processor,
-)
-from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
-from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
 
 import promptlab.train as T
 from promptlab.data import collate
@@ -38,7 +28,7 @@ from promptlab.methods import build_method, count_parameters
 from promptlab.models import Backbone, load_backbone
 from promptlab.precision import bf16_linear_weights, resolve
 from promptlab.tasks import TaskSpec, load_task
-from promptlab.tiny_multimodal import SMOLVLM_TEMPLATE
+from promptlab.tiny_multimodal import clip, clip_tokenizer, idefics3
 from promptlab.tracking import dir_bytes, stored_parameters
 
 VLM_METHODS = ("zero_shot", "few_shot", "prompt_tuning", "lora", "full_finetune")
@@ -47,36 +37,20 @@ CLIP_METHODS = ("clip_zero_shot", "coop", "linear_probe")
 
 def smolvlm_shaped(cache_dir: str) -> Backbone:
     lm = load_backbone(OmegaConf.load(T.CONFIG_DIR / "model" / "smollm2_135m.yaml"), cache_dir)
-    tok = lm.tokenizer
-    tok.add_special_tokens({"additional_special_tokens": ["<fake_token_around_image>", "<image>",
-                                                          "<end_of_utterance>", "<global-img>"]})
-    images = Idefics3ImageProcessorPil(do_image_splitting=False, size={"longest_edge": 512},
-                                       max_image_size={"longest_edge": 512})
-    processor = Idefics3Processor(images, tok, image_seq_len=64, chat_template=SMOLVLM_TEMPLATE)
-    lm.model.resize_token_embeddings(len(tok))
-    config = Idefics3Config(
-        vision_config={"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
-                       "num_attention_heads": 12, "image_size": 512, "patch_size": 16},
-        text_config=lm.model.config.to_dict(), scale_factor=4, image_token_id=processor.image_token_id,
-        tie_word_embeddings=True)
-    torch.manual_seed(0)
-    model = Idefics3ForConditionalGeneration(config)
+    siglip_b16_512 = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
+                      "image_size": 512, "patch_size": 16}
+    model, processor = idefics3(lm.tokenizer, lm.model.config.to_dict(), siglip_b16_512, scale=4)
+    lm.model.resize_token_embeddings(len(lm.tokenizer))  # the image tokens idefics3() added
     missing = model.model.text_model.load_state_dict(lm.model.model.state_dict(), strict=False)
     assert not missing.missing_keys, missing
     model.tie_weights()
-    return Backbone(model, tok, lm.path, 0.0, False, "vlm", processor)
+    return Backbone(model, lm.tokenizer, lm.path, 0.0, False, "vlm", processor)
 
 
 def clip_b32_shaped(cache_dir: str) -> Backbone:
-    from promptlab.models import tiny_tokenizer
-
-    tok = tiny_tokenizer()  # its ids fit CLIP's vocabulary; prompts are a few words: the cost is the towers'
-    tok.eos_token = "<|endoftext|>"
-    config = CLIPConfig(text_config={"eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id,
-                                     "bos_token_id": tok.bos_token_id})
-    torch.manual_seed(0)
-    processor = CLIPProcessor(image_processor=CLIPImageProcessorPil(), tokenizer=tok)
-    return Backbone(CLIPModel(config), tok, str(Path(cache_dir) / "clip"), 0.0, False, "clip", processor)
+    # the tiny tokenizer: its ids fit CLIP's 49,408-token vocabulary; prompts are a few words, the cost is the towers'
+    model, processor = clip(clip_tokenizer(), {"vocab_size": 49408}, {}, projection_dim=512)
+    return Backbone(model, processor.tokenizer, str(Path(cache_dir) / "clip"), 0.0, False, "clip", processor)
 
 
 def measure(args, backbone: Backbone, method_name: str, precision: str, steps: int) -> dict:

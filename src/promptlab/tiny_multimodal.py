@@ -29,50 +29,64 @@ SMOLVLM_TEMPLATE = (
 IMAGE_SIZE, PATCH = 32, 8
 
 
-def tiny_vlm(cfg: DictConfig) -> tuple[Idefics3ForConditionalGeneration, Idefics3Processor]:
-    """An Idefics3 (SmolVLM's architecture): a 1-layer SigLIP encoder, pixel shuffle, a 2-layer Llama; each image
-    is 4 image tokens (no image splitting)."""
-    tok = tiny_tokenizer()
+def idefics3(tok, text_config: dict, vision_config: dict, scale: int, seed: int = 0):
+    """An Idefics3 (SmolVLM's architecture) with random weights around ``tok``, and its processor: images resized
+    to the vision tower's size (no splitting), each (size / patch)² / scale² image tokens after pixel shuffle."""
     tok.add_special_tokens({"additional_special_tokens": ["<fake_token_around_image>", "<image>",
                                                           "<end_of_utterance>", "<global-img>"]})
-    scale = 2
-    seq_len = (IMAGE_SIZE // PATCH) ** 2 // scale**2
-    images = Idefics3ImageProcessorPil(do_image_splitting=False, size={"longest_edge": IMAGE_SIZE},
-                                       max_image_size={"longest_edge": IMAGE_SIZE})
-    processor = Idefics3Processor(images, tok, image_seq_len=seq_len, chat_template=SMOLVLM_TEMPLATE)
-    hidden = cfg.get("hidden_size", 32)
-    config = Idefics3Config(
-        vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-                       "image_size": IMAGE_SIZE, "patch_size": PATCH},
-        text_config={"model_type": "llama", "vocab_size": len(tok), "hidden_size": hidden,
-                     "intermediate_size": cfg.get("intermediate_size", 64), "num_hidden_layers": cfg.get("num_layers", 2),
-                     "num_attention_heads": cfg.get("num_heads", 4), "num_key_value_heads": cfg.get("num_heads", 4),
-                     "max_position_embeddings": 2048, "pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id,
-                     "tie_word_embeddings": True},
-        scale_factor=scale, image_token_id=processor.image_token_id, tie_word_embeddings=True,
-        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    size, patch = vision_config["image_size"], vision_config["patch_size"]
+    images = Idefics3ImageProcessorPil(do_image_splitting=False, size={"longest_edge": size},
+                                       max_image_size={"longest_edge": size})
+    processor = Idefics3Processor(images, tok, image_seq_len=(size // patch) ** 2 // scale**2,
+                                  chat_template=SMOLVLM_TEMPLATE)
+    config = Idefics3Config(vision_config=vision_config, text_config={**text_config, "vocab_size": len(tok)},
+                            scale_factor=scale, image_token_id=processor.image_token_id, tie_word_embeddings=True,
+                            pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
     with torch.random.fork_rng():
-        torch.manual_seed(cfg.get("init_seed", 0))
+        torch.manual_seed(seed)
         return Idefics3ForConditionalGeneration(config), processor
 
 
-def tiny_clip(cfg: DictConfig) -> tuple[CLIPModel, CLIPProcessor]:
-    """A CLIP with 2-layer text and vision towers; its text tower pools at the tokenizer's EOS."""
-    tok = tiny_tokenizer()
-    # <|endoftext|> ends a text, as in CLIP's tokenizer; <|im_end|> is id 2, which CLIP's text model takes for a
-    # legacy config and pools at the highest token id instead
-    tok.eos_token = "<|endoftext|>"
-    hidden = cfg.get("hidden_size", 32)
-    tower = {"hidden_size": hidden, "intermediate_size": cfg.get("intermediate_size", 64),
-             "num_hidden_layers": cfg.get("num_layers", 2), "num_attention_heads": cfg.get("num_heads", 4)}
+def clip(tok, text_config: dict, vision_config: dict, projection_dim: int, seed: int = 0):
+    """A CLIP with random weights around ``tok`` (transformers' defaults where the configs say nothing: ViT-B/32),
+    and its processor; its text tower pools at the tokenizer's EOS."""
+    size = vision_config.get("image_size", 224)
     config = CLIPConfig(
-        text_config={**tower, "vocab_size": len(tok), "max_position_embeddings": 77, "pad_token_id": tok.pad_token_id,
+        text_config={"vocab_size": len(tok), **text_config, "pad_token_id": tok.pad_token_id,
                      "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id},
-        vision_config={**tower, "image_size": IMAGE_SIZE, "patch_size": PATCH},
-        projection_dim=cfg.get("projection_dim", 16),
+        vision_config=vision_config, projection_dim=projection_dim,
         logit_scale_init_value=4.6052)  # ln 100: a trained CLIP's scale (its cap); the init 2.66 barely separates
-    images = CLIPImageProcessorPil(size={"shortest_edge": IMAGE_SIZE},
-                                   crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    images = CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
     with torch.random.fork_rng():
-        torch.manual_seed(cfg.get("init_seed", 0))
+        torch.manual_seed(seed)
         return CLIPModel(config), CLIPProcessor(image_processor=images, tokenizer=tok)
+
+
+def clip_tokenizer():
+    """The tiny tokenizer, ending texts with <|endoftext|> as CLIP's does: its <|im_end|> is id 2, which CLIP's text
+    model takes for a legacy config and pools at the highest token id instead."""
+    tok = tiny_tokenizer()
+    tok.eos_token = "<|endoftext|>"
+    return tok
+
+
+def tiny_vlm(cfg: DictConfig) -> tuple[Idefics3ForConditionalGeneration, Idefics3Processor]:
+    """A 1-layer SigLIP encoder, pixel shuffle and a 2-layer Llama; each 32x32 image is 4 image tokens."""
+    heads = cfg.get("num_heads", 4)
+    text = {"model_type": "llama", "hidden_size": cfg.get("hidden_size", 32), "intermediate_size":
+            cfg.get("intermediate_size", 64), "num_hidden_layers": cfg.get("num_layers", 2), "num_attention_heads": heads,
+            "num_key_value_heads": heads, "max_position_embeddings": 2048, "tie_word_embeddings": True}
+    vision = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+              "image_size": IMAGE_SIZE, "patch_size": PATCH}
+    tok = tiny_tokenizer()
+    text.update(pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    return idefics3(tok, text, vision, scale=2, seed=cfg.get("init_seed", 0))
+
+
+def tiny_clip(cfg: DictConfig) -> tuple[CLIPModel, CLIPProcessor]:
+    """A CLIP with 2-layer text and vision towers and 32x32 images."""
+    tower = {"hidden_size": cfg.get("hidden_size", 32), "intermediate_size": cfg.get("intermediate_size", 64),
+             "num_hidden_layers": cfg.get("num_layers", 2), "num_attention_heads": cfg.get("num_heads", 4)}
+    return clip(clip_tokenizer(), {**tower, "max_position_embeddings": 77},
+                {**tower, "image_size": IMAGE_SIZE, "patch_size": PATCH}, cfg.get("projection_dim", 16),
+                cfg.get("init_seed", 0))
