@@ -305,3 +305,13 @@ def test_image_prompts_run_once_for_all_their_answers(tmp_path, image_root):
     handle.remove()
     torch.testing.assert_close(once, whole, atol=1e-5, rtol=1e-5)
     assert calls == [8, 32]  # 4 rows x 2 images, once; then again for each of the 4 answers
+
+
+def test_images_are_cached_by_content_not_by_file_name(tmp_path, image_root):
+    """Hub rows carry image bytes with a bare file name: two images with the same name are two images."""
+    backbone = load_backbone(compose_config(["model=tiny_random_vlm"]).model, tmp_path / "cache")
+    blocks = ImageBlocks(backbone.processor)
+    files = sorted((image_root / "colours" / "images").glob("train_000[01].png"))  # a red and a green shape
+    a, b = ({"bytes": f.read_bytes(), "path": "0.png"} for f in files)
+    assert not torch.equal(blocks.block(a)[1]["pixel_values"], blocks.block(b)[1]["pixel_values"])
+    assert blocks.block(dict(a))[1] is blocks.block(a)[1]  # the same bytes: processed once

@@ -8,6 +8,7 @@ decoded PIL image). A prompt shows an image where its template names the image c
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 from collections.abc import Mapping, Sequence
@@ -71,10 +72,11 @@ class ImageBlocks:
         self.processor = processor
         self.token = processor.image_token  # what the chat template writes where an image goes
         self._cache: dict[object, tuple[list[int], dict[str, torch.Tensor]]] = {}
+        self._pinned: list[Image.Image] = []  # PIL images cached by id: alive, so no other image takes the id
 
     def block(self, value: object) -> tuple[list[int], dict[str, torch.Tensor]]:
         """(token ids, pixel inputs) of one image; the pixel inputs are the processor's, for that image alone."""
-        key = value if isinstance(value, str) else id(value)
+        key = _identity(value)
         if key not in self._cache:
             try:
                 out = self.processor(text=self.token, images=[open_image(value)], add_special_tokens=False,
@@ -84,7 +86,19 @@ class ImageBlocks:
                                   "convert the image to RGB PNG or JPEG") from None
             pixels = {k: v[0] for k, v in out.items() if k.startswith("pixel")}
             self._cache[key] = (out["input_ids"][0].tolist(), pixels)
+            if isinstance(value, Image.Image):
+                self._pinned.append(value)
         return self._cache[key]
+
+
+def _identity(value: object) -> object:
+    """What names an image for the cache: its bytes' digest (a Hub row's ``path`` is a bare file name, the same in
+    many datasets), else its path; a PIL image by identity (``ImageBlocks`` keeps it alive: an id is not reused)."""
+    if isinstance(value, dict) and value.get("bytes"):
+        return hashlib.sha1(value["bytes"]).hexdigest()
+    if isinstance(value, dict):
+        return value.get("path")
+    return value if isinstance(value, str) else id(value)
 
 
 def pixel_inputs(images: Sequence[Sequence[dict[str, torch.Tensor]]], device: torch.device) -> dict[str, torch.Tensor]:
