@@ -315,3 +315,23 @@ def test_images_are_cached_by_content_not_by_file_name(tmp_path, image_root):
     a, b = ({"bytes": f.read_bytes(), "path": "0.png"} for f in files)
     assert not torch.equal(blocks.block(a)[1]["pixel_values"], blocks.block(b)[1]["pixel_values"])
     assert blocks.block(dict(a))[1] is blocks.block(a)[1]  # the same bytes: processed once
+
+
+@pytest.mark.parametrize(("overrides", "match"), [
+    (["method.n_ctx=-1", "method.context=''"], "a whole number in 0..64"),
+    (["method.n_ctx=true", "method.context=''"], "a whole number in 0..64"),
+    (["method.n_ctx=100", "method.context=''"], "a whole number in 0..64"),
+    (["method.n_ctx=2.5", "method.context=''"], "a whole number in 0..64"),
+    (["method.context=5"], "must be text"),
+    (["method.context=''"], "one of them"),
+    (["method.n_ctx=4"], "one of them"),
+    (["data.clip_templates=['a {label} {shape}']"], "only placeholder"),
+    (["data.clip_templates=[a photo]"], "only placeholder"),
+    (["data.clip_templates=[]"], "only placeholder"),
+    (["data.clip_templates='a {label}'"], "must be a list"),
+])
+def test_bad_coop_and_clip_prompt_knobs_are_one_message(image_root, overrides, match):
+    cfg = compose_config(["model=tiny_random_clip", "method=coop", "data=colours", "logger=none",
+                          f"paths.data_root={image_root}", *overrides])
+    with pytest.raises(ConfigError, match=match):
+        plan(cfg)

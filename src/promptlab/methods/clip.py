@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from promptlab.config import is_whole
 from promptlab.errors import ConfigError
 from promptlab.methods import Method, TrainedMethod, register
 from promptlab.readout.model import pad
@@ -31,6 +32,7 @@ from promptlab.vision import open_image
 
 META = "clip_prompts.json"  # what the classifier was built from (answer words, templates), beside its weights
 WEIGHTS = "clip_prompts.safetensors"
+MAX_CONTEXT = 64  # CoOp's largest (16 in its paper); CLIP's text tower takes 77 positions in all
 
 
 def clip_ids(tokenizer, text: str) -> list[int]:
@@ -205,10 +207,13 @@ class CoOp(TrainedClip):
     def validate(self, task: TaskSpec) -> None:
         super().validate(task)
         context, n_ctx = self.cfg.get("context", ""), self.cfg.get("n_ctx", 0)
-        if not isinstance(context, str) or not (context or (isinstance(n_ctx, int) and 1 <= n_ctx <= 64)):
-            raise ConfigError(f"coop needs its context: method.context={context!r}, method.n_ctx={n_ctx!r}",
-                              "set method.context='a photo of a' (initialised from those words) or "
-                              "method.context='' method.n_ctx=16 (random)")
+        fix = "set method.context='a photo of a' (initialised from those words) or method.context='' method.n_ctx=16"
+        if not isinstance(context, str) or not is_whole(n_ctx, 0) or n_ctx > MAX_CONTEXT:
+            raise ConfigError(f"coop: method.context={context!r} must be text and method.n_ctx={n_ctx!r} a whole "
+                              f"number in 0..{MAX_CONTEXT}", fix)
+        if bool(context) == bool(n_ctx):  # the words set the count; without words, the count is needed
+            raise ConfigError(f"coop takes its context from words or a count, one of them: method.context={context!r}, "
+                              f"method.n_ctx={n_ctx}", fix)
 
     def prepare(self, backbone, task: TaskSpec) -> nn.Module:
         return self.build(backbone, {"answers": list(task.choices), "templates": [],

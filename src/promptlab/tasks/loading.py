@@ -126,7 +126,7 @@ def read_split(spec: TaskSpec, split: str, data_root: str | None) -> list[dict]:
     path = _local_file(spec, split, data_root)
     if path is not None:
         if path.is_dir():
-            return _imagefolder(path, spec.image_column, split)
+            return _imagefolder(path, spec.image_column)
         builder, kwargs = BUILDERS[path.suffix]
         try:  # to_list() too: text that is not UTF-8 may only fail when it is decoded
             rows = datasets.load_dataset(builder, data_files={split: str(path)}, split=split, **kwargs).to_list()
@@ -150,7 +150,7 @@ def read_split(spec: TaskSpec, split: str, data_root: str | None) -> list[dict]:
     return data.to_list()
 
 
-def _imagefolder(path: Path, image_column: str, split: str) -> list[dict]:
+def _imagefolder(path: Path, image_column: str) -> list[dict]:
     """A split stored as ``<split>/<class name>/<image file>``, read by ``datasets``' imagefolder builder: an
     ``image`` column (kept as file paths until a processor reads them) and a ``label`` column, the class folders'
     ids in sorted name order (the task's ``choices`` must list them in that order)."""

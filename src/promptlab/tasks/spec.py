@@ -194,9 +194,10 @@ class TaskSpec:
             if col not in template_fields(text):
                 raise ConfigError(f"{n}: template {i} does not show the image (no {{{col}}} in it)",
                                   f"put {{{col}}} where the image goes, e.g. '{{{col}}}What is shown?'")
-        if not self.clip_templates or any("{label}" not in str(t) for t in self.clip_templates):
-            raise ConfigError(f"{n}: data.clip_templates={self.clip_templates} need {{label}} in each",
-                              "write them like 'a photo of a {label}.'")
+        t = self.clip_templates
+        if not isinstance(t, list) or not t or any(not isinstance(x, str) or field_names(x) != ["label"] for x in t):
+            raise ConfigError(f"{n}: data.clip_templates={t!r} must be a list of texts with {{label}} as their only "
+                              "placeholder", "write them like ['a photo of a {label}.']")
 
     def _validate_choice(self) -> None:
         n = self.name
