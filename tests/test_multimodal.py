@@ -335,3 +335,37 @@ def test_bad_coop_and_clip_prompt_knobs_are_one_message(image_root, overrides, m
                           f"paths.data_root={image_root}", *overrides])
     with pytest.raises(ConfigError, match=match):
         plan(cfg)
+
+
+def test_clip_text_features_are_computed_once_per_evaluation(tmp_path, image_root):
+    """The answers' text features do not change between evaluation batches: CLIP's text tower runs once, and again
+    after the module has been in train mode (CoOp's context moves there)."""
+    from promptlab.data import collate
+
+    cfg = compose_config(["model=tiny_random_clip", "data=colours", "method=coop", "method.context=''",
+                          "method.n_ctx=4"])
+    spec = TaskSpec.from_config(cfg.data)
+    backbone = load_backbone(cfg.model, tmp_path / "cache")
+    method = build_method(cfg.method)
+    model, readout = method.prepare(backbone, spec), method.readout(backbone.tokenizer, spec)
+    items = [method.encoder(backbone, spec, []).item(r, False) for r in load_task(spec, str(image_root)).eval]
+    calls = []
+    handle = model.clip.text_model.register_forward_hook(lambda *a: calls.append(1))
+
+    def evaluate():
+        with torch.no_grad():
+            return torch.cat([readout.scores(model, collate(items[b:b + 4])) for b in range(0, len(items), 4)])
+
+    model.eval()
+    first = evaluate()
+    assert len(calls) == 1
+    model.train()
+    with torch.no_grad():
+        model.ctx.add_(torch.randn(model.ctx.shape, generator=torch.Generator().manual_seed(0)))  # a step, as it were
+    model.eval()
+    second = evaluate()
+    handle.remove()
+    assert len(calls) == 2 and not torch.allclose(first, second)
+    model._frozen_text = None
+    with torch.no_grad():
+        torch.testing.assert_close(second, evaluate())  # the cached features are the ones a fresh pass computes

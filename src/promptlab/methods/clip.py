@@ -75,13 +75,28 @@ class ClipPrompts(nn.Module):
         ids, mask = pad(texts, tokenizer.pad_token_id, torch.device("cpu"))
         self.register_buffer("ids", ids, persistent=False)
         self.register_buffer("mask", mask, persistent=False)
+        self._frozen_text: tuple[tuple, torch.Tensor] | None = None
 
     def _put_context(self, module, args, out: torch.Tensor) -> torch.Tensor:
         ctx = self.ctx.to(out.dtype).expand(out.shape[0], -1, -1)
         return torch.cat([out[:, :1], ctx, out[:, 1 + self.n_ctx:]], dim=1)
 
+    def train(self, mode: bool = True) -> ClipPrompts:
+        self._frozen_text = None  # training (or having trained) changes the text features
+        return super().train(mode)
+
     def text_features(self) -> torch.Tensor:
-        """(answers, dim) normalised text features, averaged over templates."""
+        """(answers, dim) normalised text features, averaged over templates. In evaluation (eval mode, no grad)
+        they are the same for every batch: computed once, until the module is put in train mode again."""
+        key = (torch.is_autocast_enabled(self.ids.device.type), torch.get_autocast_dtype(self.ids.device.type))
+        reuse = not self.training and not torch.is_grad_enabled()
+        if reuse and self._frozen_text is not None and self._frozen_text[0] == key:
+            return self._frozen_text[1]
+        features = self._text_features()
+        self._frozen_text = (key, features) if reuse else None
+        return features
+
+    def _text_features(self) -> torch.Tensor:
         hook = (self.clip.text_model.embeddings.token_embedding.register_forward_hook(self._put_context)
                 if self.n_ctx else None)
         try:
