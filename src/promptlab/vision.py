@@ -105,30 +105,22 @@ def pixel_inputs(images: Sequence[Sequence[dict[str, torch.Tensor]]], device: to
     """The model's image inputs for a batch: each row's images (in prompt order), zero-padded to the batch's most
     images and largest size, as Idefics3-style models take them (``pixel_values`` of shape (rows, images, C, H,
     W), all-zero images are padding, and ``pixel_attention_mask`` marks real pixels)."""
-    rows = [row for row in images if row]
-    if not rows:
-        return {}
     values = [torch.cat([im["pixel_values"] for im in row]) if row else None for row in images]
-    masks = [torch.cat([_mask(im) for im in row]) if row else None for row in images]
-    n = max(v.shape[0] for v in values if v is not None)
-    c = rows[0][0]["pixel_values"].shape[1]
-    h = max(v.shape[2] for v in values if v is not None)
-    w = max(v.shape[3] for v in values if v is not None)
-    batch = torch.zeros(len(images), n, c, h, w, dtype=rows[0][0]["pixel_values"].dtype)
-    mask = torch.zeros(len(images), n, h, w, dtype=torch.long)
-    for i, (v, m) in enumerate(zip(values, masks, strict=True)):
+    real = [v for v in values if v is not None]
+    if not real:
+        return {}
+    n, c = max(v.shape[0] for v in real), real[0].shape[1]
+    h, w = max(v.shape[2] for v in real), max(v.shape[3] for v in real)
+    batch = torch.zeros(len(images), n, c, h, w, dtype=real[0].dtype)
+    for i, v in enumerate(values):
         if v is not None:
             batch[i, : v.shape[0], :, : v.shape[2], : v.shape[3]] = v
-            mask[i, : m.shape[0], : m.shape[1], : m.shape[2]] = m
     out = {"pixel_values": batch.to(device)}
-    if "pixel_attention_mask" in rows[0][0]:
+    if "pixel_attention_mask" in next(row[0] for row in images if row):  # the processor's mask of real pixels, padded alike
+        mask = torch.zeros(len(images), n, h, w, dtype=torch.long)
+        for i, row in enumerate(images):
+            if row:
+                m = torch.cat([im["pixel_attention_mask"].long() for im in row])
+                mask[i, : m.shape[0], : m.shape[1], : m.shape[2]] = m
         out["pixel_attention_mask"] = mask.to(device)
     return out
-
-
-def _mask(image: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The processor's mask of real pixels, or all of them when it gives none."""
-    if "pixel_attention_mask" in image:
-        return image["pixel_attention_mask"].long()
-    v = image["pixel_values"]
-    return torch.ones(v.shape[0], v.shape[2], v.shape[3], dtype=torch.long)

@@ -20,6 +20,7 @@ from promptlab.readout import ChoiceReadout, GenerateReadout
 from promptlab.readout.model import base_model
 from promptlab.schema import MethodInfo
 from promptlab.tasks import TaskSpec
+from promptlab.vision import ImageBlocks
 
 REGISTRY: dict[str, type[Method]] = {}
 
@@ -105,8 +106,6 @@ class Method:
     def encoder(self, backbone, task: TaskSpec, demos) -> Encoder:
         """What turns the task's rows into model inputs; a vision-language model's prompts (with images or not) go
         through its processor's chat template."""
-        from promptlab.vision import ImageBlocks
-
         images = ImageBlocks(backbone.processor) if backbone.kind == "vlm" else None
         return Encoder(backbone.tokenizer, task, demos, self.assistant_prefix, images=images)
 
