@@ -101,11 +101,13 @@ def _identity(value: object) -> object:
     return value if isinstance(value, str) else id(value)
 
 
-def pixel_inputs(images: Sequence[Sequence[dict[str, torch.Tensor]]], device: torch.device) -> dict[str, torch.Tensor]:
-    """The model's image inputs for a batch: each row's images (in prompt order), zero-padded to the batch's most
-    images and largest size, as Idefics3-style models take them (``pixel_values`` of shape (rows, images, C, H,
-    W), all-zero images are padding, and ``pixel_attention_mask`` marks real pixels)."""
-    values = [torch.cat([im["pixel_values"] for im in row]) if row else None for row in images]
+def pixel_inputs(images: Sequence[Sequence[dict[str, torch.Tensor]]] | None,
+                 device: torch.device) -> dict[str, torch.Tensor]:
+    """The model's image inputs for a batch (nothing for a batch without images): each row's images (in prompt
+    order), zero-padded to the batch's most images and largest size, as Idefics3-style models take them
+    (``pixel_values`` of shape (rows, images, C, H, W), all-zero images are padding, and ``pixel_attention_mask``
+    marks real pixels)."""
+    values = [torch.cat([im["pixel_values"] for im in row]) if row else None for row in images or ()]
     real = [v for v in values if v is not None]
     if not real:
         return {}

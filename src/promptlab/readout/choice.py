@@ -58,7 +58,7 @@ class ChoiceReadout:
         head = head_of(model)
         device = head.weight.device
         run = self.prefix.hidden_states(model, prompts, self.pad_id, device, min(map(len, prompts)) - 1, task_ids,
-                                        images=pixel_inputs(images, device) if images else None)
+                                        images=pixel_inputs(images, device))
         last = torch.tensor([len(p) - 1 - run.shared for p in prompts], device=device)
         answer = run.states[torch.arange(len(prompts), device=device), last]  # (B, H)
         logits = project(head, answer, torch.tensor(token_rows, device=device))  # (B, C): the only projection
@@ -72,7 +72,7 @@ class ChoiceReadout:
         pairs = [(i, c) for i, cs in enumerate(choices) for c in range(len(cs))]
         sequences = [list(prompts[i]) + list(choices[i][c]) for i, c in pairs]
         pair_tasks = None if task_ids is None else [task_ids[i] for i, _ in pairs]
-        pixels = pixel_inputs([images[i] for i, _ in pairs], device) if images else None
+        pixels = pixel_inputs(images and [images[i] for i, _ in pairs], device)
         run = self.prefix.hidden_states(model, sequences, self.pad_id, device, min(map(len, prompts)) - 1, pair_tasks,
                                         images=pixels)
         hidden, shared = run.states, run.shared
@@ -100,7 +100,7 @@ class ChoiceReadout:
         head = head_of(model)
         device = head.weight.device
         run = self.prefix.hidden_states(model, prompts, self.pad_id, device, min(map(len, prompts)) - 1, keep_cache=True,
-                                        images=pixel_inputs(images, device) if images else None)
+                                        images=pixel_inputs(images, device))
         last = torch.tensor([len(p) - 1 - run.shared for p in prompts], device=device)
         first = project(head, run.states[torch.arange(len(prompts), device=device), last]).log_softmax(-1)  # (B, V)
         width = max(len(cs) for cs in choices)

@@ -67,7 +67,7 @@ class GenerateReadout:
         ids, mask = pad([list(p) + list(t) for p, t in zip(prompts, targets, strict=True)],
                         self.tokenizer.pad_token_id, device)
         images = batch.get("images")
-        hidden = final_hidden_states(model, ids, mask, batch.get("task_id"), pixel_inputs(images, device) if images else None)
+        hidden = final_hidden_states(model, ids, mask, batch.get("task_id"), pixel_inputs(images, device))
         rows = [i for i, t in enumerate(targets) for _ in t]
         cols = [len(p) - 1 + j for p, t in zip(prompts, targets, strict=True) for j in range(len(t))]
         logits = project(head, hidden[torch.tensor(rows, device=device), torch.tensor(cols, device=device)])
@@ -88,7 +88,7 @@ class GenerateReadout:
                                         else [])
             out = model.generate(input_ids=ids, attention_mask=mask, generation_config=self.config,
                                  stopping_criteria=stop, **task_inputs(model, task_ids, device),
-                                 **(pixel_inputs(images, device) if images else {}))
+                                 **pixel_inputs(images, device))
             new = [row.tolist() for row in out[:, ids.shape[1]:]]
         self.generation_seconds += time.perf_counter() - start
         results = [self._decode(row) for row in new]
