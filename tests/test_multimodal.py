@@ -369,3 +369,14 @@ def test_clip_text_features_are_computed_once_per_evaluation(tmp_path, image_roo
     model._frozen_text = None
     with torch.no_grad():
         torch.testing.assert_close(second, evaluate())  # the cached features are the ones a fresh pass computes
+
+
+def test_an_image_folder_without_images_is_one_message(tmp_path):
+    for split in ("train", "validation"):
+        (tmp_path / "data" / "colours" / split / "red").mkdir(parents=True)
+        (tmp_path / "data" / "colours" / split / "red" / "notes.txt").write_text("not an image")
+    cfg = compose_config(["model=tiny_random_clip", "method=clip_zero_shot", "data=colours", "logger=none",
+                          f"paths.data_root={tmp_path / 'data'}"])
+    with pytest.raises(ConfigError, match="cannot read the image folder") as err:
+        plan(cfg)
+    assert "<split>/<class name>/<image>" in err.value.fix

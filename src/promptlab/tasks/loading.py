@@ -156,7 +156,10 @@ def _imagefolder(path: Path, image_column: str) -> list[dict]:
     ids in sorted name order (the task's ``choices`` must list them in that order)."""
     import datasets
 
-    data = datasets.load_dataset("imagefolder", data_dir=str(path), split="train")
+    try:
+        data = datasets.load_dataset("imagefolder", data_dir=str(path), split="train")
+    except Exception as err:  # e.g. a folder without images; the builder raises many types
+        raise _unreadable(path, err) from None
     data = data.cast_column("image", datasets.Image(decode=False))
     if image_column != "image":
         data = data.rename_column("image", image_column)
@@ -174,6 +177,9 @@ def _unreadable(path: Path, err: Exception) -> ConfigError:
            for e in chain):
         return ConfigError(f"cannot read {path}: it is not UTF-8 text ({reason})",
                            f"re-save it as UTF-8, e.g. iconv -f latin1 -t utf-8 {path.name} > fixed{path.suffix}")
+    if path.is_dir():
+        return ConfigError(f"cannot read the image folder {path}: {reason}",
+                           "put the split's images in one folder per class: <split>/<class name>/<image>.png")
     return ConfigError(f"cannot read {path}: {reason}",
                        f"make it valid {path.suffix[1:].upper()} with a header/keys per column")
 
