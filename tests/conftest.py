@@ -105,34 +105,38 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> Path:
     return path
 
 
-def sst2_rows(n_per_class: int, start_idx: int = 0) -> list[dict]:
-    """Alternating labels 1, 0, 1, 0 ... with distinct idx values."""
+def sst2_rows(n_per_class: int, start_idx: int = 0, text_from: int = 0) -> list[dict]:
+    """Alternating labels 1, 0, 1, 0 ... with distinct idx values; the sentences are numbered from ``text_from``
+    (rows with the same text in two splits are overlaps, which promptlab drops from train and dev)."""
     rows = []
     for i in range(n_per_class):
-        rows.append({"sentence": POSITIVE[i % len(POSITIVE)] + f" {i}", "label": 1})
-        rows.append({"sentence": NEGATIVE[i % len(NEGATIVE)] + f" {i}", "label": 0})
+        rows.append({"sentence": POSITIVE[i % len(POSITIVE)] + f" {text_from + i}", "label": 1})
+        rows.append({"sentence": NEGATIVE[i % len(NEGATIVE)] + f" {text_from + i}", "label": 0})
     return [{"idx": start_idx + j, **r} for j, r in enumerate(rows)]
 
 
-def rte_rows(n_per_class: int) -> list[dict]:
+def rte_rows(n_per_class: int, text_from: int = 0) -> list[dict]:
     rows = []
     for i in range(n_per_class):
-        rows.append({"sentence1": f"the movie was great {i}", "sentence2": "the film is good", "label": 0})
-        rows.append({"sentence1": f"the film was boring {i}", "sentence2": "the movie is fun", "label": 1})
+        rows.append({"sentence1": f"the movie was great {text_from + i}", "sentence2": "the film is good", "label": 0})
+        rows.append({"sentence1": f"the film was boring {text_from + i}", "sentence2": "the movie is fun", "label": 1})
     return [{"idx": j, **r} for j, r in enumerate(rows)]
 
 
-def make_data_root(root: Path, train_per_class: int = 6, eval_per_class: int = 5) -> Path:
+EVAL_TEXT_FROM = 500  # eval sentences are numbered from here: no eval row repeats a training row
+
+
+def make_data_root(root: Path, train_per_class: int = 10, eval_per_class: int = 5) -> Path:
     write_jsonl(root / "sst2" / "train.jsonl", sst2_rows(train_per_class))
-    write_jsonl(root / "sst2" / "validation.jsonl", sst2_rows(eval_per_class))
+    write_jsonl(root / "sst2" / "validation.jsonl", sst2_rows(eval_per_class, text_from=EVAL_TEXT_FROM))
     write_jsonl(root / "rte" / "train.jsonl", rte_rows(train_per_class))
-    write_jsonl(root / "rte" / "validation.jsonl", rte_rows(eval_per_class))
+    write_jsonl(root / "rte" / "validation.jsonl", rte_rows(eval_per_class, text_from=EVAL_TEXT_FROM))
     return root
 
 
 @pytest.fixture
 def data_root(tmp_path) -> Path:
-    """A data root with sst2/ and rte/: 6 train examples per class, 10 eval examples."""
+    """A data root with sst2/ and rte/: 10 train examples per class (8 of the 20 go to dev), 10 eval examples."""
     return make_data_root(tmp_path / "data")
 
 
@@ -172,6 +176,7 @@ def make_cfg(tmp_path, data_root) -> Callable[..., DictConfig]:
         base = [
             "model=tiny_random", f"method={method}", f"paths.data_root={data_root}",
             f"paths.cache_dir={tmp_path / 'cache'}", "logger=none", "data.k_shot=2", "eval_batch_size=8",
+            "data.dev_size=8",
         ]
         if method in TRAINED_METHODS:
             base += ["method.max_steps=3", "method.batch_size=4"]

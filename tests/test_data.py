@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 import torch
-from conftest import compose_config, data_cfg, rte_rows, sst2_rows, task_spec, write_jsonl
+from conftest import EVAL_TEXT_FROM, compose_config, data_cfg, rte_rows, sst2_rows, task_spec, write_jsonl
 
 from promptlab.data import LengthBuckets, PromptDataModule, collate
 from promptlab.errors import ConfigError
@@ -19,27 +19,29 @@ from promptlab.tasks.sampling import sample_k_shot
 
 def write_task(root, dataset="sst2", train=None, validation=None):
     rows = sst2_rows if dataset == "sst2" else rte_rows
-    write_jsonl(root / dataset / "train.jsonl", rows(6) if train is None else train)
-    write_jsonl(root / dataset / "validation.jsonl", rows(5) if validation is None else validation)
+    write_jsonl(root / dataset / "train.jsonl", rows(10) if train is None else train)
+    write_jsonl(root / dataset / "validation.jsonl",
+                rows(5, text_from=EVAL_TEXT_FROM) if validation is None else validation)
     return root
 
 
 # --------------------------------------------------------------------------------------------- loading
 
 
-def load(root, dataset="sst2", *overrides):
-    """load_task on a shipped data config (validated as a run validates it), with ``data.`` overrides."""
-    return load_task(task_spec(dataset, *overrides), str(root) if root is not None else None)
+def load(root, dataset="sst2", *overrides, seed=0):
+    """load_task on a shipped data config (validated as a run validates it), with ``data.`` overrides; dev is 8
+    rows carved out of train unless an override says otherwise."""
+    return load_task(task_spec(dataset, "dev_size=8", *overrides), str(root) if root is not None else None, seed)
 
 
 @pytest.mark.parametrize("dataset", ["sst2", "rte"])
 def test_load_local_jsonl(tmp_path, dataset):
     root = write_task(tmp_path, dataset)
     task = load(root, dataset)
-    expected_train = (sst2_rows if dataset == "sst2" else rte_rows)(6)
-    assert task.train == expected_train
-    assert len(task.eval) == 10
-    assert task.dev == []  # eval_split=validation: nothing carved out of train
+    rows = (sst2_rows if dataset == "sst2" else rte_rows)(10)
+    assert len(task.dev) == 8 and len(task.train) == 12 and len(task.eval) == 10
+    assert sorted(task.train + task.dev, key=lambda r: r["idx"]) == rows  # dev is carved out of train
+    assert task.splits["dev"]["from"] == "8 rows carved out of train with the seed"
     spec = task.spec
     assert spec.num_choices == 2
     assert task.name == spec.name == dataset
@@ -50,15 +52,16 @@ def test_load_local_jsonl(tmp_path, dataset):
 
 
 def test_rows_without_idx_get_their_position(tmp_path):
-    rows = [{k: v for k, v in r.items() if k != "idx"} for r in sst2_rows(3)]
+    rows = [{k: v for k, v in r.items() if k != "idx"} for r in sst2_rows(10)]
     task = load(write_task(tmp_path, train=rows), "sst2")
-    assert [r["idx"] for r in task.train] == list(range(6))
-    assert [{k: v for k, v in r.items() if k != "idx"} for r in task.train] == rows
+    both = sorted(task.train + task.dev, key=lambda r: r["idx"])
+    assert [r["idx"] for r in both] == list(range(20))
+    assert [{k: v for k, v in r.items() if k != "idx"} for r in both] == rows
 
 
 def test_template_choice(tmp_path):
     root = write_task(tmp_path)
-    cfg = data_cfg("sst2", "template=2")
+    cfg = data_cfg("sst2", "template=2", "dev_size=8")
     task = load_task(TaskSpec.from_config(cfg), str(root))
     assert task.spec.prompt_template == cfg.templates[2] and task.spec.template == 2
 
@@ -200,8 +203,9 @@ def test_training_subset_k_shot(tmp_path):
     assert all(r in task.train for r in rows)
     assert rows == training_subset(task, seed=0)
     assert rows != training_subset(task, seed=1)
-    with pytest.raises(ConfigError, match="k_shot=7"):
-        training_subset(load(root, "sst2", "k_shot=7"), seed=0)  # 6 per class
+    most = min(Counter(r["label"] for r in task.train).values())
+    with pytest.raises(ConfigError, match=f"k_shot={most + 1}.*8 rows were carved out"):
+        training_subset(load(root, "sst2", f"k_shot={most + 1}"), seed=0)
 
 
 @pytest.mark.parametrize("k_shot", [-1, 0])
@@ -221,7 +225,7 @@ def test_training_subset_train_size(tmp_path):
     assert rows == training_subset(task, seed=3)
     assert [r["idx"] for r in rows] != [r["idx"] for r in training_subset(task, seed=4)]
     with pytest.raises(ConfigError, match="train_size=13"):
-        training_subset(load(root, "sst2", "k_shot=null", "train_size=13"), seed=0)
+        training_subset(load(root, "sst2", "k_shot=null", "train_size=13"), seed=0)  # 12 left after dev
 
 
 def test_training_subset_everything(tmp_path):
@@ -230,7 +234,7 @@ def test_training_subset_everything(tmp_path):
 
 
 def test_sample_demos_balanced(tmp_path):
-    task = load(write_task(tmp_path), "sst2", "k_shot=4")
+    task = load(write_task(tmp_path), "sst2", "k_shot=4", "dev_size=9")  # the seed's carve-out leaves 4 of each
     pool = training_subset(task, seed=0)
     for n in (2, 4, 6):
         demos = sample_demos(pool, task, n, seed=0)
@@ -254,11 +258,11 @@ def test_sample_demos_odd_count_and_unbalanced_pool(tmp_path):
 
 
 def test_eval_limit_same_subset_for_every_seed(tmp_path):
-    root = write_task(tmp_path, validation=sst2_rows(20))
+    root = write_task(tmp_path, validation=sst2_rows(20, text_from=EVAL_TEXT_FROM))
     subsets = []
     for seed in (0, 1, 2):
-        cfg = compose_config(["data.eval_limit=7", "data.k_shot=2", f"seed={seed}"])
-        task = load_task(TaskSpec.from_config(cfg.data), str(root))
+        cfg = compose_config(["data.eval_limit=7", "data.k_shot=2", f"seed={seed}", "data.dev_size=8"])
+        task = load_task(TaskSpec.from_config(cfg.data), str(root), cfg.seed)
         training_subset(task, cfg.seed)
         subsets.append([r["idx"] for r in task.eval])
     assert len(subsets[0]) == 7 == len(set(subsets[0]))
@@ -269,7 +273,7 @@ def test_eval_limit_same_subset_for_every_seed(tmp_path):
 
 def test_eval_limit_larger_than_split(tmp_path):
     task = load(write_task(tmp_path), "sst2", "eval_limit=1000")
-    assert len(task.eval) == 10
+    assert len(task.eval) == 10 and task.splits["eval"] == {"split": "validation", "rows": 10, "of": 10}
 
 
 @pytest.mark.parametrize("limit", [0, -3])
@@ -347,22 +351,24 @@ def test_collate_keeps_lists_and_stacks_labels():
 # ------------------------------------------------------------------------------ per-example choices (COPA)
 
 
-def copa_rows(n: int) -> list[dict]:
-    return [{"idx": i, "premise": f"the film was long {i}", "question": "effect", "choice1": "we left early",
-             "choice2": "we stayed for more", "label": i % 2} for i in range(n)]
+def copa_rows(n: int, text_from: int = 0) -> list[dict]:
+    return [{"idx": i, "premise": f"the film was long {text_from + i}", "question": "effect",
+             "choice1": "we left early", "choice2": "we stayed for more", "label": i % 2} for i in range(n)]
 
 
 def write_copa(root, validation=None):
-    for split in ("train", "dev32"):
-        write_jsonl(root / "copa" / f"{split}.jsonl", copa_rows(6))
-    write_jsonl(root / "copa" / "validation.jsonl", copa_rows(4) if validation is None else validation)
+    write_jsonl(root / "copa" / "train.jsonl", copa_rows(6))
+    write_jsonl(root / "copa" / "dev32.jsonl", copa_rows(8, text_from=100))
+    write_jsonl(root / "copa" / "validation.jsonl",
+                copa_rows(4, text_from=EVAL_TEXT_FROM) if validation is None else validation)
     return root
 
 
 def test_per_example_choices_load_and_encode(tmp_path, tiny_tok):
     task = load(write_copa(tmp_path), "copa")
-    assert task.spec.num_choices == 2 and task.dev == [] and len(task.eval) == 4  # dev32 read only when used
-    assert len(load_task(task.spec, str(tmp_path), eval_split="dev").eval) == 6
+    assert task.spec.num_choices == 2 and len(task.eval) == 4
+    assert len(task.dev) == 8 and len(task.train) == 6  # the data's own dev split: train stays whole
+    assert task.sources.keys() == {"train", "dev32", "validation"}
     item = Encoder(tiny_tok, task.spec).item(task.eval[1], train=False)
     assert item["choices"] == ["we left early", "we stayed for more"] and item["label"] == 1
     assert item["choice_ids"] == [encode_answer(tiny_tok, c) for c in item["choices"]]

@@ -15,7 +15,7 @@ from test_robustness import cli
 
 def train(tmp_path, data_root, run_dir, *overrides: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "promptlab.train", "model=tiny_random", "logger=wandb", "logger.wandb.mode=offline",
-           "data.k_shot=4", "eval_batch_size=3", f"paths.data_root={data_root}", f"paths.cache_dir={tmp_path / 'c'}",
+           "data.k_shot=4", "eval_batch_size=3", f"paths.data_root={data_root}", "data.dev_size=8", f"paths.cache_dir={tmp_path / 'c'}",
            f"hydra.run.dir={run_dir}", *overrides]
     done = subprocess.run(cmd, env=subprocess_env(), stdin=subprocess.DEVNULL, capture_output=True, text=True,
                           timeout=300)
@@ -59,7 +59,7 @@ def test_two_process_training_leaves_one_record_and_one_checkpoint(tmp_path, dat
 
 def test_sweep_refuses_ranks_that_lightning_would_start(monkeypatch, capsys, data_root, tmp_path):
     monkeypatch.setattr("promptlab.train.load_backbone", lambda *a, **k: pytest.fail("the model loaded"))
-    code, err = cli(monkeypatch, capsys, "-m", "trainer=ddp_cpu", "seed=1,2", f"paths.data_root={data_root}",
+    code, err = cli(monkeypatch, capsys, "-m", "trainer=ddp_cpu", "seed=1,2", f"paths.data_root={data_root}", "data.dev_size=8",
                     f"hydra.sweep.dir={tmp_path / 's'}")
     assert code == 1
     assert "would re-run the whole sweep" in err and "hydra/launcher=slurm" in err

@@ -38,15 +38,17 @@ GEN_TASK = {
     "reference_column": "answer", "reference_filters": [{"type": "regex", "pattern": "#### (.+)$"}],
     "filters": [{"type": "regex", "pattern": "answer is (\\S+)", "fallback": "keep"}, {"type": "last_number"}],
     "generation": {"max_new_tokens": 6, "until": []}, "metrics": ["exact_match"], "primary_metric": "exact_match",
-    "k_shot": None, "train_size": 8, "max_prompt_tokens": 2048, "max_target_tokens": 32,
+    "k_shot": None, "train_size": 8, "max_prompt_tokens": 2048, "max_target_tokens": 32, "dev_size": 8,
 }
 
 
 @pytest.fixture
 def gen_cfg(make_cfg, data_root):
-    """A tiny generation task (12 train, 6 test rows) on the tiny model: ``gen_cfg("method=...")``."""
-    write_jsonl(data_root / "tinyqa" / "train.jsonl", qa_rows(12))
-    write_jsonl(data_root / "tinyqa" / "test.jsonl", qa_rows(6))
+    """A tiny generation task (16 train rows, 8 of them carved out for dev; 6 test rows) on the tiny model:
+    ``gen_cfg("method=...")``."""
+    rows = qa_rows(22)
+    write_jsonl(data_root / "tinyqa" / "train.jsonl", rows[6:])
+    write_jsonl(data_root / "tinyqa" / "test.jsonl", rows[:6])
 
     def _make(*overrides: str, method: str = "zero_shot", **task) -> OmegaConf:
         cfg = make_cfg(*overrides, method=method)
@@ -192,10 +194,11 @@ def test_target_replace_and_training_items(gen_cfg, data_root, tiny_tok):
     cfg = gen_cfg()
     spec = TaskSpec.from_config(cfg.data)
     task = load_task(spec, str(data_root))
-    assert spec.target_of(task.train[3]) == "the answer  is good\nThe answer is 3."
-    item = Encoder(tiny_tok, spec).item(task.train[3], train=True)
+    row = next(r for r in task.train if r["answer"].endswith("#### 9"))
+    assert spec.target_of(row) == "the answer  is good\nThe answer is 9."
+    item = Encoder(tiny_tok, spec).item(row, train=True)
     assert item["target_ids"][-1] == tiny_tok.eos_token_id  # trained to stop
-    assert tiny_tok.decode(item["target_ids"][:-1]).endswith("The answer is 3.")
+    assert tiny_tok.decode(item["target_ids"][:-1]).endswith("The answer is 9.")
 
 
 # ---------------------------------------------------------------------------------------- chain of thought
@@ -271,8 +274,9 @@ def test_eval_of_a_few_shot_run_redraws_the_same_demos(make_cfg, run_dir):
 
 def test_eval_on_another_task_and_split(make_cfg, run_dir):
     promptlab.train.run(make_cfg(method="zero_shot"), run_dir)
-    result, _ = run_eval(run_dir, ["data=rte", "data.eval_limit=4"])
+    result, _ = run_eval(run_dir, ["data=rte", "data.eval_limit=4", "data.dev_size=8"])
     assert result["dataset"] == "rte" and result["costs"]["eval_examples"] == 4
+    assert result["costs"]["dev_examples"] == 8 and set(result["dev_metrics"]) == set(result["metrics"])
 
 
 @pytest.mark.parametrize(("setup", "match"), [("missing", "no readable run"), ("running", "did not complete"),

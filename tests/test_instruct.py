@@ -16,12 +16,13 @@ from promptlab.tasks.mixture import HELDOUT_MEAN, SEEN_MEAN, Mixture
 
 def mixture_cfg(data_root, **overrides) -> dict:
     """sst2 and a generation task seen, rte held out."""
-    write_jsonl(data_root / "tinyqa" / "train.jsonl", qa_rows(12))
-    write_jsonl(data_root / "tinyqa" / "test.jsonl", qa_rows(6))
+    rows = qa_rows(22)
+    write_jsonl(data_root / "tinyqa" / "train.jsonl", rows[6:])
+    write_jsonl(data_root / "tinyqa" / "test.jsonl", rows[:6])
     tasks = {"sst2": OmegaConf.to_container(data_cfg("sst2")), "tinyqa": GEN_TASK,
              "rte": OmegaConf.to_container(data_cfg("rte"))}
     return {"name": "tiny_mix", "tasks": tasks, "train": {"sst2": 1.0, "tinyqa": 1.0}, "examples_per_task": 6,
-            "templates": "all", "eval_limit": None, **overrides}
+            "templates": "all", "eval_limit": None, "dev_size": 8, **overrides}
 
 
 @pytest.fixture
@@ -37,7 +38,7 @@ def mix_cfg(make_cfg, data_root):
 
 def loaded(cfg) -> tuple[Mixture, dict]:
     m = Mixture.from_config(cfg.mixture)
-    m.load(cfg.paths.data_root)
+    m.load(cfg.paths.data_root, 0)
     return m, m.budgets(0)
 
 
@@ -154,7 +155,8 @@ def test_eval_of_a_mixture_run_on_one_task_and_on_the_whole_mixture(mix_cfg, run
 
     cfg = mix_cfg()
     promptlab.train.run(cfg, run_dir)  # writes config.yaml beside result.json
-    one, _ = run_eval(run_dir, ["data=rte", f"paths.data_root={cfg.paths.data_root}", "data.k_shot=2"])
+    one, _ = run_eval(run_dir, ["data=rte", f"paths.data_root={cfg.paths.data_root}", "data.k_shot=2",
+                                "data.dev_size=8"])
     assert one["status"] == "completed" and one["output_type"] == "choice" and "accuracy" in one["metrics"]
     assert one["metrics"]["accuracy"] == read_result(run_dir)["metrics"]["rte/accuracy"]  # same model, same rows
     again, _ = run_eval(run_dir, [])

@@ -40,20 +40,28 @@ def cfg_display(method: str) -> str:
 
 def predictions_from_checkpoint(cfg, model, backbone) -> list[dict]:
     """Re-score the eval split as run() batches it (same prompts, same batches) with a reloaded model, computing
-    every predictions.jsonl field here: a trained method has no demonstrations, sst2's choices are fixed."""
+    every predictions.jsonl field here: a trained method has no demonstrations, sst2's choices are fixed; each
+    length-normalised readout divides the summed answer log-likelihood by the answer's tokens, characters, bytes."""
     spec = TaskSpec.from_config(cfg.data)
-    task = load_task(spec, cfg.paths.data_root)
+    task = load_task(spec, cfg.paths.data_root, cfg.seed)
     tok = backbone.tokenizer
     readout = ChoiceReadout(tok.pad_token_id)
     rows = []
     with torch.no_grad():
         for batch in eval_loader(eval_items(Encoder(tok, spec), task.eval), cfg.eval_batch_size):
-            scores = readout.scores(model.eval(), batch["prompt_ids"], batch["choice_ids"]).float().cpu()
-            for i, y, s in zip(batch["idx"], batch["labels"], scores, strict=True):
+            sums = readout.scores(model.eval(), batch["prompt_ids"], batch["choice_ids"]).float().cpu()
+            for i, y, s, ids in zip(batch["idx"], batch["labels"], sums, batch["choice_ids"], strict=True):
                 pred, correct = int(s.argmax()), float(int(s.argmax()) == int(y))
-                rows.append({"idx": int(i), "label": int(y), "pred": pred, "pred_name": spec.class_names[pred],
-                             "log_probs": [round(float(v), 5) for v in s],
-                             "scores": {"accuracy": correct, "macro_f1": correct}, "score": correct})
+                logp = [round(float(v), 5) for v in s]
+                lengths = {"answer_tokens": [len(c) for c in ids], "answer_chars": [len(c) for c in spec.choices],
+                           "answer_bytes": [len(c.encode()) for c in spec.choices]}
+                norms = {f"pred@{name}": max(range(len(logp)), key=lambda c, k=key: logp[c] / lengths[k][c])
+                         for name, key in (("per_token", "answer_tokens"), ("per_char", "answer_chars"),
+                                           ("per_byte", "answer_bytes"))}
+                rows.append({"idx": int(i), "label": int(y), "pred": pred,
+                             "log_probs": [round(float(v), 5) for v in s.log_softmax(-1)], "answer_logprobs": logp,
+                             **lengths, "pred_name": spec.class_names[pred],
+                             "scores": {"accuracy": correct, "macro_f1": correct}, "score": correct, **norms})
     return sorted(rows, key=lambda r: r["idx"])
 
 

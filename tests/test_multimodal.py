@@ -27,7 +27,7 @@ from promptlab.vision import ImageBlocks, pixel_inputs
 
 @pytest.fixture
 def image_root(tmp_path):
-    make(tmp_path / "data" / "colours", train=16, validation=8, size=32)
+    make(tmp_path / "data" / "colours", train=32, validation=8, size=32)
     return tmp_path / "data"
 
 
@@ -37,7 +37,7 @@ def mm_cfg(tmp_path, image_root):
 
     def _make(kind: str, method: str, *overrides: str, data: str = "colours"):
         base = [f"model=tiny_random_{kind}", f"method={method}", f"data={data}", f"paths.data_root={image_root}",
-                f"paths.cache_dir={tmp_path / 'cache'}", "logger=none", "eval_batch_size=4"]
+                f"paths.cache_dir={tmp_path / 'cache'}", "logger=none", "eval_batch_size=4", "data.dev_size=8"]
         base.append("data.k_shot=2" if data == "colours" else "data.train_size=8")
         if build_method(compose_config([f"method={method}"]).method).trains:
             base += ["method.max_steps=2", "method.batch_size=4"]
@@ -273,7 +273,7 @@ def test_an_imagefolder_split_is_read_with_its_class_folders(tmp_path, mm_cfg, i
 
 
 def test_text_tasks_on_a_vlm_go_through_its_chat_template(tmp_path, data_root):
-    cfg = compose_config(["model=tiny_random_vlm", "data=sst2", "method=zero_shot"])
+    cfg = compose_config(["model=tiny_random_vlm", "data=sst2", "method=zero_shot", "data.dev_size=8"])
     spec = TaskSpec.from_config(cfg.data)
     backbone = load_backbone(cfg.model, tmp_path / "cache")
     item = build_method(cfg.method).encoder(backbone, spec, []).item(load_task(spec, str(data_root)).eval[0], False)

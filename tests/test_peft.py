@@ -46,9 +46,10 @@ def rescore(cfg, model, tok) -> list[dict]:
     readout = ChoiceReadout(tok.pad_token_id)
     out = []
     with torch.no_grad():
-        for batch in eval_loader(eval_items(Encoder(tok, spec), load_task(spec, cfg.paths.data_root).eval), 8):
+        for batch in eval_loader(eval_items(Encoder(tok, spec), load_task(spec, cfg.paths.data_root, cfg.seed).eval), 8):
             scores = readout.scores(model.eval(), batch["prompt_ids"], batch["choice_ids"], batch["task_id"])
-            out += [(int(i), [round(float(v), 5) for v in s]) for i, s in zip(batch["idx"], scores, strict=True)]
+            out += [(int(i), [round(float(v), 5) for v in s.log_softmax(-1)])
+                    for i, s in zip(batch["idx"], scores, strict=True)]
     return sorted(out)
 
 

@@ -496,7 +496,7 @@ def test_runs_without_a_readable_config_still_read(tmp_path, caplog):
 def test_cli_on_a_real_tiny_model_sweep(tmp_path, data_root, capsys):
     sweep = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "promptlab.train", "-m", "model=tiny_random", "logger=none", "data.k_shot=2",
-           f"paths.data_root={data_root}", f"paths.cache_dir={tmp_path / 'cache'}", "method=prompt_tuning",
+           f"paths.data_root={data_root}", "data.dev_size=8", f"paths.cache_dir={tmp_path / 'cache'}", "method=prompt_tuning",
            "method.max_steps=2", "method.batch_size=4", "method.peft.num_virtual_tokens=5,20", f"hydra.sweep.dir={sweep}"]
     done = subprocess.run(cmd, env=subprocess_env(), stdin=subprocess.DEVNULL, capture_output=True, text=True,
                           timeout=300)

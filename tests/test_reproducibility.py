@@ -33,8 +33,8 @@ def assert_same(a: list[dict], b: list[dict], tol: float = 1e-5) -> None:
 # (method, task config or None for the default SST-2 fixture, its folder, rows for (train, eval))
 CASES = {
     "choice": ("few_shot", None, None, None),
-    "per-example multi-token choices": ("zero_shot", COPA_LIKE, "tinycopa", (copa_rows(8), copa_rows(7))),
-    "generation": ("zero_shot_cot", GEN_TASK, "tinyqa", (qa_rows(12), qa_rows(7))),
+    "per-example multi-token choices": ("zero_shot", COPA_LIKE, "tinycopa", (copa_rows(14), copa_rows(7, 500))),
+    "generation": ("zero_shot_cot", GEN_TASK, "tinyqa", (qa_rows(22)[7:], qa_rows(7))),
 }
 
 
@@ -59,7 +59,8 @@ def test_record_holds_what_reproducing_the_run_needs(make_cfg, data_root, run_di
     promptlab.train.run(make_cfg(method="few_shot"), run_dir)
     rec = json.loads((run_dir / "result.json").read_text())
     prov = rec["provenance"]
-    assert prov["seeds"] == {"run": 0, "budget": 0, "demos": 1, "train_order": 0, "dev_split": 1234, "eval_subset": 0}
+    assert prov["seeds"] == {"run": 0, "budget": 0, "demos": 1, "train_order": 0, "dev_split": [1234, 0],
+                              "eval_subset": 0}
     for split, file in (("train", "train.jsonl"), ("validation", "validation.jsonl")):
         digest = hashlib.sha256((data_root / "sst2" / file).read_bytes()).hexdigest()[:16]
         assert prov["data"][split] == f"{file} sha256:{digest}"

@@ -123,7 +123,7 @@ def test_cli_says_how_to_continue(monkeypatch, capsys, data_root, tmp_path):
 
     fail_at(monkeypatch, 1)
     run_dir = tmp_path / "r"
-    code, err = cli(monkeypatch, capsys, "method=prompt_tuning", *STEPS, f"paths.data_root={data_root}",
+    code, err = cli(monkeypatch, capsys, "method=prompt_tuning", *STEPS, f"paths.data_root={data_root}", "data.dev_size=8",
                     f"hydra.run.dir={run_dir}")
     assert code == 143
     assert f"run the same command again with hydra.run.dir={run_dir}" in err

@@ -19,7 +19,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from conftest import read_result, sst2_rows, write_jsonl
+from conftest import EVAL_TEXT_FROM, read_result, sst2_rows, write_jsonl
 
 import promptlab.train
 from promptlab import signals, sweep
@@ -132,7 +132,7 @@ def test_cli_runs_dir_that_cannot_be_written(monkeypatch, capsys, data_root, tmp
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     for mode in ((), ("-m", "seed=1,2")):
-        code, err = cli(monkeypatch, capsys, *mode, f"paths.data_root={data_root}", f"paths.runs_dir={blocker}")
+        code, err = cli(monkeypatch, capsys, *mode, f"paths.data_root={data_root}", "data.dev_size=8", f"paths.runs_dir={blocker}")
         assert code == 2, err
         assert "promptlab: error: cannot write the output directory" in err and "fix: set paths.runs_dir" in err
         assert "Traceback" not in err
@@ -140,12 +140,12 @@ def test_cli_runs_dir_that_cannot_be_written(monkeypatch, capsys, data_root, tmp
 
 def write_sst2(root: Path, train: list[dict], validation: list[dict] | None = None) -> Path:
     write_jsonl(root / "sst2" / "train.jsonl", train)
-    write_jsonl(root / "sst2" / "validation.jsonl", validation or sst2_rows(3))
+    write_jsonl(root / "sst2" / "validation.jsonl", validation or sst2_rows(3, text_from=EVAL_TEXT_FROM))
     return root
 
 
 def test_class_without_training_examples_gets_a_real_fix(make_cfg, run_dir, tmp_path, no_model):
-    root = write_sst2(tmp_path / "data", [r for r in sst2_rows(6) if r["label"] == 1])
+    root = write_sst2(tmp_path / "data", [r for r in sst2_rows(12) if r["label"] == 1])
     with pytest.raises(ConfigError, match="class 0 has no training examples") as err:
         promptlab.train.run(make_cfg(f"paths.data_root={root}", method="few_shot"), run_dir)
     assert "<= 0" not in err.value.fix and "train_size" in err.value.fix
@@ -160,9 +160,9 @@ def test_non_utf8_data_is_one_message(make_cfg, run_dir, tmp_path, no_model):
 
 
 def test_repeated_idx_never_gives_two_predictions_one_idx(make_cfg, run_dir, tmp_path):
-    validation = sst2_rows(3)
+    validation = sst2_rows(3, text_from=EVAL_TEXT_FROM)
     validation[4]["idx"] = 0  # a repeat of row 0's id (string ids: test_tasks.py)
-    root = write_sst2(tmp_path / "data", sst2_rows(6), validation)
+    root = write_sst2(tmp_path / "data", sst2_rows(10), validation)
     result = promptlab.train.run(make_cfg(f"paths.data_root={root}"), run_dir)
     assert result["status"] == "completed"
     ids = [json.loads(line)["idx"] for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
@@ -275,7 +275,7 @@ def test_signal_during_a_deferred_block_is_raised_after_it():
 
 def test_cli_single_run_sigterm_exits_143(monkeypatch, capsys, data_root, tmp_path):
     signal_during(monkeypatch, promptlab.train, "load_task", signal.SIGTERM)
-    code, err = cli(monkeypatch, capsys, f"paths.data_root={data_root}", f"hydra.run.dir={tmp_path / 'run'}")
+    code, err = cli(monkeypatch, capsys, f"paths.data_root={data_root}", "data.dev_size=8", f"hydra.run.dir={tmp_path / 'run'}")
     assert code == 143, err
     assert read_result(tmp_path / "run")["status"] == "interrupted"
     assert "interrupted by SIGTERM" in err
@@ -283,7 +283,7 @@ def test_cli_single_run_sigterm_exits_143(monkeypatch, capsys, data_root, tmp_pa
 
 def test_cli_sweep_stops_at_a_signal_and_says_what_did_not_run(monkeypatch, capsys, data_root, tmp_path):
     signal_during(monkeypatch, promptlab.train, "load_task", signal.SIGINT)
-    code, err = cli(monkeypatch, capsys, "-m", "seed=1,2,3", f"paths.data_root={data_root}",
+    code, err = cli(monkeypatch, capsys, "-m", "seed=1,2,3", f"paths.data_root={data_root}", "data.dev_size=8",
                     f"hydra.sweep.dir={tmp_path / 'sweep'}")
     assert code == 130, err
     assert [p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir() and p.name[0] != "."] \
@@ -296,7 +296,7 @@ def test_cli_sweep_stops_at_a_signal_and_says_what_did_not_run(monkeypatch, caps
 
 
 def test_sweep_dir_reuse_never_replaces_another_configs_record(monkeypatch, capsys, data_root, tmp_path):
-    args = ("-m", "seed=1,2", f"paths.data_root={data_root}", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    args = ("-m", "seed=1,2", f"paths.data_root={data_root}", "data.dev_size=8", f"hydra.sweep.dir={tmp_path / 'sweep'}")
     code, err = cli(monkeypatch, capsys, *args, "data.template=0")
     assert code == 0, err
     assert "promptlab: sweep" in err and "2 completed" in err
@@ -320,7 +320,7 @@ def test_member_locked_by_another_process_is_not_run_twice(monkeypatch, capsys, 
     member.mkdir(parents=True)
     with run_lock(member) as mine:  # held as another sweep of the same command would hold it
         assert mine
-        code, err = cli(monkeypatch, capsys, "-m", "seed=1", f"paths.data_root={data_root}",
+        code, err = cli(monkeypatch, capsys, "-m", "seed=1", f"paths.data_root={data_root}", "data.dev_size=8",
                         f"hydra.sweep.dir={tmp_path / 'sweep'}")
     assert code == 0, err
     assert not (member / "result.json").exists()
@@ -360,7 +360,7 @@ def test_full_disk_is_one_message_not_a_traceback(monkeypatch, capsys, data_root
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(promptlab.tracking, "_write_atomic", full)
-    code, err = cli(monkeypatch, capsys, f"paths.data_root={data_root}", f"hydra.run.dir={tmp_path / 'r'}")
+    code, err = cli(monkeypatch, capsys, f"paths.data_root={data_root}", "data.dev_size=8", f"hydra.run.dir={tmp_path / 'r'}")
     assert code == 1
     assert "promptlab: error: No space left on device" in err and "fix: free space" in err
     assert "Traceback" not in err

@@ -25,8 +25,8 @@ ATOL = 1e-4
 
 def brute_force(model, prompts, choices, skip_positions: int = 0) -> torch.Tensor:
     """Full logits at every position of each unpadded prompt+answer sequence, log_softmax over the vocabulary,
-    answer-token log-probs summed, then log_softmax over the example's answers; -inf pads shorter lists.
-    ``skip_positions`` drops leading outputs (PEFT's virtual tokens)."""
+    answer-token log-probs summed (each answer's log-likelihood); -inf pads shorter lists. ``skip_positions``
+    drops leading outputs (PEFT's virtual tokens)."""
     width = max(len(cs) for cs in choices)
     out = torch.full((len(prompts), width), -torch.inf, dtype=torch.float64)
     with torch.no_grad():
@@ -38,7 +38,7 @@ def brute_force(model, prompts, choices, skip_positions: int = 0) -> torch.Tenso
                 assert logits.shape[0] == ids.shape[1]
                 logp = torch.log_softmax(logits.double(), dim=-1)
                 per_choice.append(sum(logp[len(p) - 1 + j, t] for j, t in enumerate(lab)))
-            out[i, : len(cs)] = torch.log_softmax(torch.stack(per_choice), dim=-1)
+            out[i, : len(cs)] = torch.stack(per_choice)
     return out.float()
 
 
@@ -88,7 +88,7 @@ def test_readout_matches_brute_force(tiny_backbone, words, single):
     assert batched.shape == (3, 2)
     torch.testing.assert_close(batched, expected, atol=ATOL, rtol=0)
     torch.testing.assert_close(one_by_one, expected, atol=ATOL, rtol=0)  # padding changes nothing
-    torch.testing.assert_close(batched.exp().sum(-1), torch.ones(3), atol=1e-5, rtol=0)
+    assert (batched <= 0).all()  # log-likelihoods of whole answers, not normalised over the answers
     # a random model still prefers different labels for different prompts, more or less: scores not constant
     assert not torch.allclose(batched[0], batched[1])
     # the module's own reference (used by other tests) agrees with this one
@@ -125,25 +125,38 @@ def test_per_example_answers_are_ragged(tiny_backbone):
     for row, alone, cs in zip(batched, one_by_one, choices, strict=True):
         assert alone.shape == (len(cs),)
         torch.testing.assert_close(row[: len(cs)], alone, atol=ATOL, rtol=0)  # batching changes nothing
-    torch.testing.assert_close(batched.exp().sum(-1), torch.ones(3), atol=1e-5, rtol=0)
 
 
 def test_predict_rows_and_loss(tiny_backbone):
     model, tok = tiny_backbone.model.eval(), tiny_backbone.tokenizer
     choices = [[encode_answer(tok, w) for w in ws] for ws in PER_EXAMPLE]
     prompts = make_prompts(tok)
-    batch = {"idx": [7, 3, 5], "prompt_ids": prompts, "choice_ids": choices, "labels": torch.tensor([1, 2, 0])}
+    batch = {"idx": [7, 3, 5], "prompt_ids": prompts, "choice_ids": choices, "choices": PER_EXAMPLE,
+             "labels": torch.tensor([1, 2, 0])}
     readout = ChoiceReadout(tok.pad_token_id)
     with torch.no_grad():
-        scores = readout.scores(model, prompts, choices)
+        sums = readout.scores(model, prompts, choices)
         rows = readout.predict(model, batch)
         loss = readout.loss(model, batch)
+    normalised = sums.log_softmax(-1)
     assert [(r["idx"], r["label"]) for r in rows] == [(7, 1), (3, 2), (5, 0)]
-    assert [r["pred"] for r in rows] == scores.argmax(-1).tolist()
-    for r, s, cs in zip(rows, scores, choices, strict=True):
-        assert r["log_probs"] == [round(float(v), 5) for v in s[: len(cs)]]  # no -inf padding in the record
-    torch.testing.assert_close(loss, -scores[[0, 1, 2], [1, 2, 0]].mean())
-    torch.testing.assert_close(loss, F.nll_loss(scores, batch["labels"]))
+    assert [r["pred"] for r in rows] == sums.argmax(-1).tolist()
+    for r, s, n, cs, texts in zip(rows, sums, normalised, choices, PER_EXAMPLE, strict=True):
+        assert r["log_probs"] == [round(float(v), 5) for v in n[: len(cs)]]  # no -inf padding in the record
+        assert r["answer_logprobs"] == [round(float(v), 5) for v in s[: len(cs)]]
+        assert r["answer_tokens"] == [len(c) for c in cs]
+        assert r["answer_chars"] == [len(t) for t in texts] == r["answer_bytes"]  # ASCII
+    torch.testing.assert_close(loss, -normalised[[0, 1, 2], [1, 2, 0]].mean())
+    torch.testing.assert_close(loss, F.nll_loss(normalised, batch["labels"]))
+
+
+def test_bytes_and_characters_differ_beyond_ascii(tiny_backbone):
+    tok = tiny_backbone.tokenizer
+    from promptlab.readout.choice import choice_row
+
+    texts = ["café", "tea"]
+    row = choice_row(0, 1, torch.tensor([-4.0, -3.0]), [encode_answer(tok, t) for t in texts], texts)
+    assert row["answer_chars"] == [4, 3] and row["answer_bytes"] == [5, 3]
 
 
 def test_readout_is_differentiable(tiny_backbone):

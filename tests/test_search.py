@@ -33,7 +33,7 @@ from promptlab.train import plan, run
 
 @pytest.fixture
 def root(tmp_path):
-    """sst2/rte with 12 training examples per class (dev is carved out of them), 10 eval examples."""
+    """sst2/rte with 12 training examples per class (dev, 8 rows, is carved out of them), 10 eval examples."""
     return make_data_root(tmp_path / "data", train_per_class=12)
 
 
@@ -42,7 +42,7 @@ def cfg_of(tmp_path, root):
     def make(*overrides: str, method: str = "zero_shot"):
         return compose_config(["model=tiny_random", f"method={method}", f"paths.data_root={root}",
                                f"paths.cache_dir={tmp_path / 'cache'}", "logger=none", "data.k_shot=3",
-                               "data.dev_size=6", "eval_batch_size=8", *overrides])
+                               "data.dev_size=8", "eval_batch_size=8", *overrides])
 
     return make
 
@@ -56,36 +56,52 @@ def cfg_of(tmp_path, root):
 def test_dev_train_and_eval_are_disjoint_for_every_budget(cfg_of, budget, seed):
     p = plan(cfg_of("search=templates", f"seed={seed}", *budget, method="few_shot"))
     dev, sample, ev = p.task.dev, p.pool, p.task.eval
-    assert len(dev) == 6 and sample and ev
+    assert len(dev) == 8 and sample and ev
     ids = lambda rows: {r["idx"] for r in rows}  # noqa: E731
     texts = lambda rows: {input_text(p.spec, r) for r in rows}  # noqa: E731
     assert not ids(dev) & ids(sample) and not texts(dev) & texts(sample)
     assert not texts(dev) & texts(p.task.train)  # nothing the budget could draw is a dev example
+    assert not (texts(dev) | texts(p.task.train)) & texts(ev)  # nor an eval example
     assert {json.dumps(d, sort_keys=True) for d in p.demos} <= {json.dumps(r, sort_keys=True) for r in sample}
     assert p.task.sources.keys() == {"train", "validation"}  # eval is its own split
 
 
-def test_dev_is_the_same_for_every_seed_and_method(cfg_of):
-    a = plan(cfg_of("search=templates", "seed=0")).task.dev
-    b = plan(cfg_of("search=templates", "seed=5", method="few_shot")).task.dev
-    assert a == b
+def test_dev_is_fixed_per_seed_whatever_the_method(cfg_of):
+    zero = plan(cfg_of("seed=0")).task.dev
+    assert plan(cfg_of("search=templates", "seed=0", method="few_shot")).task.dev == zero
+    assert plan(cfg_of("seed=0", method="prompt_tuning")).task.dev == zero
+    assert plan(cfg_of("seed=5")).task.dev != zero  # another seed carves another dev
 
 
 def test_a_train_duplicate_of_a_dev_example_is_not_drawn(tmp_path):
-    rows = sst2_rows(6)
+    rows = sst2_rows(8)
     rows.append({**rows[0], "idx": 99})  # the same text twice in train
     write_jsonl(tmp_path / "sst2" / "train.jsonl", rows)
-    write_jsonl(tmp_path / "sst2" / "validation.jsonl", sst2_rows(2))
-    spec = TaskSpec.from_config(compose_config(["data=sst2", "data.dev_size=11"]).data)
-    task = load_task(spec, str(tmp_path), dev=True)
+    write_jsonl(tmp_path / "sst2" / "validation.jsonl", sst2_rows(2, text_from=100))
+    spec = TaskSpec.from_config(compose_config(["data=sst2", "data.dev_size=15"]).data)
+    task = load_task(spec, str(tmp_path))
     dev_texts = {input_text(spec, r) for r in task.dev}
     assert all(input_text(spec, r) not in dev_texts for r in task.train)
 
 
+def test_train_and_dev_rows_that_are_eval_rows_are_dropped(tmp_path):
+    train = sst2_rows(10)
+    write_jsonl(tmp_path / "sst2" / "train.jsonl", train)
+    write_jsonl(tmp_path / "sst2" / "dev32.jsonl", [{**r, "idx": 100 + r["idx"]} for r in train[6:16]])
+    write_jsonl(tmp_path / "sst2" / "validation.jsonl", [{**r, "idx": 200 + r["idx"]} for r in train[16:]])
+    spec = TaskSpec.from_config(compose_config(["data=sst2", "+data.dev_split=dev32"]).data)
+    task = load_task(spec, str(tmp_path))
+    evals = {input_text(spec, r) for r in task.eval}
+    assert not evals & {input_text(spec, r) for r in task.train + task.dev}
+    assert not {input_text(spec, r) for r in task.dev} & {input_text(spec, r) for r in task.train}
+    assert task.splits["dropped_overlaps"] == {"train_in_eval": 4, "dev_in_eval": 0, "train_in_dev": 10}
+    assert len(task.dev) == 10 and len(task.train) == 6
+
+
 def test_a_datasets_own_dev_split_is_used(tmp_path, cfg_of, root):
-    write_jsonl(root / "sst2" / "dev32.jsonl", sst2_rows(2, start_idx=500))
+    write_jsonl(root / "sst2" / "dev32.jsonl", sst2_rows(4, start_idx=500, text_from=300))
     p = plan(cfg_of("search=templates", "+data.dev_split=dev32"))
-    assert [r["idx"] for r in p.task.dev] == [500, 501, 502, 503]
+    assert [r["idx"] for r in p.task.dev] == list(range(500, 508))
     assert "dev32" in p.task.sources
 
 
@@ -95,7 +111,7 @@ def test_a_datasets_own_dev_split_is_used(tmp_path, cfg_of, root):
 def test_search_chooses_the_best_dev_candidate_for_each_readout(cfg_of, tmp_path):
     rec = run(cfg_of("search=templates", "calibration=[contextual,batch]"), tmp_path / "run")
     sel = rec["selection"]
-    assert rec["status"] == "completed" and sel["split"] == "dev" and sel["dev_examples"] == 6
+    assert rec["status"] == "completed" and sel["split"] == "dev" and sel["dev_examples"] == 8
     cands = sel["candidates"]
     n = len(compose_config(["data=sst2"]).data.templates)
     assert [c["id"] for c in cands] == [f"template {i}" for i in range(n)]
@@ -104,7 +120,7 @@ def test_search_chooses_the_best_dev_candidate_for_each_readout(cfg_of, tmp_path
         first_best = next(c["id"] for c in cands if c["dev"][key] == best)  # ties: the task's order
         assert sel["chosen"][readout] == [first_best]
     assert rec["costs"]["search_candidates"] == n
-    assert rec["costs"]["search_examples_scored"] == n * (6 + 3)  # dev rows + 3 content-free inputs each
+    assert rec["costs"]["search_examples_scored"] == n * (8 + 3)  # dev rows + 3 content-free inputs each
     assert rec["costs"]["search_seconds"] > 0 and rec["costs"]["search_tokens_scored"] > 0
 
 
@@ -198,11 +214,11 @@ def test_clean_instruction():
 def test_search_on_a_generation_task_chooses_by_its_metric(tmp_path):
     from conftest import write_jsonl as w
 
-    rows = [{"question": f"what is {i} plus {i}", "answer": f"#### {2 * i}"} for i in range(12)]
-    w(tmp_path / "data" / "gsm8k" / "train.jsonl", rows)
+    rows = [{"question": f"what is {i} plus {i}", "answer": f"#### {2 * i}"} for i in range(15)]
+    w(tmp_path / "data" / "gsm8k" / "train.jsonl", rows[3:])
     w(tmp_path / "data" / "gsm8k" / "test.jsonl", rows[:3])
     cfg = compose_config(["model=tiny_random", "data=gsm8k", f"paths.data_root={tmp_path / 'data'}",
-                          f"paths.cache_dir={tmp_path / 'cache'}", "logger=none", "data.dev_size=4",
+                          f"paths.cache_dir={tmp_path / 'cache'}", "logger=none", "data.dev_size=8",
                           "data.generation.max_new_tokens=4", "search=templates",
                           "search.instructions=['Solve it.']"])
     rec = run(cfg, tmp_path / "run")
@@ -244,8 +260,8 @@ def test_knn_demos_are_the_nearest_training_examples(cfg_of, tmp_path):
     (["search=ape", "search.meta_prefix=3"], "zero_shot", "search.meta_prefix"),
     (["search=templates", "data.dev_size=24"], "zero_shot", "data.dev_size=24"),
     (["search=templates", "data.dev_size=20", "data.k_shot=3"], "few_shot", "dev"),
-    (["search=templates", "+data.dev_split=train"], "zero_shot", "dev_split=train is the training split"),
-    (["search=templates", "data.eval_split=dev"], "zero_shot", "same examples"),
+    (["search=templates", "+data.dev_split=train"], "zero_shot", "dev_split=train is also the training split"),
+    (["search=templates", "data.eval_split=dev"], "zero_shot", "would report on the examples every choice"),
     (["search=ensemble", "search.ensemble=0"], "zero_shot", "at least one prompt"),
     (["search=ensemble", "search.ensemble=9"], "zero_shot", "only 5 candidates"),
     (["search=templates", "search.combine=max"], "zero_shot", "search.combine"),
@@ -307,6 +323,7 @@ def test_a_template_sweep_produces_the_sensitivity_table(cfg_of, root, tmp_path)
     proc = subprocess.run(
         [sys.executable, "-m", "promptlab.train", "-m", "model=tiny_random", "logger=none", "method=few_shot",
          "method.num_demos=2", "data.k_shot=3", "calibration=[batch]", "data.template=0,1,2", "seed=0,1",
+         "data.dev_size=8",
          f"paths.data_root={root}", f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={tmp_path / 'runs' / 'sweep'}"],
         env=subprocess_env(), stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -336,7 +353,8 @@ def test_seed_ensembles_combine_the_saved_answer_scores(tmp_path, root):
     from promptlab.report.records import load_runs
 
     base = ["model=tiny_random", "method=prompt_tuning", f"paths.data_root={root}", "logger=none",
-            f"paths.cache_dir={tmp_path / 'cache'}", "data.k_shot=2", "method.max_steps=2", "method.batch_size=4"]
+            f"paths.cache_dir={tmp_path / 'cache'}", "data.k_shot=2", "method.max_steps=2", "method.batch_size=4",
+            "data.dev_size=8"]
     for seed in (0, 1, 2):
         run(compose_config([*base, f"seed={seed}"]), tmp_path / "runs" / f"s{seed}")
     (row,) = seed_ensembles(load_runs(tmp_path / "runs")).to_dict("records")

@@ -43,7 +43,7 @@ def runs(tmp_path_factory) -> dict[tuple[str, str], tuple]:
             cfg = compose_config([
                 "model=tiny_random", f"method={method}", f"data={task}", f"paths.data_root={data}",
                 f"paths.cache_dir={root / 'cache'}", "logger=none", "data.k_shot=2", "eval_batch_size=8",
-                "method.max_steps=2", "method.batch_size=4", "method.lr=0.3"])
+                "method.max_steps=2", "method.batch_size=4", "method.lr=0.3", "data.dev_size=8"])
             run_dir = root / f"{method}_{task}"
             result = promptlab.train.run(cfg, run_dir)
             assert result["status"] == "completed", result.get("error")
@@ -71,7 +71,7 @@ def test_a_mixed_batch_scores_as_each_task_alone(runs, method):
     for i, task in enumerate(TASKS):
         cfg = runs[method, task][0]
         spec = TaskSpec.from_config(cfg.data)
-        per_task.append(eval_items(Encoder(tok, spec, task_id=i), load_task(spec, cfg.paths.data_root).eval))
+        per_task.append(eval_items(Encoder(tok, spec, task_id=i), load_task(spec, cfg.paths.data_root, cfg.seed).eval))
     mixed = [x for pair in zip(*per_task, strict=True) for x in pair]  # sst2, rte, sst2, rte ...
     readout = ChoiceReadout(tok.pad_token_id)
     with torch.no_grad():
@@ -86,7 +86,7 @@ def test_a_mixed_batch_scores_as_each_task_alone(runs, method):
             assert scores[rows].argmax(1).tolist() == want.argmax(1).tolist()
             recorded = {r["idx"]: r for r in read_predictions(runs[method, task][1])}
             assert scores[rows].argmax(1).tolist() == [recorded[x["idx"]]["pred"] for x in items]
-            torch.testing.assert_close(scores[rows], torch.tensor([recorded[x["idx"]]["log_probs"] for x in items]),
+            torch.testing.assert_close(scores[rows], torch.tensor([recorded[x["idx"]]["answer_logprobs"] for x in items]),
                                        atol=1e-4, rtol=0)
         swapped = readout.scores(model, [x["prompt_ids"] for x in mixed], [x["choice_ids"] for x in mixed],
                                  [1 - x["task_id"] for x in mixed])

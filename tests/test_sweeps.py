@@ -55,33 +55,32 @@ def test_slurm_launcher_composes():
 
 
 def test_dev_split_is_carved_from_train_and_disjoint(data_root):
-    cfg = compose_config([f"paths.data_root={data_root}", "data.eval_split=dev", "data.dev_size=4"])
-    task = load_task(TaskSpec.from_config(cfg.data), cfg.paths.data_root)
-    assert len(task.eval) == 4 and len(task.train) == 12 - 4
-    assert task.dev == task.eval
-    assert not {r["idx"] for r in task.eval} & {r["idx"] for r in task.train}
-    assert {r["idx"] for r in task.eval} | {r["idx"] for r in task.train} == set(range(12))
-    again = load_task(TaskSpec.from_config(cfg.data), cfg.paths.data_root)
-    assert [r["idx"] for r in again.eval] == [r["idx"] for r in task.eval]  # fixed, seed-independent
+    spec = TaskSpec.from_config(compose_config(["data.dev_size=8"]).data)
+    task = load_task(spec, str(data_root), seed=0)
+    assert len(task.dev) == 8 and len(task.train) == 20 - 8
+    assert not {r["idx"] for r in task.dev} & {r["idx"] for r in task.train}
+    assert {r["idx"] for r in task.dev} | {r["idx"] for r in task.train} == set(range(20))
+    again = load_task(spec, str(data_root), seed=0)
+    assert [r["idx"] for r in again.dev] == [r["idx"] for r in task.dev]  # fixed per seed
+    assert [r["idx"] for r in load_task(spec, str(data_root), seed=1).dev] != [r["idx"] for r in task.dev]
 
 
-def test_eval_split_argument_overrides_the_spec(data_root):
-    spec = TaskSpec.from_config(compose_config(["data.dev_size=4"]).data)
-    assert spec.eval_split == "validation"
-    task = load_task(spec, str(data_root), eval_split="dev")  # as promptlab-eval data.eval_split=dev
-    assert len(task.eval) == 4 and len(task.train) == 12 - 4 and task.dev == task.eval
+def test_reporting_on_dev_is_refused():
+    with pytest.raises(ConfigError, match="eval_split=dev would report on the examples every choice is made on"):
+        TaskSpec.from_config(compose_config(["data.eval_split=dev"]).data)
 
 
-@pytest.mark.parametrize("dev_size", [0, 12, 100])
-def test_dev_size_must_leave_training_rows(data_root, dev_size):
-    cfg = compose_config([f"paths.data_root={data_root}", "data.eval_split=dev", f"data.dev_size={dev_size}"])
-    with pytest.raises(ConfigError, match="dev_size"):
+@pytest.mark.parametrize(("dev_size", "match"), [(0, "use 8 <= data.dev_size < 20"), (4, "fewer than 8 dev rows"),
+                                                 (20, "use 8 <= data.dev_size < 20"), (100, "dev_size")])
+def test_dev_size_must_leave_training_rows(data_root, dev_size, match):
+    cfg = compose_config([f"paths.data_root={data_root}", f"data.dev_size={dev_size}"])
+    with pytest.raises(ConfigError, match=match):
         load_task(TaskSpec.from_config(cfg.data), cfg.paths.data_root)
 
 
 def _multirun(tmp_path, data_root, *overrides, timeout=300):
     cmd = [sys.executable, "-m", "promptlab.train", "-m", "model=tiny_random", "logger=none",
-           f"paths.data_root={data_root}", f"paths.cache_dir={tmp_path / 'cache'}",
+           f"paths.data_root={data_root}", "data.dev_size=8", f"paths.cache_dir={tmp_path / 'cache'}",
            f"hydra.sweep.dir={tmp_path / 'sweep'}", *overrides]
     return subprocess.run(cmd, env=subprocess_env(), stdin=subprocess.DEVNULL, capture_output=True, text=True,
                           timeout=timeout)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
-from conftest import read_predictions, read_result, sst2_rows, write_jsonl
+from conftest import EVAL_TEXT_FROM, read_predictions, read_result, sst2_rows, write_jsonl
 from omegaconf import OmegaConf, open_dict
 
 import promptlab.train
@@ -21,12 +21,12 @@ COPA_LIKE = {
     "templates": ["{premise} What was the {question}?", "Premise: {premise} ({question})"], "template": 0,
     "label_column": "label", "choice_columns": ["choice1", "choice2"], "label_names": ["choice1", "choice2"],
     "metrics": ["accuracy", "macro_f1"], "primary_metric": "accuracy", "k_shot": None, "train_size": 4,
-    "prompt_init_text": "Pick the more plausible sentence.",
+    "prompt_init_text": "Pick the more plausible sentence.", "dev_size": 8,
 }
 
 
-def copa_rows(n: int) -> list[dict]:
-    return [{"idx": i, "premise": f"the movie was great {i}", "question": "effect" if i % 2 else "cause",
+def copa_rows(n: int, text_from: int = 0) -> list[dict]:
+    return [{"idx": i, "premise": f"the movie was great {text_from + i}", "question": "effect" if i % 2 else "cause",
              "choice1": "a good film with love" if i % 2 else "boring", "choice2": "terrible", "label": i % 2}
             for i in range(n)]
 
@@ -39,10 +39,10 @@ def with_task(cfg, **task):
 
 @pytest.mark.parametrize("ext", ["csv", "tsv", "parquet"])
 def test_local_files_are_read_by_extension(data_root, ext):
-    rows = sst2_rows(4)
+    splits = {"train": sst2_rows(6), "validation": sst2_rows(4, text_from=EVAL_TEXT_FROM)}
     folder = data_root / f"sst2_{ext}"
     folder.mkdir()
-    for split in ("train", "validation"):
+    for split, rows in splits.items():
         frame = pd.DataFrame(rows)
         path = folder / f"{split}.{ext}"
         if ext == "parquet":
@@ -50,23 +50,24 @@ def test_local_files_are_read_by_extension(data_root, ext):
         else:
             frame.to_csv(path, sep="\t" if ext == "tsv" else ",", index=False)
     spec = TaskSpec.from_config({**OmegaConf.to_container(OmegaConf.load(promptlab.train.CONFIG_DIR / "data" / "sst2.yaml")),
-                                 "local_dir": f"sst2_{ext}", "source": "local"})
+                                 "local_dir": f"sst2_{ext}", "source": "local", "dev_size": 8})
     task = load_task(spec, str(data_root))
     assert [(r["idx"], r["sentence"], r["label"]) for r in task.eval] == [(r["idx"], r["sentence"], r["label"]) for r in rows]
+    assert len(task.train) + len(task.dev) == 12
 
 
 def test_rows_without_integer_idx_get_their_position(data_root):
-    write_jsonl(data_root / "noidx" / "train.jsonl", [{"sentence": "good", "label": 1, "idx": "a"}] * 3)
+    write_jsonl(data_root / "noidx" / "train.jsonl", [{"sentence": f"good {i}", "label": 1, "idx": "a"} for i in range(10)])
     write_jsonl(data_root / "noidx" / "validation.jsonl", [{"sentence": "bad", "label": 0}] * 2)
     spec = TaskSpec.from_config({**OmegaConf.to_container(OmegaConf.load(promptlab.train.CONFIG_DIR / "data" / "sst2.yaml")),
-                                 "local_dir": "noidx"})
+                                 "local_dir": "noidx", "dev_size": 8})
     task = load_task(spec, str(data_root))
-    assert [r["idx"] for r in task.train] == [0, 1, 2] and [r["idx"] for r in task.eval] == [0, 1]
+    assert sorted(r["idx"] for r in task.train + task.dev) == list(range(10)) and [r["idx"] for r in task.eval] == [0, 1]
 
 
 def test_per_example_choices_score_like_brute_force(data_root, tiny_backbone):
-    write_jsonl(data_root / "tinycopa" / "validation.jsonl", copa_rows(4))
-    write_jsonl(data_root / "tinycopa" / "train.jsonl", copa_rows(6))
+    write_jsonl(data_root / "tinycopa" / "validation.jsonl", copa_rows(4, text_from=EVAL_TEXT_FROM))
+    write_jsonl(data_root / "tinycopa" / "train.jsonl", copa_rows(12))
     spec = TaskSpec.from_config(COPA_LIKE)
     task = load_task(spec, str(data_root))
     items = [Encoder(tiny_backbone.tokenizer, spec).item(r, train=False) for r in task.eval]
@@ -80,8 +81,8 @@ def test_per_example_choices_score_like_brute_force(data_root, tiny_backbone):
 
 
 def test_copa_like_task_trains_and_records(make_cfg, data_root, run_dir):
-    write_jsonl(data_root / "tinycopa" / "validation.jsonl", copa_rows(6))
-    write_jsonl(data_root / "tinycopa" / "train.jsonl", copa_rows(8))
+    write_jsonl(data_root / "tinycopa" / "validation.jsonl", copa_rows(6, text_from=EVAL_TEXT_FROM))
+    write_jsonl(data_root / "tinycopa" / "train.jsonl", copa_rows(14))
     result = promptlab.train.run(with_task(make_cfg(method="prompt_tuning"), **COPA_LIKE), run_dir)
     assert result["status"] == "completed" and result["chance"] == 0.5
     rows = read_predictions(run_dir)
@@ -91,22 +92,22 @@ def test_copa_like_task_trains_and_records(make_cfg, data_root, run_dir):
 @pytest.mark.parametrize("n_classes", [3, 5, 6])
 def test_multiclass_fixed_choices(make_cfg, data_root, run_dir, n_classes):
     words = ["good", "bad", "fun", "boring", "great", "terrible"][:n_classes]
-    rows = [{"idx": i, "text": f"{words[i % n_classes]} movie {i}", "label": i % n_classes} for i in range(4 * n_classes)]
-    write_jsonl(data_root / "multi" / "train.jsonl", rows)
+    rows = [{"idx": i, "text": f"{words[i % n_classes]} movie {i}", "label": i % n_classes} for i in range(8 * n_classes)]
+    write_jsonl(data_root / "multi" / "train.jsonl", rows[2 * n_classes:])
     write_jsonl(data_root / "multi" / "validation.jsonl", rows[: 2 * n_classes])
     task = {"name": "multi", "output_type": "choice", "local_dir": "multi", "templates": ["Review: {text}"],
             "label_column": "label", "choices": words, "metrics": ["accuracy", "macro_f1"],
-            "primary_metric": "accuracy", "k_shot": 2}
+            "primary_metric": "accuracy", "k_shot": 2, "dev_size": 2 * n_classes + 2}
     result = promptlab.train.run(with_task(make_cfg(method="few_shot", **{}), **task), run_dir)
     assert result["status"] == "completed" and result["chance"] == pytest.approx(1 / n_classes)
     assert all(len(r["log_probs"]) == n_classes for r in read_predictions(run_dir))
 
 
 GEN = {"name": "g", "output_type": "generate", "local_dir": "sst2", "templates": ["{sentence}"], "target": "{sentence}",
-       "metrics": ["rougeL"], "primary_metric": "rougeL", "train_size": 4, "prompt_init_text": "Repeat."}
+       "metrics": ["rougeL"], "primary_metric": "rougeL", "train_size": 4, "prompt_init_text": "Repeat.", "dev_size": 8}
 CHOICE = {"name": "c", "output_type": "choice", "local_dir": "sst2", "templates": ["{sentence}"], "label_column": "label",
           "choices": ["negative", "positive"], "metrics": ["accuracy"], "primary_metric": "accuracy", "k_shot": 2,
-          "prompt_init_text": "Classify."}
+          "prompt_init_text": "Classify.", "dev_size": 8}
 
 
 @pytest.mark.parametrize(("task", "match"), [

@@ -39,9 +39,9 @@ def test_result_json_schema(make_cfg, run_dir, method):
     assert set(result) >= TOP_LEVEL_KEYS
     schema = as_run_result(result).to_dict()  # every required field of promptlab.schema.RunResult, no other key
     assert {k: v for k, v in schema.items() if k in result} == result
-    assert set(schema) - set(result) == {"error", "traceback", "source_run"}  # a completed training run
+    assert set(schema) - set(result) == {"error", "traceback", "source_run", "diverged_at_step"}  # completed
     assert result["status"] == "completed"
-    assert result["schema_version"] == SCHEMA_VERSION == 2 and result["kind"] == "train"
+    assert result["schema_version"] == SCHEMA_VERSION == 3 and result["kind"] == "train"
     assert result["method"] == method and result["model"] == "tiny_random" and result["dataset"] == "sst2"
     assert result["seed"] == 3 and result["k_shot"] == 2 and result["template_id"] == 1
     assert result["eval_split"] == "validation"
@@ -50,7 +50,12 @@ def test_result_json_schema(make_cfg, run_dir, method):
     assert result["method_info"]["trains"] is (method == "prompt_tuning")
     assert result["output_type"] == "choice" and result["primary_metric"] == "accuracy"
     assert result["higher_is_better"] is True and result["chance"] == 0.5
-    assert set(result["metrics"]) == {"accuracy", "macro_f1"}
+    readouts = ("per_token", "per_char", "per_byte")
+    assert set(result["metrics"]) == {f"{m}{f'@{r}' if r else ''}" for m in ("accuracy", "macro_f1")
+                                      for r in ("", *readouts)} == set(result["dev_metrics"])
+    assert result["headline"]["readout"] in ("raw", *readouts) and result["headline"]["chosen_on"] == "dev"
+    assert len(result["train_idx"]) == (4 if method == "prompt_tuning" else 0)
+    assert result["splits"]["dev"]["rows"] == 8 == result["costs"]["dev_examples"]
     assert 0.0 <= result["metrics"]["accuracy"] <= 1.0
     assert 0.0 <= result["metrics"]["macro_f1"] <= 1.0
     assert set(result["costs"]) == set(COST_KEYS)
@@ -82,7 +87,7 @@ def test_predictions_jsonl_rows(make_cfg, run_dir):
     spec = TaskSpec.from_config(cfg.data)
     assert [r["idx"] for r in rows] == list(range(10))  # every eval example once, sorted by idx
     for r in rows:
-        assert set(r) == {*PREDICTION_KEYS["choice"], "scores"}
+        assert set(r) == {*PREDICTION_KEYS["choice"], "scores", "pred@per_token", "pred@per_char", "pred@per_byte"}
         assert len(r["log_probs"]) == spec.num_choices
         assert math.isclose(math.log(sum(math.exp(v) for v in r["log_probs"])), 0.0, abs_tol=1e-4)
         assert r["pred"] == max(range(spec.num_choices), key=lambda c: r["log_probs"][c])

@@ -21,7 +21,7 @@ def promptlab_train(args: list[str], cwd, **env: str) -> subprocess.CompletedPro
 
 
 def common_args(data_root, tmp_path) -> list[str]:
-    return ["model=tiny_random", f"paths.data_root={data_root}", f"paths.cache_dir={tmp_path / 'cache'}",
+    return ["model=tiny_random", f"paths.data_root={data_root}", "data.dev_size=8", f"paths.cache_dir={tmp_path / 'cache'}",
             "eval_batch_size=8"]
 
 

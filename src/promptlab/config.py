@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from promptlab.errors import ConfigError
 
 WANDB_MODES = ("auto", "online", "offline", "disabled")
+OBJECTIVES = ("dev", "eval")
 MAX_SEED = 2**32 - 1  # Lightning's seed_everything silently replaces larger seeds with a random one
 
 
@@ -73,6 +74,8 @@ class Settings:
     calibration: tuple[str, ...] = ()
     bucket_by_length: bool = True  # training batches of similar lengths (data.LengthBuckets)
     precision: str = "32-true"  # trainer.precision resolved for this machine (promptlab.precision)
+    select_readout: bool = True  # the headline readout is the one best on dev (else the task's data.readout)
+    objective: str = "dev"  # the split a sweeper optimises (train.objective_value): dev; eval only when allowed
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> Settings:
@@ -100,6 +103,8 @@ class Settings:
             calibration=_calibration(cfg.get("calibration")),
             bucket_by_length=flag(cfg, "bucket_by_length", "batch training examples of similar lengths together"),
             precision=_precision(cfg.get("trainer")),
+            select_readout=flag(cfg, "select_readout", "the headline readout is the one best on dev"),
+            objective=_objective(cfg),
         )
 
 
@@ -127,6 +132,22 @@ def _calibration(value: Any) -> tuple[str, ...]:
         raise ConfigError(f"calibration={value!r} is not a list of distinct methods from {', '.join(METHODS)}",
                           "use e.g. calibration=[contextual,batch], or calibration=[] for raw scores only")
     return tuple(names)
+
+
+def _objective(cfg: DictConfig) -> str:
+    """``objective``: what a sweeper optimises. dev, always allowed; eval (choosing on the reported split) only
+    with ``allow_eval_objective=true``, and the record and the report mark such runs."""
+    value = cfg.get("objective", "dev")
+    if value not in OBJECTIVES:
+        raise ConfigError(f"objective={value!r} is unknown", "use objective=dev (the default)")
+    allowed = cfg.get("allow_eval_objective", False)
+    if not isinstance(allowed, bool):
+        raise ConfigError(f"allow_eval_objective={allowed!r} is not true or false", "use allow_eval_objective=false")
+    if value == "eval" and not allowed:
+        raise ConfigError("objective=eval makes a sweep choose on the split it reports: its numbers would be "
+                          "optimistic, not results", "use objective=dev (the default); for an oracle bound on "
+                          "purpose, add allow_eval_objective=true (the record and the report mark such runs)")
+    return value
 
 
 def _data(data: DictConfig, key: str) -> Any:

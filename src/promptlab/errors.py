@@ -1,4 +1,4 @@
-"""The one exception type for user mistakes: a cause and a fix, shown without a traceback."""
+"""User mistakes (a cause and a fix, shown without a traceback) and a run that diverged."""
 
 
 class ConfigError(Exception):
@@ -8,3 +8,12 @@ class ConfigError(Exception):
         super().__init__(f"{problem}\n  fix: {fix}")
         self.problem = problem
         self.fix = fix
+
+
+class Diverged(RuntimeError):
+    """Training or scoring produced non-finite numbers: the run ends as ``diverged``, never as a result."""
+
+    def __init__(self, step: int, what: str):
+        super().__init__(f"diverged at step {step}: {what}")
+        self.step = step
+        self.what = what

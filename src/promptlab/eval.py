@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from promptlab.errors import ConfigError
 from promptlab.evaluation.metrics import get_metric
 from promptlab.tasks.sampling import component_seeds
-from promptlab.tracking import PeakMemory, RunRecord, new_run_id, write_jsonl_atomic
+from promptlab.tracking import PeakMemory, RunRecord, new_run_id
 
 USAGE = "promptlab-eval run=<run directory> [data=<task>] [key=value ...]"
 
@@ -71,9 +71,10 @@ def run_eval(source: Path, overrides: list[str]) -> tuple[dict, Path]:
         build_module,
         evaluate_plan,
         make_trainer,
-        mixture_fields,
         plan,
         quiet_third_party_noise,
+        result_fields,
+        write_predictions,
     )
 
     cfg, src_record = source_config(source)
@@ -98,11 +99,9 @@ def run_eval(source: Path, overrides: list[str]) -> tuple[dict, Path]:
         model = p.method.load(backbone, checkpoint) if p.method.trains else p.method.prepare(backbone, p.spec)
         module, encoder = build_module(p, backbone, model)
         ev = evaluate_plan(p, module, encoder, make_trainer(cfg, p.settings, out, [], False))
-        write_jsonl_atomic(out / "predictions.jsonl", ev.rows)
+        write_predictions(out, ev)
         costs = {**ev.costs(), "peak_rss_mb": round(memory.peak_rss_mb(), 1), "truncated_prompts": encoder.truncated}
-        record.complete(ev.metrics, costs, num_demos=p.method.num_demos, checkpoint=None,
-                        **({"selection": ev.selection, "template_id": None} if ev.selection else {}),
-                        **(mixture_fields(p, ev) if p.mixture else {}))
+        record.complete(ev.metrics, costs, num_demos=p.method.num_demos, checkpoint=None, **result_fields(p, ev))
         return record.data, out
     except BaseException as err:
         record.fail(err)

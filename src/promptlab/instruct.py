@@ -24,10 +24,12 @@ def train_items(mixture: Mixture, budgets: dict[str, list[dict]], method: Method
 def evaluate_mixture(mixture: Mixture, method: Method, module: PromptModule, tokenizer, trainer: L.Trainer,
                      batch_size: int) -> Evaluation:
     """Every task of the mixture, zero-shot with its default template and its own readout: metrics as
-    ``<task>/<metric>`` plus the mean primary metric over seen and held-out tasks; rows name their task.
+    ``<task>/<metric>`` plus the mean primary metric over seen and held-out tasks; rows name their task. The
+    seen tasks are scored on their dev rows too (``dev_metrics``, with ``seen_mean``: what a sweep optimises).
     A model that needs each row's task id (multitask prompt tuning) has no prompt for a held-out task: those
     are skipped (``not_evaluated``)."""
-    metrics, rows, seconds, tokens, gen_seconds = {}, [], 0.0, 0, 0.0
+    metrics, dev_metrics, rows, dev_rows = {}, {}, [], []
+    seconds, dev_seconds, tokens, gen_seconds = 0.0, 0.0, 0, 0.0
     groups: dict[str, list[float]] = {SEEN_MEAN: [], HELDOUT_MEAN: []}
     needs_ids = takes_task_ids(module.model)
     for name, spec in mixture.specs.items():
@@ -37,6 +39,11 @@ def evaluate_mixture(mixture: Mixture, method: Method, module: PromptModule, tok
         module.readout = method.readout(tokenizer, spec)
         task_id = mixture.train_tasks.index(name) if seen else 0
         encoder = Encoder(tokenizer, spec, (), method.assistant_prefix, task_id=task_id)
+        if seen:
+            dev = evaluate(module, spec, eval_items(encoder, mixture.tasks[name].dev), trainer, batch_size)
+            dev_metrics.update({f"{name}/{k}": v for k, v in dev.metrics.items()})
+            dev_rows += [{"task": name, **r} for r in dev.rows]
+            dev_seconds += dev.seconds
         ev = evaluate(module, spec, eval_items(encoder, mixture.tasks[name].eval), trainer, batch_size)
         metrics.update({f"{name}/{k}": v for k, v in ev.metrics.items()})
         groups[SEEN_MEAN if seen else HELDOUT_MEAN].append(ev.metrics[spec.primary_metric])
@@ -45,7 +52,10 @@ def evaluate_mixture(mixture: Mixture, method: Method, module: PromptModule, tok
     for key, values in groups.items():
         if values:
             metrics[key] = sum(values) / len(values)
-    return Evaluation(metrics, rows, seconds, tokens, gen_seconds)
+    seen_dev = [dev_metrics[f"{t}/{mixture.specs[t].primary_metric}"] for t in mixture.train_tasks]
+    dev_metrics[SEEN_MEAN] = sum(seen_dev) / len(seen_dev)
+    return Evaluation(metrics, rows, seconds, tokens, gen_seconds, dev_metrics=dev_metrics, dev_rows=dev_rows,
+                      extra_costs={"dev_eval_seconds": round(dev_seconds, 3)})
 
 
 def not_evaluated(mixture: Mixture, metrics: dict[str, float]) -> list[str]:

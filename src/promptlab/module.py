@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from transformers import get_linear_schedule_with_warmup
 
+from promptlab.errors import Diverged
 from promptlab.precision import bf16_linear_weights
 
 
@@ -46,6 +47,8 @@ class PromptModule(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.readout.loss(self.model, batch)
+        if not torch.isfinite(loss.detach()).all():  # nothing after this step is a result: end the run as diverged
+            raise Diverged(self.global_step, f"training loss {float(loss.detach())}")
         n = len(batch["idx"])
         tokens = sum(len(p) for p in batch.get("prompt_ids", [])) + sum(len(t) for t in batch.get("target_ids", []))
         if self.trainer.world_size > 1:  # data-parallel: count what every rank trained on

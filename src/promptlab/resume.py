@@ -22,6 +22,7 @@ import lightning as L
 from omegaconf import DictConfig
 
 from promptlab import signals
+from promptlab.schema import FINAL
 from promptlab.tracking import config_hash, read_record
 
 log = logging.getLogger("promptlab")
@@ -51,7 +52,7 @@ def find_resume_point(run_dir: Path, cfg: DictConfig) -> ResumePoint | None:
     if cfg.get("resume", True) is not True:  # false, or a bad value that config.Settings reports
         return None
     record = read_record(run_dir)
-    if not record or record.get("status") == "completed" or record.get("config_hash") != config_hash(cfg):
+    if not record or record.get("status") in FINAL or record.get("config_hash") != config_hash(cfg):
         return None
     candidates = [p for p in [checkpoint_path(run_dir), *run_dir.glob("hpc_ckpt_*.ckpt")] if p.is_file()]
     if not candidates or not record.get("run_id"):

@@ -21,12 +21,15 @@ from typing import Any, Literal
 NON_SEMANTIC_KEYS = ("paths", "logger", "hydra", "tags", "skip_completed", "num_threads", "resume",
                      "checkpoint_every_n_steps", "checkpoint_every_minutes")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: dev_metrics, headline, objective, train_idx, splits; status diverged
 HEARTBEAT_SECONDS = 60  # a running record's heartbeat_at is refreshed this often
 STALE_AFTER_SECONDS = 3 * HEARTBEAT_SECONDS
-# interrupted: stopped by SIGINT/SIGTERM (``error`` names the signal). A ``running`` record whose heartbeat is
-# older than STALE_AFTER_SECONDS belongs to a process that died without a word (SIGKILL, power loss).
-Status = Literal["running", "completed", "failed", "interrupted"]
+# interrupted: stopped by SIGINT/SIGTERM (``error`` names the signal). diverged: training or scoring gave
+# non-finite numbers (``diverged_at_step``): an outcome of its configuration, never ranked as a result. A
+# ``running`` record whose heartbeat is older than STALE_AFTER_SECONDS belongs to a process that died without
+# a word (SIGKILL, power loss).
+Status = Literal["running", "completed", "failed", "interrupted", "diverged"]
+FINAL = ("completed", "diverged")  # a run that ended this way is not resumed, and a sweep re-run skips it
 Kind = Literal["train", "eval"]  # promptlab-train, or promptlab-eval re-scoring a saved run
 OutputType = Literal["choice", "generate"]  # a task's; a mixture run's record says "mixture"
 
@@ -104,6 +107,16 @@ class RunResult:
     # an instruction-tuning mixture (promptlab.instruct): seen and held-out tasks, weights, budget, tasks not
     # evaluated; its metrics are "<task>/<metric>" plus seen_mean and heldout_mean (mean primary metrics)
     mixture: dict[str, Any] | None = None
+    # the same metrics on dev, where every choice is made (a readout, a prompt, a trial)
+    dev_metrics: dict[str, float] = field(default_factory=dict)
+    # what heads the run's row: {"metric": "accuracy@batch", "readout", "default", "chosen_on": "dev", "readouts"}
+    headline: dict[str, Any] | None = None
+    objective: str = "dev"  # the split a sweeper optimised this run on ("eval" only when explicitly allowed)
+    # the rows the run drew: its training sample's idx (empty for a method that reads none; per task for a
+    # mixture) and how each split was made (rows, where dev came from, overlaps dropped)
+    train_idx: list[int] | dict[str, list[int]] = field(default_factory=list)
+    splits: dict[str, Any] = field(default_factory=dict)
+    diverged_at_step: int | None = None  # status "diverged": the optimiser step where numbers went non-finite
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -114,6 +127,7 @@ COST_KEYS = (
     "trainable_params", "total_params", "trainable_fraction", "model_load_seconds",
     "train_seconds", "train_steps", "train_examples_seen", "train_tokens_seen", "train_examples_per_second",
     "eval_seconds", "eval_examples", "eval_examples_per_second",
+    "dev_examples", "dev_eval_seconds",  # dev scored beside eval (a search's dev scoring is in search_seconds)
     "generated_tokens", "generation_seconds", "generated_tokens_per_second",
     "demo_generated_tokens", "demo_generation_seconds",  # model-written demonstrations (few-shot CoT)
     "demo_selection_seconds",  # nearest-neighbour demonstrations: embedding the pool and the queries
@@ -126,11 +140,14 @@ COST_KEYS = (
     "search_seconds", "search_proposal_seconds", "search_proposer_load_seconds", "sensitivity_eval_seconds",
 )
 
-# predictions.jsonl, one row per evaluated example (sorted by idx):
-#   choice:   idx, label, pred, pred_name, log_probs (per choice), score; CoT runs add "generation"
+# predictions.jsonl (eval) and dev_predictions.jsonl (dev), one row per example (sorted by idx):
+#   choice:   idx, label, pred, pred_name, log_probs (per answer, normalised over the answers), answer_logprobs
+#             (summed log-likelihood per answer) with answer_tokens/_chars/_bytes, score; pred@<readout> for
+#             every other readout (evaluation.readouts); CoT runs add "generation"
 #   generate: idx, generation (raw model text), answer (after filters), references, scores {metric: v}, score
 PREDICTION_KEYS = {
-    "choice": ("idx", "label", "pred", "pred_name", "log_probs", "score"),
+    "choice": ("idx", "label", "pred", "pred_name", "log_probs", "answer_logprobs", "answer_tokens", "answer_chars",
+               "answer_bytes", "score"),
     "generate": ("idx", "generation", "answer", "references", "scores", "score"),
 }
 

@@ -29,18 +29,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from promptlab.config import is_whole
 from promptlab.errors import ConfigError
-from promptlab.evaluation import calibration
-from promptlab.evaluation.calibration import RAW, metric_key
+from promptlab.evaluation import calibration, readouts
 from promptlab.evaluation.ensemble import COMBINE, combine
-from promptlab.evaluation.evaluate import (
-    Evaluation,
-    calibrate_rows,
-    generation_clock,
-    predict_rows,
-    readout_scores,
-    score_rows,
-)
+from promptlab.evaluation.evaluate import Evaluation, generation_clock, predict_rows, readout_rows, score_rows
 from promptlab.evaluation.metrics import compute_metrics, get_metric
+from promptlab.evaluation.readouts import RAW, metric_key
 from promptlab.prompts import Encoder, build_messages, encode_prompt, render, template_fields
 from promptlab.tasks import Task, TaskSpec, sample_demos
 
@@ -156,10 +149,6 @@ def instruction_template(instruction: str, spec: TaskSpec) -> str:
     return instruction.replace("{", "{{").replace("}", "}}").strip() + "\n\n" + spec.inputs_template
 
 
-def readouts(calibrations: tuple[str, ...]) -> tuple[str, ...]:
-    return (RAW, *calibrations)
-
-
 # ---- meta-prompting ------------------------------------------------------------------------------------
 
 
@@ -238,11 +227,12 @@ def score_all(module: PromptModule, trainer: L.Trainer, batch_size: int, encoder
     return out, {"examples": len(items), "prompt_tokens": tokens, "generated_tokens": generated}
 
 
-def metrics_of(spec: TaskSpec, scored: Scored, calibrations: tuple[str, ...]) -> dict[str, float]:
-    """A candidate's metrics (raw and each calibration), filling its rows' answers and scores in place."""
+def metrics_of(spec: TaskSpec, scored: Scored, names: tuple[str, ...]) -> dict[str, float]:
+    """A candidate's metrics under every readout ``names`` (raw first), filling its rows' answers and scores in
+    place."""
     metrics = score_rows(spec, scored.rows)
-    for name in calibrations:
-        metrics.update(calibrate_rows(spec, scored.rows, name, scored.free))
+    for name in names[1:]:
+        metrics.update(readout_rows(spec, scored.rows, name, scored.free))
     return metrics
 
 
@@ -302,10 +292,11 @@ def run_search(search: Search, module: PromptModule, trainer: L.Trainer, propose
     cands = candidates(search, proposals)
     encoders = {c.id: search.encoder_for(c.template, search.demo_sets[c.demos]) for c in cands}
     dev, dev_cost = score_all(module, trainer, search.batch_size, encoders, search.task.dev, contextual)
+    names = readouts.available(dev[cands[0].id].rows, search.calibrations) if spec.output_type == "choice" else (RAW,)
     for c in cands:
-        c.dev = metrics_of(spec, dev[c.id], search.calibrations)
-    chosen = {r: ranked(cands, metric_key(spec.primary_metric, r), higher)[: s.ensemble]
-              for r in readouts(search.calibrations)}
+        c.dev = metrics_of(spec, dev[c.id], names)
+    chosen = {r: ranked(cands, metric_key(spec.primary_metric, r), higher)[: s.ensemble] for r in names}
+    dev_metrics, dev_rows = final_metrics(spec, chosen, dev, s.combine)
     search_seconds = time.perf_counter() - start
 
     gen = generation_clock(module)
@@ -313,7 +304,7 @@ def run_search(search: Search, module: PromptModule, trainer: L.Trainer, propose
     members = list({c.id: c for group in chosen.values() for c in group}.values())
     ev, ev_cost = score_all(module, trainer, search.batch_size, {c.id: encoders[c.id] for c in members},
                             search.task.eval, contextual)
-    metrics, rows = final_metrics(spec, chosen, ev, search.calibrations, s.combine)
+    metrics, rows = final_metrics(spec, chosen, ev, s.combine)
     eval_seconds, gen_seconds = time.perf_counter() - start, gen() - gen_start
 
     start = time.perf_counter()
@@ -324,7 +315,7 @@ def run_search(search: Search, module: PromptModule, trainer: L.Trainer, propose
                                   search.task.eval, contextual)
             ev.update(others)
         for c in cands:
-            c.eval = metrics_of(spec, ev[c.id], search.calibrations)
+            c.eval = metrics_of(spec, ev[c.id], names)
     costs = {
         "search_candidates": len(cands), "search_examples_scored": dev_cost["examples"],
         "search_tokens_scored": dev_cost["prompt_tokens"] + proposal_costs.get("proposal_prompt_tokens", 0),
@@ -343,13 +334,13 @@ def run_search(search: Search, module: PromptModule, trainer: L.Trainer, propose
         "chosen": {r: [c.id for c in group] for r, group in chosen.items()},
     }
     return Evaluation(metrics, rows, eval_seconds, ev_cost["generated_tokens"], gen_seconds, selection=selection,
-                      extra_costs=costs)
+                      extra_costs=costs, dev_metrics=dev_metrics, dev_rows=dev_rows, readouts=names)
 
 
 def final_metrics(spec: TaskSpec, chosen: dict[str, list[Candidate]], ev: dict[str, Scored],
-                  calibrations: tuple[str, ...], how: str) -> tuple[dict[str, float], list[dict]]:
-    """Each readout's metrics on eval from its chosen prompt(s); the rows are the raw choice's, with each
-    calibrated readout's prediction as ``pred@<name>`` and the prompt(s) read as ``prompt``."""
+                  how: str) -> tuple[dict[str, float], list[dict]]:
+    """Each readout's metrics on a split (dev or eval) from its chosen prompt(s); the rows are the raw choice's,
+    with each other readout's prediction as ``pred@<name>`` and the prompt(s) read as ``prompt``."""
     top = chosen[RAW]
     rows = [dict(r) for r in ev[top[0].id].rows]
     if spec.output_type != "choice":  # one prompt (ensembles are refused): its own rows and metrics
@@ -360,7 +351,7 @@ def final_metrics(spec: TaskSpec, chosen: dict[str, list[Candidate]], ev: dict[s
     labels = [r["label"] for r in rows]
     metrics: dict[str, float] = {}
     for readout, group in chosen.items():
-        preds, mean = combine([readout_scores(ev[c.id].rows, ev[c.id].free, readout) for c in group], how)
+        preds, mean = combine([readouts.scores(ev[c.id].rows, ev[c.id].free, readout) for c in group], how)
         if readout == RAW:
             for r, p, m in zip(rows, preds.tolist(), mean, strict=True):
                 r.update(pred=p, log_probs=[round(float(v), 5) for v in m], prompt=" + ".join(c.id for c in group))

@@ -150,7 +150,8 @@ def report(state: SweepState, stopped_by: Interrupted | None = None) -> int:
     counts = Counter(o.status for o in done)
     tally = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no member ran"
     lines = [f"promptlab: sweep {state.dir}: {tally}"]
-    lines += [f"  {o.status}: {o.dir}: {o.error}" for o in done if o.status in (*BAD, "running elsewhere")]
+    lines += [f"  {o.status}: {o.dir}: {o.error}" for o in done
+              if o.status in (*BAD, "running elsewhere", "diverged")]
     if stopped_by is not None:
         left = f"{state.planned - len(done)} of {state.planned}" if state.planned else "the remaining"
         lines.append(f"  stopped by {stopped_by.name}: {left} members were not run; run the same command again "

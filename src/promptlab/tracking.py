@@ -28,6 +28,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from promptlab import signals
+from promptlab.errors import Diverged
 from promptlab.schema import HEARTBEAT_SECONDS, NON_SEMANTIC_KEYS, SCHEMA_VERSION, Machine, MethodInfo
 
 log = logging.getLogger("promptlab")
@@ -61,13 +62,37 @@ def _write_atomic(path: Path, text: str) -> None:
         raise
 
 
+def strict(obj: Any, _open: set[int] | None = None) -> Any:
+    """``obj`` with every non-finite float (NaN, ±inf) as None: what promptlab writes is strict JSON, which has
+    no NaN (Python's ``json`` would write the bare ``NaN`` that other readers reject)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if not isinstance(obj, dict | list | tuple):
+        return obj
+    opened = set() if _open is None else _open  # the containers being copied: one seen again is a cycle
+    if id(obj) in opened:
+        raise ValueError("Circular reference detected")
+    opened.add(id(obj))
+    try:
+        if isinstance(obj, dict):
+            return {k: strict(v, opened) for k, v in obj.items()}
+        return [strict(v, opened) for v in obj]
+    finally:
+        opened.discard(id(obj))
+
+
+def to_json(obj: Any, **kwargs: Any) -> str:
+    """Strict JSON text of ``obj`` (``strict``; other types as ``str``)."""
+    return json.dumps(strict(obj), allow_nan=False, default=str, **kwargs)
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    _write_atomic(Path(path), json.dumps(obj, indent=2, default=str))
+    _write_atomic(Path(path), to_json(obj, indent=2))
 
 
 def write_jsonl_atomic(path: str | os.PathLike, rows: list[dict]) -> None:
     """JSON Lines, atomically (see ``write_json_atomic``)."""
-    _write_atomic(Path(path), "".join(json.dumps(r, default=str) + "\n" for r in rows))
+    _write_atomic(Path(path), "".join(to_json(r) + "\n" for r in rows))
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -353,8 +378,12 @@ class RunRecord:
         self._finish("completed", metrics=metrics, costs=costs, **extra)
 
     def fail(self, err: BaseException, costs: dict | None = None) -> None:
-        """``failed`` with the error, or ``interrupted`` when ``err`` means SIGINT/SIGTERM."""
+        """``failed`` with the error, ``interrupted`` when ``err`` means SIGINT/SIGTERM, ``diverged`` (with the
+        step) when training or scoring produced non-finite numbers."""
         extra = {"costs": costs} if costs else {}
+        if isinstance(err, Diverged):
+            self._finish("diverged", error=f"Diverged: {err}", diverged_at_step=err.step, traceback=None, **extra)
+            return
         signum = signals.signal_of(err)
         if signum is not None:
             name = signal.Signals(signum).name

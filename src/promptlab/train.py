@@ -26,7 +26,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from promptlab import instruct, resume, search, signals, sweep
 from promptlab.config import Settings, check_writable, skip_completed
 from promptlab.data import PromptDataModule, eval_items
-from promptlab.errors import ConfigError
+from promptlab.errors import ConfigError, Diverged
+from promptlab.evaluation import readouts
+from promptlab.evaluation.calibration import METHODS as CALIBRATIONS
 from promptlab.evaluation.calibration import content_free_rows
 from promptlab.evaluation.evaluate import Evaluation, evaluate
 from promptlab.evaluation.metrics import get_metric
@@ -36,6 +38,7 @@ from promptlab.module import PromptModule
 from promptlab.progress import progress_callbacks
 from promptlab.prompts import Encoder, template_fields
 from promptlab.readout import GenerateReadout
+from promptlab.schema import FINAL
 from promptlab.search import SearchSpec
 from promptlab.sweep import note
 from promptlab.tasks import Task, TaskSpec, load_task, training_subset
@@ -109,6 +112,10 @@ def plan(cfg: DictConfig) -> Plan:
         raise ConfigError(f"{spec.name} shows images: prompt search and contextual calibration (a content-free "
                           "input in place of the image) are not supported for image tasks yet",
                           "drop search=... and use calibration=[] or [batch]")
+    if spec.readout in CALIBRATIONS and spec.readout not in settings.calibration:
+        raise ConfigError(f"data.readout={spec.readout} is a calibration this run does not compute "
+                          f"(calibration={list(settings.calibration)})",
+                          f"add it: calibration=[{spec.readout}], or use data.readout=raw")
     if settings.calibration and (spec.output_type != "choice" or spec.choice_columns):
         raise ConfigError(f"calibration={list(settings.calibration)} needs a choice task with one answer set; "
                           f"{spec.name} is {'per-example answers' if spec.choice_columns else spec.output_type}",
@@ -116,10 +123,10 @@ def plan(cfg: DictConfig) -> Plan:
     search_cfg = cfg.get("search")
     if search_cfg is not None:
         check_search(search_cfg, method, spec)
-    task = load_task(spec, cfg.paths.data_root, dev=search_cfg is not None)
+    task = load_task(spec, cfg.paths.data_root, settings.seed)
     proposes = search_cfg is not None and bool(search_cfg.get("propose"))
-    needs_train = method.trains or method.num_demos > 0 or proposes
-    pool = training_subset(task, settings.seed) if needs_train else []
+    # the budget: every method that reads training examples gets the same rows with this seed
+    pool = training_subset(task, settings.seed) if method.trains or method.num_demos > 0 or proposes else []
     search = SearchSpec.from_config(search_cfg, spec, len(pool), draws_demos=method.draws_demos)
     if search and search.proposer:
         check_model(OmegaConf.create(search.proposer))
@@ -141,7 +148,7 @@ def plan_mixture(cfg: DictConfig, settings: Settings) -> Plan:
         if spec.image_column:
             raise ConfigError(f"mixture={mixture.name} holds the image task {spec.name}: mixtures are text-only for now",
                               "train on image tasks one at a time")
-    mixture.load(cfg.paths.data_root)
+    mixture.load(cfg.paths.data_root, settings.seed)
     budgets = mixture.budgets(settings.seed) if method.trains else {}
     first = mixture.tasks[mixture.train_tasks[0]]  # a soft prompt's init text: the first seen task's
     rows = [r for b in budgets.values() for r in b]
@@ -161,9 +168,6 @@ def check_search(search_cfg: DictConfig, method: Method, spec: TaskSpec) -> None
     if method.trains:
         raise ConfigError(f"search={search_cfg.get('name')} chooses the prompt of a prompting method, and "
                           f"{method.cfg.name} trains", "drop search=... for this run, or use a prompting method")
-    if spec.eval_split == "dev":
-        raise ConfigError("search chooses the prompt on dev, and data.eval_split=dev would report it on the "
-                          "same examples", f"report on another split, e.g. data.eval_split={TaskSpec.eval_split}")
 
 
 def build_module(p: Plan, backbone: Backbone, model: torch.nn.Module) -> tuple[PromptModule, Encoder]:
@@ -275,15 +279,13 @@ def _run(cfg: DictConfig, run_dir: Path, record: RunRecord, point: resume.Resume
         ev = evaluate_plan(p, module, encoder, trainer)
         record.phase = "writing the results"
         if record.primary:
-            write_jsonl_atomic(run_dir / "predictions.jsonl", ev.rows)
+            write_predictions(run_dir, ev)
         costs.update(run_costs(p, module, encoder, trainer, ev, memory, train_seconds, checkpoint), **saver.costs())
         for lg in loggers:
             lg.log_metrics({f"eval/{k}": v for k, v in ev.metrics.items()}, step=trainer.global_step)
             lg.save()  # the CSV logger only writes on save()
         record.complete(ev.metrics, costs, num_train_examples=len(p.train_rows), num_demos=p.method.num_demos,
-                        **({"selection": ev.selection, "template_id": None} if ev.selection else {}),
-                        **(mixture_fields(p, ev) if p.mixture else {}),
-                        checkpoint="checkpoint" if checkpoint else None)
+                        checkpoint="checkpoint" if checkpoint else None, **result_fields(p, ev))
         if record.primary:
             resume.discard(run_dir)  # the trained weights are in checkpoint/; a completed run is not resumed
         finish_wandb(loggers, record.data, checkpoint)
@@ -298,18 +300,40 @@ def _run(cfg: DictConfig, run_dir: Path, record: RunRecord, point: resume.Resume
 
 
 def evaluate_plan(p: Plan, module: PromptModule, encoder: Encoder, trainer: L.Trainer) -> Evaluation:
-    """``evaluate`` on the plan's evaluation rows, with the calibrations its settings ask for (contextual: the
-    content-free inputs put through the same prompt); with a prompt search, the prompt is chosen on dev first."""
+    """``evaluate`` on the plan's dev rows, then its eval rows, with the calibrations its settings ask for
+    (contextual: the content-free inputs put through the same prompt); with a prompt search, the prompt is
+    chosen on dev first."""
     if p.search:
         return run_search(p, module, trainer, encoder)
     if p.mixture:
         return instruct.evaluate_mixture(p.mixture, p.method, module, encoder.tokenizer, trainer,
                                          p.settings.eval_batch_size)
+    dev = evaluate_rows(p, module, encoder, trainer, p.task.dev)
+    ev = evaluate_rows(p, module, encoder, trainer, p.task.eval)
+    ev.dev_metrics, ev.dev_rows = dev.metrics, dev.rows
+    ev.extra_costs["dev_eval_seconds"] = round(dev.seconds, 3)
+    return ev
+
+
+def evaluate_rows(p: Plan, module: PromptModule, encoder: Encoder, trainer: L.Trainer, rows: list[dict]) -> Evaluation:
     free = []
     if "contextual" in p.settings.calibration:
-        free = eval_items(encoder, content_free_rows(p.task.eval[0], template_fields(p.spec.prompt_template)))
-    return evaluate(module, p.spec, eval_items(encoder, p.task.eval), trainer, p.settings.eval_batch_size,
+        free = eval_items(encoder, content_free_rows(rows[0], template_fields(p.spec.prompt_template)))
+    return evaluate(module, p.spec, eval_items(encoder, rows), trainer, p.settings.eval_batch_size,
                     p.settings.calibration, free)
+
+
+def headline(p: Plan, ev: Evaluation) -> dict:
+    """Which metric heads the run's row: the primary metric under the readout chosen on dev (``select_readout``)
+    or under the task's default (``data.readout``); generation tasks and mixtures have one readout."""
+    metric = p.mixture.primary_metric if p.mixture else p.spec.primary_metric
+    if not ev.readouts:
+        return {"metric": metric, "readout": readouts.RAW, "chosen_on": None}
+    higher = get_metric(metric).higher_is_better
+    chosen = (readouts.choose(ev.dev_metrics, metric, ev.readouts, p.spec.readout, higher)
+              if p.settings.select_readout else p.spec.readout)
+    return {"metric": readouts.metric_key(metric, chosen), "readout": chosen, "default": p.spec.readout,
+            "chosen_on": "dev" if p.settings.select_readout else "task default", "readouts": list(ev.readouts)}
 
 
 def run_search(p: Plan, module: PromptModule, trainer: L.Trainer, encoder: Encoder) -> Evaluation:
@@ -354,6 +378,30 @@ def fit(p: Plan, module: PromptModule, encoder: Encoder, trainer: L.Trainer, run
     return module.elapsed_train_seconds(), checkpoint
 
 
+def write_predictions(run_dir: Path, ev: Evaluation) -> None:
+    """``predictions.jsonl`` (eval) and ``dev_predictions.jsonl`` (dev: what every choice was made on)."""
+    write_jsonl_atomic(run_dir / "predictions.jsonl", ev.rows)
+    if ev.dev_rows:
+        write_jsonl_atomic(run_dir / "dev_predictions.jsonl", ev.dev_rows)
+
+
+def result_fields(p: Plan, ev: Evaluation) -> dict:
+    """What a record holds once the run is evaluated (``promptlab-train`` and ``promptlab-eval`` alike): the dev
+    metrics, the headline, the objective, the sample, a search's selection, a mixture's tasks."""
+    return {"dev_metrics": ev.dev_metrics, "headline": headline(p, ev), "objective": p.settings.objective,
+            **sample_fields(p), **({"selection": ev.selection, "template_id": None} if ev.selection else {}),
+            **(mixture_fields(p, ev) if p.mixture else {})}
+
+
+def sample_fields(p: Plan) -> dict:
+    """The splits the run used and the indices (``idx``) of its training sample: the same for every method run
+    with this seed that reads training examples; empty for one that reads none (a mixture: per seen task)."""
+    if p.mixture:
+        return {"train_idx": {t: [r["idx"] for r in rows] for t, rows in p.budgets.items()},
+                "splits": {t: task.splits for t, task in p.mixture.tasks.items()}}
+    return {"train_idx": [r["idx"] for r in p.pool], "splits": p.task.splits}
+
+
 def mixture_fields(p: Plan, ev: Evaluation) -> dict:
     """What a mixture run's record adds: its seen and held-out tasks and those it could not evaluate."""
     m = p.mixture
@@ -373,7 +421,7 @@ def run_costs(p: Plan, module: PromptModule, encoder: Encoder, trainer: L.Traine
         "train_tokens_seen": module.tokens_seen,
         "train_examples_per_second": module.examples_seen / train_seconds if train_seconds else None,
         **p.method.demo_costs,
-        **dict.fromkeys(search.COST_KEYS, 0),
+        **dict.fromkeys(search.COST_KEYS, 0), "dev_eval_seconds": 0.0,
         **ev.costs(),  # after: a prompt search's costs include every candidate's demonstrations
         "peak_rss_mb": round(memory.peak_rss_mb(), 1),
         "peak_rss_reset_per_run": memory.reset_ok,
@@ -385,9 +433,16 @@ def run_costs(p: Plan, module: PromptModule, encoder: Encoder, trainer: L.Traine
     }
 
 
-def primary_value(record: dict) -> float:
-    """What a sweeper (e.g. Optuna) optimises: the primary metric, sign-flipped where lower is better."""
-    value = record["metrics"][record["primary_metric"]]
+def objective_value(record: dict) -> float:
+    """What a sweeper (e.g. Optuna) optimises: the run's headline metric on dev (or on eval, where the run was
+    allowed ``objective=eval``), sign-flipped where lower is better; NaN (a failed trial) unless it completed."""
+    if record.get("status") != "completed":
+        return math.nan
+    key = (record.get("headline") or {}).get("metric") or record["primary_metric"]
+    split = record.get("dev_metrics") if record.get("objective", "dev") == "dev" else record.get("metrics")
+    value = (split or {}).get(key)
+    if value is None:
+        return math.nan
     return value if record.get("higher_is_better", True) else -value
 
 
@@ -396,10 +451,10 @@ def print_config_error(err: ConfigError) -> None:
 
 
 def previous_run(run_dir: Path, cfg: DictConfig) -> dict | None:
-    """A completed record in ``run_dir`` that makes running here pointless (same config: skip it) or wrong
-    (another config: never replace it, ConfigError); None when the directory is free to use."""
+    """A completed (or diverged) record in ``run_dir`` that makes running here pointless (same config: skip it)
+    or wrong (another config: never replace it, ConfigError); None when the directory is free to use."""
     record = read_record(run_dir)
-    if not record or record.get("status") != "completed":
+    if not record or record.get("status") not in FINAL:
         return None
     if record.get("config_hash") != config_hash(cfg):
         raise OccupiedRunDir(
@@ -411,7 +466,8 @@ def previous_run(run_dir: Path, cfg: DictConfig) -> dict | None:
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> float:
-    """Hydra task: returns the primary metric so sweepers (e.g. Optuna) can optimise it."""
+    """Hydra task: returns the headline metric on dev (``objective_value``) so sweepers (e.g. Optuna) can
+    optimise it."""
     with signals.handling():  # also here: a launcher's worker process never ran main()
         return hydra_task(cfg)
 
@@ -464,11 +520,11 @@ def run_member(cfg: DictConfig, run_dir: Path, sweep_dir: Path | None) -> float:
             check_ranks_in_a_sweep(cfg)
         previous = previous_run(run_dir, cfg)
         if previous:  # re-running a sweep in the same directory finishes it instead of restarting it
-            log.info("skipped %s: already completed with config hash %s (skip_completed=false redoes it)",
-                     run_dir, previous["config_hash"])
+            log.info("skipped %s: already %s with config hash %s (skip_completed=false redoes it)",
+                     run_dir, previous["status"], previous["config_hash"])
             if sweep_dir:
-                note(sweep_dir, run_dir, "skipped", "already completed")
-            return primary_value(previous)
+                note(sweep_dir, run_dir, "skipped", f"already {previous['status']}")
+            return objective_value(previous)
         result = run(cfg, run_dir)
     except ConfigError as err:
         print_config_error(err)
@@ -487,6 +543,12 @@ def run_member(cfg: DictConfig, run_dir: Path, sweep_dir: Path | None) -> float:
             print(f"promptlab: to continue from its checkpoint, run the same command again with {again}",
                   file=sys.stderr)
         raise
+    except Diverged as err:
+        print(f"promptlab: {run_dir}: {err}; recorded as diverged in result.json (not a result: lower the "
+              "learning rate)", file=sys.stderr, flush=True)
+        if sweep_dir is None:
+            raise SystemExit(1) from None
+        return math.nan  # a failed trial to a sweeper; the sweep summary lists it
     except OSError as err:
         if err.errno not in (errno.ENOSPC, errno.EDQUOT):
             return _member_failed(err, sweep_dir)
@@ -500,7 +562,7 @@ def run_member(cfg: DictConfig, run_dir: Path, sweep_dir: Path | None) -> float:
         return _member_failed(err, sweep_dir)
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items())
     log.info("%s on %s: %s", cfg.method.name, result["dataset"], metrics)
-    return primary_value(result)
+    return objective_value(result)
 
 
 def _member_failed(err: Exception, sweep_dir: Path | None) -> float:

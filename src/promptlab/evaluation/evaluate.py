@@ -3,15 +3,16 @@ evaluation path of ``promptlab-train``, ``promptlab-eval`` and the tests."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import lightning as L
-import numpy as np
 
 from promptlab.data import eval_loader
-from promptlab.evaluation import calibration
+from promptlab.errors import Diverged
+from promptlab.evaluation import readouts
 from promptlab.evaluation.filters import build_filters
 from promptlab.evaluation.metrics import compute_metrics
 from promptlab.module import PromptModule
@@ -28,11 +29,14 @@ class Evaluation:
     generation_seconds: float
     selection: dict | None = None  # a prompt search's candidates and choices (promptlab.search)
     extra_costs: dict = field(default_factory=dict)  # e.g. what the prompt search cost
+    dev_metrics: dict[str, float] = field(default_factory=dict)  # the same metrics on dev (what choices use)
+    dev_rows: list[dict] = field(default_factory=list)  # dev_predictions.jsonl
+    readouts: tuple[str, ...] = ()  # the readouts computed (choice tasks): raw, length-normalised, calibrated
 
     def costs(self) -> dict[str, float | int | None]:
         n, gen = len(self.rows), round(self.generation_seconds, 6)  # the rate is derived from what is recorded
         return {**self.extra_costs,
-            "eval_seconds": round(self.seconds, 3), "eval_examples": n,
+            "eval_seconds": round(self.seconds, 3), "eval_examples": n, "dev_examples": len(self.dev_rows),
             "eval_examples_per_second": n / self.seconds if self.seconds else None,
             "generated_tokens": self.generated_tokens, "generation_seconds": gen,
             "generated_tokens_per_second": self.generated_tokens / gen if gen else None,
@@ -41,19 +45,22 @@ class Evaluation:
 
 def evaluate(module: PromptModule, spec: TaskSpec, items: list[dict], trainer: L.Trainer,
              batch_size: int, calibrations: tuple[str, ...] = (), content_free: list[dict] | None = None) -> Evaluation:
-    """Predict every item (``data.eval_items``) with ``trainer.predict`` and score the predictions; each of
-    ``calibrations`` adds ``<metric>@<calibration>`` metrics and a ``pred@<calibration>`` per row (contextual
-    calibration scores the ``content_free`` items too, inside the timed span)."""
+    """Predict every item (``data.eval_items``) with ``trainer.predict`` and score the predictions; on a choice
+    task every other readout (``evaluation.readouts``: length-normalised, and each of ``calibrations``) adds
+    ``<metric>@<readout>`` metrics and a ``pred@<readout>`` per row (contextual calibration scores the
+    ``content_free`` items too, inside the timed span)."""
     generation = generation_clock(module)
     gen_start, start = generation(), time.perf_counter()
     rows = predict_rows(module, items, trainer, batch_size)
     free = predict_rows(module, content_free, trainer, batch_size) if "contextual" in calibrations else []
     seconds = time.perf_counter() - start
-    metrics = score_rows(spec, rows)
-    for name in calibrations:
-        metrics.update(calibrate_rows(spec, rows, name, free))
+    metrics, names = score_rows(spec, rows), ()
+    if spec.output_type == "choice":
+        names = readouts.available(rows, calibrations)
+        for name in names[1:]:
+            metrics.update(readout_rows(spec, rows, name, free))
     tokens = sum(r.pop("generated_tokens", 0) for r in rows)
-    return Evaluation(metrics, rows, seconds, tokens, generation() - gen_start)
+    return Evaluation(metrics, rows, seconds, tokens, generation() - gen_start, readouts=names)
 
 
 def generation_clock(module: PromptModule) -> Callable[[], float]:
@@ -63,28 +70,26 @@ def generation_clock(module: PromptModule) -> Callable[[], float]:
 
 
 def predict_rows(module: PromptModule, items: list[dict], trainer: L.Trainer, batch_size: int) -> list[dict]:
+    """Every item's prediction, sorted by idx; ``Diverged`` when a model's answer scores are not finite."""
     with module.predicting(trainer):
         batches = trainer.predict(module, dataloaders=eval_loader(items, batch_size))
-    return sorted(gather_rows([r for b in batches for r in b], trainer), key=lambda r: r["idx"])
+    rows = sorted(gather_rows([r for b in batches for r in b], trainer), key=lambda r: r["idx"])
+    bad = sum(not all(math.isfinite(v) for v in (*r.get("log_probs", ()), *r.get("answer_logprobs", ())))
+              for r in rows)
+    if bad:
+        raise Diverged(trainer.global_step, f"the model's answer scores are not finite for {bad} of {len(rows)} "
+                       "examples")
+    return rows
 
 
-def readout_scores(rows: list[dict], content_free: list[dict], readout: str) -> np.ndarray:
-    """(examples, answers) scores of choice predictions under a readout: answer log-probabilities normalised
-    over the answers (raw), or calibrated (``evaluation.calibration``; contextual: by ``content_free``)."""
-    log_probs = np.array([r["log_probs"] for r in rows], dtype=np.float64)
-    if readout == calibration.RAW:
-        return np.log(calibration.answer_probs(log_probs))
-    source = np.array([r["log_probs"] for r in content_free]) if readout == "contextual" else log_probs
-    return calibration.calibrated_scores(log_probs, calibration.prior(source))
-
-
-def calibrate_rows(spec: TaskSpec, rows: list[dict], name: str, content_free: list[dict]) -> dict[str, float]:
-    """``<metric>@<name>`` for the calibrated predictions (``evaluation.calibration``); rows get ``pred@<name>``."""
-    preds = readout_scores(rows, content_free, name).argmax(axis=1).tolist()
+def readout_rows(spec: TaskSpec, rows: list[dict], name: str, content_free: list[dict]) -> dict[str, float]:
+    """``<metric>@<name>`` for the predictions under readout ``name`` (``evaluation.readouts``); rows get
+    ``pred@<name>``."""
+    preds = readouts.predictions(rows, content_free, name)
     for r, p in zip(rows, preds, strict=True):
         r[f"pred@{name}"] = p
     metrics, _ = compute_metrics(spec.metrics, preds, [r["label"] for r in rows], num_classes=spec.num_choices)
-    return {calibration.metric_key(k, name): v for k, v in metrics.items()}
+    return {readouts.metric_key(k, name): v for k, v in metrics.items()}
 
 
 def gather_rows(rows: list[dict], trainer: L.Trainer) -> list[dict]:

@@ -6,6 +6,7 @@ reads the answer. Adding a method of an existing type is one YAML; a new type is
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import ClassVar
 
@@ -35,7 +36,8 @@ def register(type_name: str):
 
 
 def is_number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """A finite int or float (not a bool; ``inf`` and ``nan``, which YAML reads from ``.inf``/``inf``, are not)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class Method:

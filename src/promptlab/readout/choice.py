@@ -1,10 +1,14 @@
-"""Rank scoring: an example's score for answer c is the log-likelihood of c's tokens after the prompt,
-normalised over that example's answers. The same scores train (cross-entropy) and predict (argmax).
+"""Rank scoring: an example's score for answer c is the log-likelihood of c's tokens after the prompt (summed
+over its tokens, as lm-evaluation-harness's ``loglikelihood``), normalised over that example's answers. The
+same scores train (cross-entropy) and predict (argmax). Predictions keep each answer's summed log-likelihood
+with its token, character and byte counts, so every readout (``evaluation.readouts``: length-normalised,
+calibrated) can be computed, and recomputed from ``predictions.jsonl``.
 
 The backbone runs without its LM head; we project only the hidden states that predict answer tokens.
-When every example shares the same single-token answers (a verbalizer such as negative/positive), only
-those rows of the output matrix are used: log p(y_c) - log sum_c' p(y_c') does not depend on the
-vocabulary normaliser, so this equals the class-normalised full-vocabulary score exactly. Otherwise
+When every example shares the same single-token answers (a verbalizer such as negative/positive), training
+uses only those rows of the output matrix: log p(y_c) - log sum_c' p(y_c') does not depend on the
+vocabulary normaliser, so this equals the class-normalised full-vocabulary score exactly; inference also
+takes the full-vocabulary normaliser at that one position, for the answers' true log-likelihoods. Otherwise
 (multi-token answers, per-example answers such as COPA's sentences) each (example, answer) pair is one
 sequence, scored with the full-vocabulary log-softmax at the answer positions only.
 """
@@ -34,35 +38,40 @@ class ChoiceReadout:
 
     def scores(self, model: torch.nn.Module, prompts: Sequence[Sequence[int]],
                choices: Sequence[Sequence[Sequence[int]]], task_ids: Sequence[int] | None = None,
-               images: Sequence[Sequence[dict]] | None = None) -> torch.Tensor:
-        """(batch, max answers) log-probabilities over each example's answers; -inf pads shorter lists.
-        ``task_ids``: each row's task, for a model serving several (``readout.model.takes_task_ids``);
-        ``images``: each row's images (pixel inputs, in prompt order), for a vision-language model."""
+               images: Sequence[Sequence[dict]] | None = None, full: bool = True) -> torch.Tensor:
+        """(batch, max answers) summed log-likelihoods of each example's answers; -inf pads shorter lists.
+        ``full=False`` (training) may leave out a per-row constant (the vocabulary normaliser of single-token
+        answers): normalised over the answers, both are the same. ``task_ids``: each row's task, for a model
+        serving several (``readout.model.takes_task_ids``); ``images``: each row's images (pixel inputs, in
+        prompt order), for a vision-language model."""
         shared = all(list(c) == list(choices[0]) for c in choices)
         if shared and all(len(t) == 1 for t in choices[0]):
-            return self._single_token(model, prompts, [t[0] for t in choices[0]], task_ids, images)
+            return self._single_token(model, prompts, [t[0] for t in choices[0]], task_ids, images, full)
         return self._sequences(model, prompts, choices, task_ids, images)
 
     def loss(self, model: torch.nn.Module, batch: dict) -> torch.Tensor:
-        scores = self.scores(model, batch["prompt_ids"], batch["choice_ids"], batch.get("task_id"), batch.get("images"))
-        return F.nll_loss(scores, batch["labels"])
+        scores = self.scores(model, batch["prompt_ids"], batch["choice_ids"], batch.get("task_id"), batch.get("images"),
+                             full=False)
+        return F.cross_entropy(scores, batch["labels"])
 
     def predict(self, model: torch.nn.Module, batch: dict) -> list[dict]:
-        logp = self.scores(model, batch["prompt_ids"], batch["choice_ids"], batch.get("task_id"),
+        sums = self.scores(model, batch["prompt_ids"], batch["choice_ids"], batch.get("task_id"),
                            batch.get("images")).float().cpu()
-        return [{"idx": int(i), "label": int(y), "pred": int(s.argmax()),
-                 "log_probs": [round(float(v), 5) for v in s[: len(c)]]}
-                for i, y, s, c in zip(batch["idx"], batch["labels"], logp, batch["choice_ids"], strict=True)]
+        return [choice_row(i, y, s[: len(c)], c, texts)
+                for i, y, s, c, texts in zip(batch["idx"], batch["labels"], sums, batch["choice_ids"],
+                                             batch["choices"], strict=True)]
 
-    def _single_token(self, model, prompts, token_rows: list[int], task_ids, images) -> torch.Tensor:
+    def _single_token(self, model, prompts, token_rows: list[int], task_ids, images, full: bool) -> torch.Tensor:
         head = head_of(model)
         device = head.weight.device
         run = self.prefix.hidden_states(model, prompts, self.pad_id, device, min(map(len, prompts)) - 1, task_ids,
                                         images=pixel_inputs(images, device))
         last = torch.tensor([len(p) - 1 - run.shared for p in prompts], device=device)
         answer = run.states[torch.arange(len(prompts), device=device), last]  # (B, H)
-        logits = project(head, answer, torch.tensor(token_rows, device=device))  # (B, C): the only projection
-        return logits.log_softmax(-1)
+        rows = torch.tensor(token_rows, device=device)
+        if full:  # one position per example: the whole vocabulary's normaliser costs little
+            return project(head, answer).log_softmax(-1)[:, rows]
+        return project(head, answer, rows)  # (B, C): the only projection
 
     def _sequences(self, model, prompts, choices, task_ids, images) -> torch.Tensor:
         if self.prefix.reuses(model):
@@ -89,7 +98,7 @@ class ChoiceReadout:
         width = max(len(cs) for cs in choices)
         out = torch.full((len(choices), width), -torch.inf, device=device)
         out[[i for i, _ in pairs], [c for _, c in pairs]] = seq_logp
-        return out.log_softmax(-1)
+        return out
 
 
     def _prompt_once(self, model, prompts, choices, images=None) -> torch.Tensor:
@@ -124,16 +133,30 @@ class ChoiceReadout:
                 token_logp = project(head, hidden[seq, pos]).log_softmax(-1).gather(1, targets[:, None]).squeeze(1)
                 logp = logp.index_add(0, seq, token_logp)
             out[rows, c] = logp
-        return out.log_softmax(-1)
+        return out
+
+
+def choice_row(idx, label, sums: torch.Tensor, choice_ids: Sequence[Sequence[int]], texts: Sequence[str]) -> dict:
+    """A choice prediction: the answer log-likelihoods normalised over the answers (``log_probs``), the summed
+    ones (``answer_logprobs``, lm-evaluation-harness's ``loglikelihood``) and each answer's length in tokens,
+    characters and bytes (its text as the task lists it; the harness's ``acc_norm`` divides by characters,
+    ``acc_bytes`` by UTF-8 bytes). Non-finite values are kept as NaN here; the run record turns them into a
+    status (``diverged``)."""
+    return {"idx": int(idx), "label": int(label), "pred": int(sums.argmax()),
+            "log_probs": [round(float(v), 5) for v in sums.log_softmax(-1)],
+            "answer_logprobs": [round(float(v), 5) for v in sums],
+            "answer_tokens": [len(c) for c in choice_ids], "answer_chars": [len(t) for t in texts],
+            "answer_bytes": [len(t.encode("utf-8")) for t in texts]}
 
 
 def brute_force_scores(model: torch.nn.Module, prompts, choices) -> torch.Tensor:
-    """Reference for tests: full-vocabulary logits at every position, one unpadded sequence at a time."""
+    """Reference for tests: full-vocabulary logits at every position, one unpadded sequence at a time; each
+    example's summed answer log-likelihoods."""
     out = []
     for p, cs in zip(prompts, choices, strict=True):
         per_choice = []
         for lab in cs:
             logp = model(input_ids=torch.tensor([list(p) + list(lab)])).logits[0].float().log_softmax(-1)
             per_choice.append(sum(logp[len(p) - 1 + j, tok] for j, tok in enumerate(lab)))
-        out.append(torch.stack(per_choice).log_softmax(-1))
+        out.append(torch.stack(per_choice))
     return torch.stack(out)

@@ -16,7 +16,8 @@ from promptlab.tasks.spec import TaskSpec
 from promptlab.vision import check_images, resolve_paths
 
 EVAL_SUBSET_SEED = 0  # eval_limit takes the same examples for every run, so runs stay comparable
-DEV_SPLIT_SEED = 1234  # the dev carve-out is the same for every run and seed
+DEV_SPLIT_SEED = 1234  # the dev carve-out is drawn with [DEV_SPLIT_SEED, seed]: fixed per task and seed
+MIN_DEV_ROWS = 8  # every run chooses on dev (a readout at least); on fewer rows a choice is a coin toss
 # File extension -> the `datasets` builder that reads it (and its extra arguments).
 BUILDERS = {".jsonl": ("json", {}), ".json": ("json", {}), ".csv": ("csv", {}),
             ".tsv": ("csv", {"delimiter": "\t"}), ".parquet": ("parquet", {})}
@@ -24,56 +25,80 @@ BUILDERS = {".jsonl": ("json", {}), ".json": ("json", {}), ".csv": ("csv", {}),
 
 @dataclass
 class Task:
-    """A task spec with its rows: ``train`` (all of it; budgets sample from it), ``dev`` and ``eval``."""
+    """A task spec with its rows: ``train`` (what the budget is drawn from), ``dev`` (selection) and ``eval``."""
 
     spec: TaskSpec
     train: list[dict] = field(default_factory=list)
     dev: list[dict] = field(default_factory=list)
     eval: list[dict] = field(default_factory=list)
     sources: dict[str, str] = field(default_factory=dict)  # split -> "<file> sha256:<hash>" or "hub:<path>"
+    # how each split was made (for the run record): rows, where dev came from, rows dropped as overlaps
+    splits: dict[str, dict] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
         return self.spec.name
 
 
-def load_task(spec: TaskSpec, data_root: str | None, eval_split: str | None = None, dev: bool = False) -> Task:
-    """Load and check every split the run needs; ``eval_split`` overrides the spec's (``dev``: report on dev).
+def load_task(spec: TaskSpec, data_root: str | None, seed: int = 0) -> Task:
+    """Load and check the three splits every run of the task uses, whatever its method (all before any model
+    loads):
 
-    ``dev`` (a run that chooses something, e.g. a prompt) also reads the dev split: the data's own
-    ``dev_split``, else ``dev_size`` rows carved out of train with a fixed seed. Training rows with the same
-    input text as a dev row are dropped, so nothing the budget draws is also a selection example.
-    Everything here runs before any model loads.
+    - ``eval``: the reported split (``eval_split``; ``eval_limit`` takes a fixed subset, the same for every seed);
+    - ``dev``: where everything a run chooses is chosen: the data's own ``dev_split``, else ``dev_size`` rows
+      carved out of train with the seed;
+    - ``train``: the rest of the training split, which the budget is drawn from.
+
+    Nothing chosen on or trained on is an eval example: train and dev rows whose input text (``input_text``) is
+    also an eval row's are dropped, and train rows with a dev row's text too.
     """
-    eval_split = eval_split or spec.eval_split
-    dev = dev or eval_split == "dev"
     train = _checked(spec, spec.train_split, data_root)
-    if not dev:
-        held = []
-    elif spec.dev_split:
-        if spec.dev_split == spec.train_split:
-            raise ConfigError(f"data.dev_split={spec.dev_split} is the training split: choices made on it would "
-                              "be made on the examples the budget draws", "use data.dev_split=null (carve dev "
-                              "out of train) or a split of its own, e.g. dev32")
-        held = _checked(spec, spec.dev_split, data_root)
-    else:  # carve a fixed dev set out of train, disjoint from what the budget may draw
-        if not 1 <= spec.dev_size < len(train):
-            raise ConfigError(f"data.dev_size={spec.dev_size} but {spec.name}/{spec.train_split} has {len(train)} rows",
-                              f"use 1 <= data.dev_size < {len(train)}")
-        order = np.random.default_rng(DEV_SPLIT_SEED).permutation(len(train))
-        held = [train[i] for i in sorted(order[: spec.dev_size])]
+    full_eval = _checked(spec, spec.eval_split, data_root)
+    eval_texts = {input_text(spec, r) for r in full_eval}
+    kept = [r for r in train if input_text(spec, r) not in eval_texts]
+    dropped = {"train_in_eval": len(train) - len(kept), "dev_in_eval": 0}
+    train = kept
+    if spec.dev_split:
+        dev = _checked(spec, spec.dev_split, data_root)
+        kept = [r for r in dev if input_text(spec, r) not in eval_texts]
+        dropped["dev_in_eval"] = len(dev) - len(kept)
+        dev, dev_from = kept, f"{spec.dev_split} split"
+        if not dev:
+            raise ConfigError(f"every row of {spec.name}/{spec.dev_split} is also an {spec.eval_split} row",
+                              "use another data.dev_split, or data.dev_split=null to carve dev out of train")
+    else:  # a seeded carve-out of train, disjoint from what the budget may draw
+        where = f"{spec.name}/{spec.train_split} has {len(train)} rows (after dropping those that are also eval rows)"
+        if len(train) <= MIN_DEV_ROWS:
+            raise ConfigError(f"{where}: too few to carve out a dev of {MIN_DEV_ROWS} rows and leave a training budget",
+                              "add rows to the training split, or give the task a dev split of its own "
+                              "(data.dev_split=<split>)")
+        if not (isinstance(spec.dev_size, int) and MIN_DEV_ROWS <= spec.dev_size < len(train)):
+            raise ConfigError(f"data.dev_size={spec.dev_size!r} but {where}, and a choice made on fewer than "
+                              f"{MIN_DEV_ROWS} dev rows is noise", f"use {MIN_DEV_ROWS} <= data.dev_size < {len(train)}")
+        order = np.random.default_rng([DEV_SPLIT_SEED, seed]).permutation(len(train))
+        dev = [train[i] for i in sorted(order[: spec.dev_size])]
         train = [train[i] for i in sorted(order[spec.dev_size:])]
-    if held:
-        seen = {input_text(spec, r) for r in held}
-        train = [r for r in train if input_text(spec, r) not in seen]
-    ev = held if eval_split == "dev" else _checked(spec, eval_split, data_root)
+        dev_from = f"{spec.dev_size} rows carved out of {spec.train_split} with the seed"
+    if len(dev) < MIN_DEV_ROWS:
+        raise ConfigError(f"{spec.name}'s dev has {len(dev)} rows ({dev_from}; {dropped['dev_in_eval']} dropped as "
+                          f"eval rows): every run chooses its readout (and a search its prompt, a sweep its trial) "
+                          f"on dev, and {len(dev)} rows cannot tell choices apart",
+                          f"give dev at least {MIN_DEV_ROWS} rows: data.dev_size={MIN_DEV_ROWS} or more"
+                          + (", or data.dev_split=null to carve it out of train" if spec.dev_split else ""))
+    dev_texts = {input_text(spec, r) for r in dev}
+    kept = [r for r in train if input_text(spec, r) not in dev_texts]
+    dropped["train_in_dev"] = len(train) - len(kept)
+    train = kept
+    ev = full_eval
     if optional_whole_number(spec.eval_limit, "data.eval_limit", 100) is not None:
         order = np.random.default_rng(EVAL_SUBSET_SEED).permutation(len(ev))[: spec.eval_limit]
         ev = [ev[i] for i in sorted(order)]
-    used = {spec.train_split, eval_split if eval_split != "dev" else spec.dev_split or spec.train_split}
-    if dev and spec.dev_split:
-        used.add(spec.dev_split)
-    return Task(spec, train, held, ev, {split: data_source(spec, split, data_root) for split in sorted(used)})
+    used = sorted({spec.train_split, spec.eval_split, *([spec.dev_split] if spec.dev_split else [])})
+    splits = {"train": {"split": spec.train_split, "rows": len(train)},
+              "dev": {"rows": len(dev), "from": dev_from},
+              "eval": {"split": spec.eval_split, "rows": len(ev), "of": len(full_eval)},
+              "dropped_overlaps": dropped}
+    return Task(spec, train, dev, ev, {split: data_source(spec, split, data_root) for split in used}, splits)
 
 
 def input_text(spec: TaskSpec, row: dict) -> tuple[str, ...]:

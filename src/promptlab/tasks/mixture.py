@@ -58,10 +58,13 @@ class Mixture:
         if cfg.get("templates", "all") not in TEMPLATE_MODES:
             raise ConfigError(f"mixture.templates={cfg.templates!r} is unknown", f"use one of {TEMPLATE_MODES}")
         limit = optional_whole_number(cfg.get("eval_limit"), "mixture.eval_limit", 100)
+        dev_size = optional_whole_number(cfg.get("dev_size"), "mixture.dev_size", 32)
         order = [*train, *(t for t in tasks if t not in train)]
         specs = {t: TaskSpec.from_config(tasks[t]) for t in order}
         if limit is not None:
             specs = {t: dataclasses.replace(s, eval_limit=limit) for t, s in specs.items()}
+        if dev_size is not None:  # tasks whose dev is carved out of train
+            specs = {t: dataclasses.replace(s, dev_size=dev_size) for t, s in specs.items()}
         return cls(cfg.name, specs, {t: float(w) for t, w in train.items()}, examples, cfg.get("templates", "all"))
 
     @property
@@ -72,9 +75,9 @@ class Mixture:
     def heldout_tasks(self) -> list[str]:
         return [t for t in self.specs if t not in self.weights]
 
-    def load(self, data_root: str | None) -> None:
-        """Load and check every task's rows (before the model loads)."""
-        self.tasks = {t: load_task(s, data_root) for t, s in self.specs.items()}
+    def load(self, data_root: str | None, seed: int) -> None:
+        """Load and check every task's rows, with the run's seed (before the model loads)."""
+        self.tasks = {t: load_task(s, data_root, seed) for t, s in self.specs.items()}
 
     def budgets(self, seed: int) -> dict[str, list[dict]]:
         """Each training task's budget: ``examples_per_task`` rows at random (a ConfigError names a task with

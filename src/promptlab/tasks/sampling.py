@@ -28,7 +28,8 @@ def sample_k_shot(labels: list[int], k: int, num_classes: int, seed: int) -> lis
 
 
 def training_subset(task: Task, seed: int) -> list[dict]:
-    """The budget: ``k_shot`` per class (choice tasks), else ``train_size`` at random, else everything."""
+    """The budget: ``k_shot`` per class (choice tasks), else ``train_size`` at random, else everything; drawn
+    from ``task.train`` (what dev left) with the seed, so every method run with a seed gets the same rows."""
     spec = task.spec
     try:
         if spec.k_shot is not None:
@@ -53,8 +54,8 @@ def training_subset(task: Task, seed: int) -> list[dict]:
 
 def component_seeds(seed: int) -> dict[str, int]:
     """Every random stream a run draws from, by what it decides (for the run record)."""
-    return {"run": seed, "budget": seed, "demos": seed + 1, "train_order": seed, "dev_split": DEV_SPLIT_SEED,
-            "eval_subset": EVAL_SUBSET_SEED}
+    return {"run": seed, "budget": seed, "demos": seed + 1, "train_order": seed,
+            "dev_split": [DEV_SPLIT_SEED, seed], "eval_subset": EVAL_SUBSET_SEED}
 
 
 def sample_demos(pool: list[dict], task: Task, num_demos: int, seed: int) -> list[dict]:

@@ -62,6 +62,9 @@ class TaskSpec:
     choices: list[str] | None = None
     choice_columns: list[str] | None = None
     label_names: list[str] | None = None
+    # the readout heading a row when nothing is chosen on dev (select_readout=false), and the tie-break when
+    # readouts score alike on dev: raw (summed log-likelihood), per_token, per_char, per_byte, contextual, batch
+    readout: str = "raw"
     # generate tasks
     target: str | None = None
     target_replace: list[list[str]] = field(default_factory=list)  # [[regex, replacement], ...]
@@ -167,6 +170,7 @@ class TaskSpec:
             if not isinstance(text, str) or not template_fields(text):
                 raise ConfigError(f"{n}: template {i} has no {{column}} placeholder, so every prompt is identical",
                                   "put the input column(s) in the template, e.g. {sentence}")
+        self._validate_splits()
         if self.image_column is not None:
             self._validate_images()
         if self.input_template is not None and not template_fields(str(self.input_template)):
@@ -185,6 +189,21 @@ class TaskSpec:
         if self.output_type == "generate" and any(f.get("type") == "map_choice" for f in self.filters):
             raise ConfigError(f"{n}: the map_choice filter needs answer choices, and a generate task has none",
                               "drop it, or make the task output_type: choice")
+
+    def _validate_splits(self) -> None:
+        n = self.name
+        if self.eval_split == "dev":
+            raise ConfigError(f"{n}: data.eval_split=dev would report on the examples every choice is made on (dev "
+                              "is always scored beside eval, and a sweep optimises it)",
+                              f"report on a held-out split, e.g. data.eval_split={TaskSpec.eval_split}")
+        if self.dev_split in (self.train_split, self.eval_split):
+            raise ConfigError(f"{n}: data.dev_split={self.dev_split} is also the "
+                              f"{'training' if self.dev_split == self.train_split else 'evaluation'} split: choices "
+                              "made on it would be made on examples the run trains on or reports",
+                              "use data.dev_split=null (carve dev out of train) or a split of its own, e.g. dev32")
+        if self.train_split == self.eval_split:
+            raise ConfigError(f"{n}: data.train_split and data.eval_split are both {self.eval_split}",
+                              "train and report on different splits")
 
     def _validate_images(self) -> None:
         n, col = self.name, self.image_column
@@ -210,6 +229,10 @@ class TaskSpec:
             raise ConfigError(f"{n}: {self.num_choices} choice(s)", "give at least two answer choices")
         if self.choices is not None and any(not str(c).strip() for c in self.choices):
             raise ConfigError(f"{n}: an empty answer word in choices {self.choices}", "use non-empty words")
+        from promptlab.evaluation.readouts import ORDER
+
+        if self.readout not in ORDER:
+            raise ConfigError(f"{n}: data.readout={self.readout!r} is unknown", f"use one of {', '.join(ORDER)}")
         if self.label_names is not None and len(self.label_names) != self.num_choices:
             raise ConfigError(f"{n}: {len(self.label_names)} label_names but {self.num_choices} choices",
                               "give one label name per choice, in label-id order")

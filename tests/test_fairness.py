@@ -1,0 +1,187 @@
+"""Fair by construction (tiny model): every method with a seed sees the same training examples; dev, the budget
+and eval never overlap; the headline readout is chosen on dev and never reads eval; length-normalised scores
+are what lm-evaluation-harness computes; a run that diverges is a status, not a result; records are strict
+JSON; a sweep optimises dev unless told otherwise on purpose."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import read_predictions, read_result, subprocess_env, write_jsonl
+
+import promptlab.train
+from promptlab.errors import ConfigError, Diverged
+from promptlab.evaluation import readouts
+from promptlab.readout import ChoiceReadout
+from promptlab.tasks.loading import input_text
+from promptlab.tracking import write_json_atomic
+from promptlab.train import objective_value, plan, run
+
+TRAINED = ("prompt_tuning", "lora", "full_finetune")
+
+
+def strict_json(path):
+    """The file parsed by a reader that refuses NaN and Infinity (as JavaScript's JSON.parse does)."""
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+# ---- one split policy ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_every_method_with_a_seed_draws_the_same_training_examples(make_cfg, seed):
+    """Prompting (few-shot's demonstrations come from it), PEFT and full fine-tuning: one budget per seed."""
+    pools = {m: [r["idx"] for r in plan(make_cfg(f"seed={seed}", method=m)).pool] for m in (*TRAINED, "few_shot")}
+    assert len({tuple(p) for p in pools.values()}) == 1 and len(pools["lora"]) == 4
+    p = plan(make_cfg(f"seed={seed}", method="few_shot"))
+    assert {r["idx"] for r in p.demos} <= set(pools["few_shot"])
+    other = plan(make_cfg(f"seed={seed + 1}", method="lora"))
+    assert [r["idx"] for r in other.pool] != pools["lora"]
+
+
+def test_records_name_the_training_sample_and_the_splits(make_cfg, tmp_path):
+    recs = {m: run(make_cfg("seed=2", method=m), tmp_path / m) for m in ("prompt_tuning", "full_finetune", "few_shot")}
+    assert recs["prompt_tuning"]["train_idx"] == recs["full_finetune"]["train_idx"] == recs["few_shot"]["train_idx"]
+    assert len(recs["prompt_tuning"]["train_idx"]) == 4 and recs["prompt_tuning"]["num_train_examples"] == 4
+    splits = recs["full_finetune"]["splits"]
+    assert splits["dev"]["rows"] == 8 and splits["eval"]["rows"] == 10 and splits["train"]["rows"] == 12
+    assert run(make_cfg("seed=2"), tmp_path / "zs")["train_idx"] == []  # zero-shot reads no training example
+
+
+@pytest.mark.parametrize("method", ["zero_shot", "few_shot", "prompt_tuning"])
+def test_dev_never_overlaps_the_budget_or_eval(make_cfg, method):
+    p = plan(make_cfg(method=method))
+    texts = lambda rows: {input_text(p.spec, r) for r in rows}  # noqa: E731
+    assert not texts(p.task.dev) & (texts(p.task.train) | texts(p.task.eval))
+    assert not texts(p.pool) & (texts(p.task.dev) | texts(p.task.eval))
+
+
+# ---- readouts: every one computed, the headline chosen on dev ---------------------------------------------
+
+
+def rte_cfg(make_cfg, *overrides, method="zero_shot"):
+    """RTE's answers ("yes", "no") differ in length: the length normalisations differ from the raw sum."""
+    return make_cfg("data=rte", "data.k_shot=2", "data.dev_size=8", "calibration=[contextual,batch]", *overrides,
+                    method=method)
+
+
+def test_length_normalised_accuracy_is_a_hand_computation(make_cfg, run_dir):
+    rec = run(rte_cfg(make_cfg), run_dir)
+    rows = read_predictions(run_dir)
+    for name, key in (("per_token", "answer_tokens"), ("per_char", "answer_chars"), ("per_byte", "answer_bytes")):
+        preds = [int(np.argmax(np.array(r["answer_logprobs"]) / np.array(r[key]))) for r in rows]
+        assert preds == [r[f"pred@{name}"] for r in rows]
+        assert rec["metrics"][f"accuracy@{name}"] == pytest.approx(np.mean([p == r["label"] for p, r in
+                                                                            zip(preds, rows, strict=True)]))
+    # lm-evaluation-harness's acc_norm divides by the answer's characters: "yes" 3, "no" 2
+    assert all(r["answer_chars"] == [3, 2] for r in rows)
+    raw = [int(np.argmax(r["answer_logprobs"])) for r in rows]
+    assert raw == [r["pred"] for r in rows]  # acc: the summed log-likelihood
+    for r in rows:  # log_probs: the same sums, normalised over the answers
+        assert r["log_probs"] == pytest.approx(torch.tensor(r["answer_logprobs"]).log_softmax(0).tolist(), abs=2e-5)
+
+
+def test_the_headline_is_the_readout_best_on_dev(make_cfg, run_dir):
+    rec = run(rte_cfg(make_cfg), run_dir)
+    head = rec["headline"]
+    assert head["chosen_on"] == "dev" and head["default"] == "raw"
+    assert head["readouts"] == ["raw", "per_token", "per_char", "per_byte", "contextual", "batch"]
+    dev = {r: rec["dev_metrics"][readouts.metric_key("accuracy", r)] for r in head["readouts"]}
+    best = max(dev.values())
+    assert head["readout"] == next(r for r in head["readouts"] if dev[r] == best)  # ties: raw first, then in order
+    assert head["metric"] == readouts.metric_key("accuracy", head["readout"])
+    assert objective_value(rec) == rec["dev_metrics"][head["metric"]]
+    assert (run_dir / "dev_predictions.jsonl").is_file()
+
+
+def test_without_selection_the_task_default_heads_the_row(make_cfg, run_dir):
+    rec = run(rte_cfg(make_cfg, "select_readout=false", "data.readout=per_char"), run_dir)
+    assert rec["headline"] == {**rec["headline"], "readout": "per_char", "metric": "accuracy@per_char",
+                               "chosen_on": "task default"}
+
+
+def test_the_readout_choice_never_reads_eval(make_cfg, data_root, tmp_path):
+    first = run(rte_cfg(make_cfg), tmp_path / "a")
+    path = data_root / "rte" / "validation.jsonl"
+    write_jsonl(path, [{**r, "label": 1 - r["label"]} for r in map(json.loads, path.open())])
+    second = run(rte_cfg(make_cfg), tmp_path / "b")
+    assert second["dev_metrics"] == first["dev_metrics"] and second["headline"] == first["headline"]
+    assert second["metrics"]["accuracy"] == pytest.approx(1 - first["metrics"]["accuracy"])
+
+
+def test_a_calibrated_default_readout_must_be_computed(make_cfg, run_dir, monkeypatch):
+    monkeypatch.setattr(promptlab.train, "load_backbone", lambda *a, **k: pytest.fail("model loaded"))
+    with pytest.raises(ConfigError, match="data.readout=batch is a calibration this run does not compute"):
+        run(make_cfg("data.readout=batch"), run_dir)
+    with pytest.raises(ConfigError, match="data.readout='bogus' is unknown"):
+        run(make_cfg("data.readout=bogus"), run_dir)
+
+
+# ---- divergence is a status -------------------------------------------------------------------------------
+
+
+def test_a_diverged_run_is_recorded_as_diverged_not_as_a_result(make_cfg, run_dir):
+    with pytest.raises(Diverged, match="training loss nan"):
+        run(make_cfg("method.lr=1000", method="full_finetune"), run_dir)
+    rec = strict_json(run_dir / "result.json")
+    assert rec["status"] == "diverged" and rec["diverged_at_step"] >= 0 and "Diverged" in rec["error"]
+    assert rec["metrics"] == {} and not (run_dir / "predictions.jsonl").exists()
+    assert math.isnan(objective_value(rec))  # a sweeper sees a failed trial
+    assert promptlab.train.previous_run(run_dir, make_cfg("method.lr=1000", method="full_finetune")) == rec
+
+
+def test_non_finite_answer_scores_end_the_run_as_diverged(make_cfg, run_dir, monkeypatch):
+    real = ChoiceReadout.scores
+    monkeypatch.setattr(ChoiceReadout, "scores", lambda *a, **k: real(*a, **k) * float("nan"))
+    with pytest.raises(Diverged, match="answer scores are not finite for 8 of 8"):
+        run(make_cfg(), run_dir)  # dev is scored first
+    assert read_result(run_dir)["status"] == "diverged"
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-inf", "0"])
+def test_a_learning_rate_that_is_not_a_positive_number_is_refused_before_the_model_loads(make_cfg, run_dir,
+                                                                                         monkeypatch, value):
+    monkeypatch.setattr(promptlab.train, "load_backbone", lambda *a, **k: pytest.fail("model loaded"))
+    with pytest.raises(ConfigError, match="method.lr=.* is not valid") as err:
+        run(make_cfg(f"method.lr={value}", method="lora"), run_dir)
+    assert "positive number" in err.value.fix
+
+
+def test_a_sweep_lists_a_diverged_member_and_goes_on(tmp_path, data_root):
+    proc = subprocess.run(
+        [sys.executable, "-m", "promptlab.train", "-m", "model=tiny_random", "logger=none", "method=full_finetune",
+         "method.lr=1e-4,1000", "method.max_steps=3", "method.batch_size=4", "data.k_shot=2", "data.dev_size=8",
+         f"paths.data_root={data_root}", f"paths.cache_dir={tmp_path / 'cache'}",
+         f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        env=subprocess_env(), stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]  # a diverged trial is an outcome, not a failure of the sweep
+    assert "1 completed, 1 diverged" in proc.stderr and "diverged: " in proc.stderr
+    statuses = sorted(strict_json(f)["status"] for f in (tmp_path / "sweep").glob("*/result.json"))
+    assert statuses == ["completed", "diverged"]
+
+
+def test_every_file_written_is_strict_json(tmp_path):
+    write_json_atomic(tmp_path / "r.json", {"a": float("nan"), "b": [float("inf"), 1.5], "c": {"d": -float("inf")}})
+    assert strict_json(tmp_path / "r.json") == {"a": None, "b": [None, 1.5], "c": {"d": None}}
+
+
+# ---- what a sweep optimises -------------------------------------------------------------------------------
+
+
+def test_a_sweep_optimises_dev_and_optimising_eval_needs_a_flag(make_cfg, tmp_path, monkeypatch):
+    rec = run(make_cfg(), tmp_path / "dev")
+    assert rec["objective"] == "dev" and objective_value(rec) == rec["dev_metrics"][rec["headline"]["metric"]]
+    with pytest.raises(ConfigError, match="objective=eval makes a sweep choose on the split it reports") as err:
+        run(make_cfg("objective=eval"), tmp_path / "refused")
+    assert "allow_eval_objective=true" in err.value.fix
+    rec = run(make_cfg("objective=eval", "allow_eval_objective=true"), tmp_path / "eval")
+    assert rec["objective"] == "eval" and objective_value(rec) == rec["metrics"][rec["headline"]["metric"]]
