@@ -13,7 +13,7 @@ import promptlab.train
 from promptlab.errors import ConfigError
 from promptlab.evaluation.calibration import CONTENT_FREE, calibrated_scores, content_free_rows, prior
 from promptlab.report import load_runs, summarize
-from promptlab.report.tables import display_table
+from promptlab.report.tables import display_table, readout_table
 
 P = np.array([[0.9, 0.1], [0.6, 0.4], [0.7, 0.3]])
 
@@ -49,9 +49,15 @@ def test_run_reports_calibrated_metrics_beside_raw_ones(make_cfg, run_dir, tmp_p
     assert metrics["accuracy@batch"] == pytest.approx(float((batch == labels).mean()))
     assert metrics["accuracy"] == pytest.approx(float((lp.argmax(axis=1) == labels).mean()))  # raw unchanged
 
-    table = display_table(summarize(load_runs(tmp_path)))
-    assert {"Accuracy (%)", "Contextual-calibrated", "Batch-calibrated"} <= set(table.columns)
-    assert table["Batch-calibrated"].iloc[0] == f"{100 * metrics['accuracy@batch']:.1f}"
+    summary = summarize(load_runs(tmp_path))
+    head = result["headline"]
+    # one seed: an interval over the examples alone
+    assert display_table(summary)["Accuracy (%)"].iloc[0].startswith(f"{100 * metrics[head['metric']]:.1f} [")
+    assert display_table(summary)["Readout (on dev)"].iloc[0] == head["readout"]
+    table = readout_table(summary)  # every readout beside the headline, the chosen one marked
+    assert {"raw", "per_token", "per_char", "per_byte", "contextual", "batch"} <= set(table.columns)
+    assert table["batch"].iloc[0].startswith(f"{100 * metrics['accuracy@batch']:.1f} [")
+    assert table[head["readout"]].iloc[0].endswith(" ✓")
 
 
 @pytest.mark.parametrize("value", ["[bogus]", "[batch,batch]"])

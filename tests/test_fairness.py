@@ -5,6 +5,7 @@ JSON; a sweep optimises dev unless told otherwise on purpose."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import subprocess
@@ -16,9 +17,11 @@ import torch
 from conftest import read_predictions, read_result, subprocess_env, write_jsonl
 
 import promptlab.train
+from promptlab import tuning
 from promptlab.errors import ConfigError, Diverged
 from promptlab.evaluation import readouts
 from promptlab.readout import ChoiceReadout
+from promptlab.report import latest_completed, load_runs, summarize
 from promptlab.tasks.loading import input_text
 from promptlab.tracking import write_json_atomic
 from promptlab.train import objective_value, plan, run
@@ -185,3 +188,88 @@ def test_a_sweep_optimises_dev_and_optimising_eval_needs_a_flag(make_cfg, tmp_pa
     assert "allow_eval_objective=true" in err.value.fix
     rec = run(make_cfg("objective=eval", "allow_eval_objective=true"), tmp_path / "eval")
     assert rec["objective"] == "eval" and objective_value(rec) == rec["metrics"][rec["headline"]["metric"]]
+
+
+# ---- trials: tuned on dev, chosen by the report on dev -----------------------------------------------------
+
+
+def test_a_trial_trains_its_point_of_the_space_and_says_so(make_cfg, run_dir):
+    rec = run(make_cfg("trial=1", "method.space.lr=[0.001,0.3]", method="prompt_tuning"), run_dir)
+    assert rec["tuning"]["point"] == {"method.lr": 0.3} and rec["tuning"]["points"] == 2
+    assert rec["tuning"]["dev_evaluations"] == 2  # 2 points x 1 dev evaluation (at the end)
+    assert "lr: 0.3" in (run_dir / "config.yaml").read_text()  # the values it trained with
+
+
+def test_dev_checks_during_training_keep_the_weights_best_on_dev(make_cfg, run_dir):
+    rec = run(make_cfg("method.dev_every_n_steps=1", "method.lr=0.3", "calibration=[batch]", method="prompt_tuning"),
+              run_dir)
+    checks = rec["tuning"]["dev_checks"]
+    assert [c["step"] for c in checks["checks"]] == [1, 2, 3] and rec["tuning"]["dev_evaluations"] == 3
+    scores = [c["score"] for c in checks["checks"]]
+    best = next(c for c in checks["checks"] if c["score"] == max(scores))  # ties: the earlier step
+    assert checks["chosen_step"] == best["step"]
+    # the run's dev metrics are the chosen check's: its weights were put back before dev and eval were scored
+    assert rec["dev_metrics"] == pytest.approx(best["dev"])
+    assert rec["costs"]["dev_check_seconds"] == pytest.approx(checks["seconds"])
+
+
+@pytest.mark.parametrize(("overrides", "match"), [
+    (["trial=0", "method.space.lr=[]"], "has no values to try"),
+    (["trial=0", "+method.space.bogus=[1,2]"], "no key method.bogus"),
+    (["trial=-1"], "trial=-1 is not a whole number"),
+    (["method.dev_every_n_steps=0"], "dev_every_n_steps=0 is not a whole number in 1..method.max_steps"),
+    (["method.dev_every_n_steps=9"], "dev_every_n_steps=9"),
+    (["budget=5"], "would make 1 dev evaluations"),
+    (["trial=0", "budget=3", "method.dev_every_n_steps=1"], "would make 9 dev evaluations"),
+])
+def test_bad_tuning_settings_fail_before_the_model_loads(make_cfg, run_dir, monkeypatch, overrides, match):
+    monkeypatch.setattr(promptlab.train, "load_backbone", lambda *a, **k: pytest.fail("model loaded"))
+    with pytest.raises(ConfigError, match=match):
+        run(make_cfg(*overrides, method="prompt_tuning"), run_dir)
+
+
+def test_a_budget_counts_points_times_dev_checks_and_prompts_searched(make_cfg):
+    assert plan(make_cfg("trial=0", "budget=9", "method.dev_every_n_steps=1", method="prompt_tuning")).tuning[
+        "dev_evaluations"] == 9  # 3 learning rates x 3 dev checks (3 steps)
+    assert plan(make_cfg("search=templates", "budget=5")).tuning["dev_evaluations"] == 5  # sst2's 5 templates
+    assert plan(make_cfg("search=templates", "search.templates=[0,1]", "search.demo_draws=2", "budget=4",
+                         "method.num_demos=2", method="few_shot")).tuning["dev_evaluations"] == 4
+
+
+def test_a_trial_past_the_last_point_is_skipped(make_cfg, tmp_path):
+    with pytest.raises(tuning.OutsideSpace, match="trial=1 but zero_shot's tuning space has 1 point"):
+        run(make_cfg("trial=1"), tmp_path / "r")
+    assert promptlab.train.run_member(make_cfg("trial=1"), tmp_path / "m", tmp_path) != 0  # NaN: nothing ran
+    assert not (tmp_path / "m" / "result.json").exists()
+
+
+def test_the_report_keeps_each_seeds_trial_best_on_dev_and_counts_every_trial(make_cfg, tmp_path):
+    root = tmp_path / "runs"
+    for seed in (0, 1):
+        for trial in (0, 1):
+            run(make_cfg(f"seed={seed}", f"trial={trial}", "method.space.lr=[0.001,0.3]", method="prompt_tuning"),
+                root / f"pt_s{seed}_t{trial}")
+            with contextlib.suppress(Diverged):
+                run(make_cfg(f"seed={seed}", f"trial={trial}", "method.space.lr=[1e-4,1000]", method="full_finetune"),
+                    root / f"ft_s{seed}_t{trial}")
+    df = load_runs(root)
+    summary = summarize(df)
+    pt = summary[summary["method"] == "prompt_tuning"]
+    assert len(pt) == 1 and pt.iloc[0]["config_label"] == ""  # the trials are one row, not one per lr
+    row = pt.iloc[0]
+    assert (row["n_seeds"], row["n_trials"], row["n_repeats"]) == (2, 2, 0)
+    chosen, tuning_cost = [], []
+    for seed in (0, 1):
+        recs = [read_result(root / f"pt_s{seed}_t{t}") for t in (0, 1)]
+        dev = [r["dev_metrics"][r["headline"]["metric"]] for r in recs]
+        best = recs[dev.index(max(dev))]  # ties: the lower trial
+        chosen.append(best["metrics"][best["headline"]["metric"]] * 100)
+        tuning_cost.append(sum(r["costs"]["train_seconds"] + r["costs"]["dev_eval_seconds"] for r in recs))
+    assert row["score_mean"] == pytest.approx(np.mean(chosen))
+    assert row["tuning_seconds_mean"] == pytest.approx(np.mean(tuning_cost))
+    picked = latest_completed(df)
+    assert set(picked.loc[picked["method"] == "prompt_tuning", "seed"]) == {0, 1}
+    ft = summary[summary["method"] == "full_finetune"].iloc[0]  # lr=1000 diverges: never chosen, still counted
+    assert (ft["n_seeds"], ft["n_trials"], ft["n_diverged"]) == (2, 2, 2)
+    assert set(picked.loc[picked["method"] == "full_finetune", "trial"]) == {0}
+    assert ft["tuning_seconds_mean"] > ft["train_seconds_mean"]  # the diverged trials' training counts too

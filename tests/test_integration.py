@@ -42,8 +42,8 @@ def real_cfg(monkeypatch):
     assert os.path.isdir(ORIGINAL_PROMPTLAB_DATA), f"PROMPTLAB_DATA={ORIGINAL_PROMPTLAB_DATA} is not a folder"
 
     def _make(*overrides: str):
-        cfg = compose_config(["model=smollm2_135m", "data=sst2", "data.eval_limit=16", "logger=none",
-                              "eval_batch_size=16", *overrides])
+        cfg = compose_config(["model=smollm2_135m", "data=sst2", "data.eval_limit=16", "data.dev_size=16",
+                              "logger=none", "eval_batch_size=16", *overrides])
         assert cfg.paths.data_root == ORIGINAL_PROMPTLAB_DATA and cfg.paths.cache_dir == cache
         return cfg
 
@@ -60,6 +60,9 @@ def test_zero_shot_real_model(real_cfg, tmp_path):
     assert result["costs"]["eval_examples"] == 16
     assert result["costs"]["trainable_params"] == 0
     assert result["costs"]["truncated_prompts"] == 0
+    # the bundled weights are a 4-bit GGUF, dequantised: every record says so
+    assert result["provenance"]["model"]["quantization"].startswith("GGUF MOSTLY_Q4_1 (Q4_1 x210")
+    assert result["provenance"]["model"]["quantization"].endswith(", dequantised to float32")
 
 
 def test_prompt_tuning_real_model(real_cfg, tmp_path):

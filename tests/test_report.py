@@ -21,10 +21,10 @@ from scipy import stats
 
 from promptlab.report import (
     configs,
+    hierarchical_interval,
     load_runs,
     main,
     method_colors,
-    paired_bootstrap,
     pareto_front,
     plot_prompt_sensitivity,
     plot_score_vs_params,
@@ -217,8 +217,8 @@ def test_means_and_sample_stds_match_hand_computation(runs, tmp_path):
 
     report = write_report(runs, tmp_path / "out")
     md = (tmp_path / "out" / "table.md").read_text()
-    assert "60.0 ± 10.0" in md and "60.0 ± 5.0" in md
-    assert "sample standard deviation (ddof=1)" in md
+    assert re.search(r"60\.0 \[[\d.]+, [\d.]+\] \|\s+10\.0 \|", md) and re.search(r"60\.0 \[[\d.]+, [\d.]+\] \|\s+5\.0 \|", md)
+    assert "two-level bootstrap over seeds and evaluation examples" in md
     csv = (tmp_path / "out" / "table.csv").read_text().splitlines()
     pt_line = next(line for line in csv if ",prompt_tuning," in line)
     assert ",60.0,10.0," in pt_line.replace("60.00000000000001", "60.0").replace("9.999999999999998", "10.0")
@@ -251,7 +251,7 @@ def test_generation_dataset_next_to_a_choice_one(runs, tmp_path):
     samsum, sst2 = md.split("## samsum")[1].split("## sst2")[0], md.split("## sst2")[1]
     header = next(line for line in samsum.splitlines() if line.startswith("| Method"))
     assert "ROUGE-L" in header and "Gen tok/s" in header and "Gen time" in header and "Macro-F1" not in header
-    assert "45.0 ± 7.1" in samsum and "250" in samsum and "12 s" in samsum
+    assert re.search(r"45\.0 \[[\d.]+, [\d.]+\] \|\s+7\.1 \|", samsum) and "250" in samsum and "12 s" in samsum
     sst2_header = next(line for line in sst2.splitlines() if line.startswith("| Method"))
     assert "Accuracy (%)" in sst2_header and "Macro-F1 (%)" in sst2_header and "Gen tok/s" not in sst2_header
     assert "Gen time" not in sst2_header
@@ -506,20 +506,52 @@ def test_cli_on_a_real_tiny_model_sweep(tmp_path, data_root, capsys):
     assert "Prompt tuning (num_virtual_tokens=5)" in out and "Prompt tuning (num_virtual_tokens=20)" in out
 
 
-def test_paired_bootstrap_is_scipys_and_covers_the_true_mean():
+def simulated_null_differences(rng, experiments: int, seeds: int, examples: int, seed_sd: float,
+                               example_sd: float) -> np.ndarray:
+    """Per-example correctness differences of two methods with the same distribution (a true difference of 0):
+    each (method, seed) has its own skill (``seed_sd``: training randomness), each example a difficulty shared by
+    both and an interaction with each method (``example_sd``), and the answer is a coin flip with that chance."""
+    out = np.empty((experiments, seeds, examples))
+    for k in range(experiments):
+        difficulty = rng.normal(0, 1.5, examples)
+        correct = []
+        for _ in range(2):
+            logit = (1 + rng.normal(0, seed_sd, (seeds, 1)) + rng.normal(0, example_sd, (1, examples)) - difficulty
+                     + rng.normal(0, example_sd, (seeds, examples)))
+            correct.append(rng.random((seeds, examples)) < 1 / (1 + np.exp(-logit)))
+        out[k] = correct[0].astype(float) - correct[1]
+    return out
+
+
+@pytest.mark.parametrize(("seed_sd", "example_sd"), [(0.0, 0.5), (0.3, 0.5), (0.8, 0.3)])
+def test_the_hierarchical_interval_covers_a_true_null_difference(seed_sd, example_sd):
+    """3 seeds x 400 examples, no true difference: the 95% interval covers 0 in at least 90% of simulated
+    experiments, whether examples or seeds dominate the noise. Pooling every seed's examples as independent
+    pairs (the report's old interval) does not hold when seeds differ."""
+    rng = np.random.default_rng(7)
+    experiments = simulated_null_differences(rng, 300, 3, 400, seed_sd, example_sd)
+    covered = [hierarchical_interval(d, n_resamples=500, seed=k).low <= 0 <= hierarchical_interval(
+        d, n_resamples=500, seed=k).high for k, d in enumerate(experiments)]
+    assert np.mean(covered) >= 0.90
+    if seed_sd >= 0.8:
+        pooled = [stats.bootstrap((d.ravel(),), np.mean, n_resamples=500, method="percentile",
+                                  rng=np.random.default_rng(k)).confidence_interval for k, d in enumerate(experiments[:100])]
+        assert np.mean([ci.low <= 0 <= ci.high for ci in pooled]) < 0.80
+
+
+def test_the_hierarchical_interval_on_one_seed_and_edge_cases():
     rng = np.random.default_rng(1)
     a, b = rng.random(200) < 0.8, rng.random(200) < 0.4
-    diff, lo, hi = paired_bootstrap(a, b, n_resamples=2000, seed=0)
-    assert diff == pytest.approx(np.mean(a.astype(float) - b)) and lo < diff < hi
-    assert lo < 0.4 < hi  # the true mean difference of the generating process
-    ref = stats.bootstrap((a.astype(float), b.astype(float)), lambda x, y, axis: np.mean(x - y, axis=axis),
-                          paired=True, vectorized=True, method="percentile", n_resamples=2000,
-                          rng=np.random.default_rng(0))
-    assert (lo, hi) == pytest.approx((ref.confidence_interval.low, ref.confidence_interval.high))
+    ci = hierarchical_interval([a.astype(float) - b], n_resamples=2000, seed=0)
+    assert ci.mean == pytest.approx(np.mean(a.astype(float) - b)) and ci.low < ci.mean < ci.high
+    assert ci.low < 0.4 < ci.high and (ci.seeds, ci.examples) == (1, 200)  # the generating process's difference
     same = np.r_[np.ones(80), np.zeros(20)]
-    assert paired_bootstrap(same, same) == (0.0, 0.0, 0.0)
-    assert paired_bootstrap(same, same[::-1], seed=3) == paired_bootstrap(same, same[::-1], seed=3)  # seeded
-    assert np.isnan(paired_bootstrap([], [])[0]) and np.isnan(paired_bootstrap([1.0], [0.0])[1])
+    zero = hierarchical_interval([same - same])
+    assert (zero.mean, zero.low, zero.high) == (0.0, 0.0, 0.0) and not zero.excludes_zero
+    assert hierarchical_interval([same], seed=3) == hierarchical_interval([same], seed=3)  # seeded
+    assert np.isnan(hierarchical_interval(np.empty((0, 0))).mean)
+    assert np.isnan(hierarchical_interval([[1.0]]).low)
+    assert hierarchical_interval(np.ones((3, 50)) * 0.5).excludes_zero
 
 
 def test_significance_pairs_matched_by_seed_and_index(tmp_path):
@@ -533,7 +565,7 @@ def test_significance_pairs_matched_by_seed_and_index(tmp_path):
     sig = significance(load_runs(tmp_path)).set_index(["method_a", "method_b"])
     same = sig.loc[("Zero-shot", "Few-shot")]
     assert (same["diff"], same["ci_low"], same["ci_high"]) == (0.0, 0.0, 0.0)
-    assert same["n_pairs"] == 3 * N_EVAL and same["n_seeds"] == 3
+    assert same["n_examples"] == N_EVAL and same["n_seeds"] == 3
     better = sig.loc[("Zero-shot", "Full fine-tuning")]  # A worse than B: the whole CI is below 0
     assert better["ci_high"] < 0 and better["ci_excludes_0"]
     assert better["p_value"] < 0.05 and better["t"] < 0

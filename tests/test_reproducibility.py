@@ -64,7 +64,8 @@ def test_record_holds_what_reproducing_the_run_needs(make_cfg, data_root, run_di
     for split, file in (("train", "train.jsonl"), ("validation", "validation.jsonl")):
         digest = hashlib.sha256((data_root / "sst2" / file).read_bytes()).hexdigest()[:16]
         assert prov["data"][split] == f"{file} sha256:{digest}"
-    assert prov["model"] == {"source": "tiny_random", "path": prov["model"]["path"], "init_seed": 0}
+    assert prov["model"] == {"source": "tiny_random", "path": prov["model"]["path"], "init_seed": 0,
+                             "quantization": "none"}
     assert rec["git_dirty"] in (True, False, None) and "git_commit" in rec
 
 
@@ -78,6 +79,8 @@ def test_local_model_weights_are_hashed_once(tmp_path):
     backbone = Backbone(model=type("M", (), {"config": object()})(), tokenizer=None, path=str(tmp_path),
                         load_seconds=0.0, from_cache=True)
     cfg = OmegaConf.create({"source": "bundled_gguf"})
+    (tmp_path / "quantization.txt").write_text("GGUF MOSTLY_Q4_1 (Q4_1 x210)\n")  # read from the GGUF once
+    assert fingerprint(cfg, backbone)["quantization"] == "GGUF MOSTLY_Q4_1 (Q4_1 x210), dequantised to float32"
     first = fingerprint(cfg, backbone)["weights_sha256"]
     assert first == __import__("hashlib").sha256(b"weights").hexdigest()[:16]
     assert (tmp_path / ".model.safetensors.sha256").exists()

@@ -105,6 +105,10 @@ class PromptDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         return eval_loader(self.eval_items, self.eval_batch_size)
 
+    def val_dataloader(self) -> DataLoader:
+        """Dev checks during training (``tuning.BestOnDev``): the same rows and batches as a prediction pass."""
+        return eval_loader(self.eval_items, self.eval_batch_size)
+
 
 def eval_items(encoder: Encoder, rows: list[dict]) -> list[dict]:
     # Longest first: padding waste is smallest and an out-of-memory shows up on the first batch.

@@ -269,14 +269,41 @@ def fingerprint(cfg: DictConfig, backbone: Backbone) -> dict:
     weights file (computed once and kept beside it, keyed by size and mtime, since hashing 0.5 GB takes ~1 s)."""
     info = {"source": cfg.source, "path": backbone.path}
     if cfg.source == "tiny_random":
-        return {**info, "init_seed": cfg.get("init_seed", 0)}
+        return {**info, "init_seed": cfg.get("init_seed", 0), "quantization": "none"}
     info["commit"] = getattr(backbone.model.config, "_commit_hash", None)
-    if cfg.source == "hub":
+    if cfg.source == "bundled_gguf":
+        info["quantization"] = f"{gguf_quantization(cfg, Path(backbone.path))}, dequantised to {cfg.get('dtype', 'float32')}"
+    elif cfg.source == "hub":
         info["revision"] = cfg.get("revision")
+        quant = getattr(backbone.model.config, "quantization_config", None)
+        info["quantization"] = str(quant.get("quant_method") if isinstance(quant, dict) else quant) if quant else "none"
     weights = Path(backbone.path) / "model.safetensors"
     if weights.is_file():
         info["weights_sha256"] = _cached_sha256(weights)
     return info
+
+
+def gguf_quantization(cfg: DictConfig, converted: Path) -> str:
+    """What the bundled GGUF's weights were before promptlab dequantised them, e.g. "GGUF MOSTLY_Q4_1 (Q4_1 x210,
+    F32 x61, Q8_0 x1)": read from the file's header once (about 2 s) and kept beside the converted copy."""
+    sidecar = converted / "quantization.txt"
+    try:
+        return sidecar.read_text().strip()
+    except OSError:
+        pass
+    from collections import Counter
+
+    import gguf
+
+    spec = importlib.util.find_spec(cfg.package)
+    reader = gguf.GGUFReader(Path(spec.submodule_search_locations[0]) / cfg.gguf_file)
+    field = reader.fields["general.file_type"]
+    kinds = Counter(t.tensor_type.name for t in reader.tensors)
+    text = (f"GGUF {gguf.LlamaFileType(int(field.parts[field.data[0]][0])).name} ("
+            + ", ".join(f"{k} x{n}" for k, n in kinds.most_common()) + ")")
+    with contextlib.suppress(OSError):  # a read-only cache: read the header again next time
+        sidecar.write_text(text + "\n")
+    return text
 
 
 def _cached_sha256(path: Path) -> str:

@@ -8,6 +8,7 @@ import contextlib
 import random
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import lightning as L
@@ -44,6 +45,9 @@ class PromptModule(L.LightningModule):
         self._fit_started = time.perf_counter()
         self.loss_window = 20
         self._recent: deque[float] = deque(maxlen=self.loss_window)
+        # dev checks during training (tuning.BestOnDev): called with each check's predicted rows
+        self.on_dev_rows: Callable[[list[dict]], None] | None = None
+        self._dev_rows: list[dict] = []
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.readout.loss(self.model, batch)
@@ -123,6 +127,18 @@ class PromptModule(L.LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         return self.readout.predict(self.model, batch)
+
+    def on_validation_epoch_start(self) -> None:
+        self.readout.new_pass()  # the weights changed since the last pass: no cached prefix is valid
+        self._dev_rows = []
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._dev_rows += self.readout.predict(self.model, batch)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.on_dev_rows is not None:
+            self.on_dev_rows(self._dev_rows)
+        self._dev_rows = []
 
     def configure_optimizers(self):
         o = self.optim

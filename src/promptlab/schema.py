@@ -117,6 +117,9 @@ class RunResult:
     train_idx: list[int] | dict[str, list[int]] = field(default_factory=list)
     splits: dict[str, Any] = field(default_factory=dict)
     diverged_at_step: int | None = None  # status "diverged": the optimiser step where numbers went non-finite
+    # tuning (promptlab.tuning): the trial's index, point and space; the dev evaluations the run made and the
+    # experiment's budget; a trained run's dev checks (step, dev metrics, score) and the step chosen on dev
+    tuning: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -128,6 +131,7 @@ COST_KEYS = (
     "train_seconds", "train_steps", "train_examples_seen", "train_tokens_seen", "train_examples_per_second",
     "eval_seconds", "eval_examples", "eval_examples_per_second",
     "dev_examples", "dev_eval_seconds",  # dev scored beside eval (a search's dev scoring is in search_seconds)
+    "dev_check_seconds",  # dev checks during training (method.dev_every_n_steps)
     "generated_tokens", "generation_seconds", "generated_tokens_per_second",
     "demo_generated_tokens", "demo_generation_seconds",  # model-written demonstrations (few-shot CoT)
     "demo_selection_seconds",  # nearest-neighbour demonstrations: embedding the pool and the queries

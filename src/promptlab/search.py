@@ -92,6 +92,11 @@ class SearchSpec:
                               "method.demo_selection=random")
         return s
 
+    @property
+    def num_candidates(self) -> int:
+        """The prompts scored on dev (at most: an empty or repeated proposal is not scored twice)."""
+        return (len(self.templates) + len(self.instructions) + self.propose) * self.demo_draws
+
     def _check(self, spec: TaskSpec, train_pool: int) -> None:
         def bad(key: str, fix: str) -> ConfigError:
             return ConfigError(f"search.{key}={getattr(self, key)!r} is not valid", fix)

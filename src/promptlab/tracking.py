@@ -341,6 +341,13 @@ class RunRecord:
                              chance=spec.chance)
             self.write()
 
+    def update(self, **fields: Any) -> None:
+        """Top-level fields known before the run ends (e.g. a trial's tuning), so a failed or diverged record
+        has them too."""
+        with self._lock:
+            self.data.update(fields)
+            self.write()
+
     def provenance(self, **parts: Any) -> None:
         """What reproducing the run needs beyond its config: seeds per component, data sources, model identity."""
         with self._lock:

@@ -23,14 +23,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from promptlab import instruct, resume, search, signals, sweep
+from promptlab import instruct, resume, search, signals, sweep, tuning
 from promptlab.config import Settings, check_writable, skip_completed
 from promptlab.data import PromptDataModule, eval_items
 from promptlab.errors import ConfigError, Diverged
 from promptlab.evaluation import readouts
 from promptlab.evaluation.calibration import METHODS as CALIBRATIONS
 from promptlab.evaluation.calibration import content_free_rows
-from promptlab.evaluation.evaluate import Evaluation, evaluate
+from promptlab.evaluation.evaluate import Evaluation, all_metrics, check_finite, evaluate, gather_rows
 from promptlab.evaluation.metrics import get_metric
 from promptlab.methods import Method, build_method, count_parameters
 from promptlab.models import Backbone, check_model, fingerprint, load_backbone
@@ -92,6 +92,8 @@ class Plan:
     cache_dir: str | None = None  # where models are cached (a proposer model of its own)
     mixture: Mixture | None = None  # instruction tuning: the tasks trained on and evaluated (promptlab.instruct)
     budgets: dict[str, list[dict]] = field(default_factory=dict)  # a mixture's training rows per seen task
+    dev_every: int | None = None  # a trained run's dev checks during training (tuning.BestOnDev)
+    tuning: dict | None = None  # the trial's point of its method's space, and the dev evaluations it makes
 
 
 class OccupiedRunDir(ConfigError):
@@ -131,13 +133,21 @@ def plan(cfg: DictConfig) -> Plan:
     if search and search.proposer:
         check_model(OmegaConf.create(search.proposer))
     demos = method.draw_demos(pool, task, settings.seed)
-    return Plan(settings, spec, method, task, pool if method.trains else [], demos, search, pool, cfg.paths.cache_dir)
+    dev_every = tuning.check_dev_every(cfg.method, method.trains)
+    count = tuning.dev_evaluations(cfg, method.trains, search.num_candidates if search else 1)
+    tuning.check_budget(cfg, count)
+    info = {**(tuning.tuning_info(cfg) or {}), "dev_evaluations": count, "budget": cfg.get("budget")}
+    return Plan(settings, spec, method, task, pool if method.trains else [], demos, search, pool, cfg.paths.cache_dir,
+                dev_every=dev_every, tuning=info)
 
 
 def plan_mixture(cfg: DictConfig, settings: Settings) -> Plan:
     """A run on an instruction-tuning mixture: every task checked and loaded, each seen task's budget drawn."""
     mixture = Mixture.from_config(cfg.mixture)
     method = build_method(cfg.method)
+    if cfg.method.get("dev_every_n_steps") is not None:
+        raise ConfigError(f"method.dev_every_n_steps with mixture={mixture.name}: dev checks during training are "
+                          "for single tasks for now", "use method.dev_every_n_steps=null")
     if method.num_demos or cfg.get("search") is not None or settings.calibration:
         raise ConfigError(f"mixture={mixture.name} evaluates every task zero-shot, uncalibrated, with its default "
                           "template", "use a zero-shot or trained method without search=... and calibration=[]")
@@ -179,14 +189,17 @@ def build_module(p: Plan, backbone: Backbone, model: torch.nn.Module) -> tuple[P
 
 
 def make_trainer(cfg: DictConfig, settings: Settings, run_dir: Path, loggers: list, trains: bool,
-                 callbacks: list[L.Callback] = ()) -> L.Trainer:
-    """The configured Lightning Trainer, with ``trainer.precision`` resolved for this machine."""
+                 callbacks: list[L.Callback] = (), dev_every: int | None = None) -> L.Trainer:
+    """The configured Lightning Trainer, with ``trainer.precision`` resolved for this machine; ``dev_every``: its
+    validation loop scores dev every that many training steps (``tuning.BestOnDev``)."""
     progress, bar = progress_callbacks()
     if loggers and trains:
         progress.append(L.pytorch.callbacks.LearningRateMonitor("step"))
+    checks = {"limit_val_batches": 1.0, "val_check_interval": dev_every, "check_val_every_n_epoch": None,
+              "num_sanity_val_steps": 0} if dev_every else {}
     return hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=[*progress, *callbacks],
                                    enable_progress_bar=bar, default_root_dir=str(run_dir),
-                                   precision=settings.precision)
+                                   precision=settings.precision, **checks)
 
 
 def run(cfg: DictConfig, run_dir: str | Path) -> dict:
@@ -195,6 +208,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
     SIGINT/SIGTERM at any point end it as ``interrupted`` (``signals.Interrupted`` is re-raised).
     """
     run_dir = check_writable(run_dir)  # nowhere to record a failure if this fails: a ConfigError, nothing else
+    cfg = tuning.apply_trial(cfg)  # first: config.yaml and the config hash hold the values the run trains with
     with signals.handling():
         point, primary = resume.find_resume_point(run_dir, cfg), is_primary()
         if point:  # same run id: the record and the wandb run go on
@@ -238,7 +252,7 @@ def _run(cfg: DictConfig, run_dir: Path, record: RunRecord, point: resume.Resume
     quiet_third_party_noise()
     memory = PeakMemory()
     memory.reset()
-    loggers, costs, saver = [], {}, None
+    loggers, costs, saver, module = [], {}, None, None
     try:
         record.phase = "loading data"  # and checking the config, which takes no time
         p = plan(cfg)  # all checks run before the (slow) model load
@@ -248,6 +262,7 @@ def _run(cfg: DictConfig, run_dir: Path, record: RunRecord, point: resume.Resume
         else:
             record.describe(p.method.info(), p.spec, get_metric(p.spec.primary_metric).higher_is_better)
             record.provenance(seeds=component_seeds(p.settings.seed), data=p.task.sources)
+            record.update(tuning=p.tuning)
         wandb = effective_wandb_mode(p.settings.wandb_mode) if p.settings.wandb_mode else "disabled"
         L.seed_everything(p.settings.seed, workers=True, verbose=False)
         if p.settings.num_threads:
@@ -264,7 +279,9 @@ def _run(cfg: DictConfig, run_dir: Path, record: RunRecord, point: resume.Resume
         saver = resume.ResumeCheckpoint(resume.checkpoint_path(run_dir), p.settings.checkpoint_every_n_steps,
                                         p.settings.checkpoint_every_minutes,
                                         on_start=(lambda step: record.resumed(step, point)) if point else None)
-        trainer = make_trainer(cfg, p.settings, run_dir, loggers, p.method.trains, [saver] if p.method.trains else [])
+        best = dev_checker(p, module, encoder) if p.dev_every else None
+        callbacks = [saver, *([best] if best else [])] if p.method.trains else []
+        trainer = make_trainer(cfg, p.settings, run_dir, loggers, p.method.trains, callbacks, p.dev_every)
         trainable, total = count_parameters(model)
         if p.method.trains:
             log.info("%s trains %s of %s parameters (%.4f%%)", p.method.cfg.name, f"{trainable:,}", f"{total:,}",
@@ -274,6 +291,8 @@ def _run(cfg: DictConfig, run_dir: Path, record: RunRecord, point: resume.Resume
 
         record.phase = "training"
         train_seconds, checkpoint = fit(p, module, encoder, trainer, run_dir, point)
+        if best:
+            p.tuning["dev_checks"] = {**best.summary(), "every_n_steps": p.dev_every}
         record.phase = "evaluation"
         module.model.eval()
         ev = evaluate_plan(p, module, encoder, trainer)
@@ -292,6 +311,8 @@ def _run(cfg: DictConfig, run_dir: Path, record: RunRecord, point: resume.Resume
         return record.data
     except BaseException as err:
         costs.setdefault("peak_rss_mb", round(memory.peak_rss_mb(), 1))
+        if module is not None and p.method.trains:  # a diverged trial's training still counts as tuning cost
+            costs.setdefault("train_seconds", round(module.elapsed_train_seconds(), 3))
         if saver:
             costs.update(saver.costs())  # what an unfinished run leaves to resume from
         record.fail(err, costs)  # interrupted when err is a signal; a completed record stays completed
@@ -316,11 +337,44 @@ def evaluate_plan(p: Plan, module: PromptModule, encoder: Encoder, trainer: L.Tr
 
 
 def evaluate_rows(p: Plan, module: PromptModule, encoder: Encoder, trainer: L.Trainer, rows: list[dict]) -> Evaluation:
-    free = []
-    if "contextual" in p.settings.calibration:
-        free = eval_items(encoder, content_free_rows(rows[0], template_fields(p.spec.prompt_template)))
     return evaluate(module, p.spec, eval_items(encoder, rows), trainer, p.settings.eval_batch_size,
-                    p.settings.calibration, free)
+                    p.settings.calibration, eval_items(encoder, content_free(p, rows)))
+
+
+def content_free(p: Plan, rows: list[dict]) -> list[dict]:
+    """Contextual calibration's content-free inputs (negative idx), when the run asks for it; else none."""
+    if "contextual" not in p.settings.calibration:
+        return []
+    return content_free_rows(rows[0], template_fields(p.spec.prompt_template))
+
+
+def dev_checker(p: Plan, module: PromptModule, encoder: Encoder) -> tuning.BestOnDev:
+    """The callback that keeps the trainable weights of the dev check best on dev: each check's rows (the
+    validation loop over dev and the content-free inputs) are scored under every readout like any evaluation,
+    and the check's score is what would head the row (``headline``) on dev."""
+    metric = p.spec.primary_metric
+    higher = get_metric(metric).higher_is_better
+    names: list[tuple[str, ...]] = [()]
+
+    def score(metrics: dict[str, float]) -> float:
+        chosen = (readouts.choose(metrics, metric, names[0], p.spec.readout, higher)
+                  if p.settings.select_readout and names[0] else p.spec.readout if names[0] else readouts.RAW)
+        return metrics.get(readouts.metric_key(metric, chosen), math.nan)
+
+    best = tuning.BestOnDev(score, higher)
+
+    def on_dev_rows(rows: list[dict]) -> None:
+        trainer = module.trainer
+        rows = sorted(gather_rows(rows, trainer), key=lambda r: r["idx"])
+        check_finite(rows, trainer.global_step)
+        free, rows = [r for r in rows if r["idx"] < 0], [r for r in rows if r["idx"] >= 0]
+        for r in rows:
+            r.pop("generated_tokens", None)
+        metrics, names[0] = all_metrics(p.spec, rows, p.settings.calibration, free)
+        best.record(trainer, module, metrics)
+
+    module.on_dev_rows = on_dev_rows
+    return best
 
 
 def headline(p: Plan, ev: Evaluation) -> dict:
@@ -367,7 +421,8 @@ def fit(p: Plan, module: PromptModule, encoder: Encoder, trainer: L.Trainer, run
         return 0.0, None
     items = (instruct.train_items(p.mixture, p.budgets, p.method, encoder.tokenizer, p.settings.seed)
              if p.mixture else None)
-    datamodule = PromptDataModule(encoder, p.train_rows, [], p.method.cfg.batch_size, p.settings.eval_batch_size,
+    dev = [*p.task.dev, *content_free(p, p.task.dev)] if p.dev_every else []  # dev checks: dev's rows
+    datamodule = PromptDataModule(encoder, p.train_rows, dev, p.method.cfg.batch_size, p.settings.eval_batch_size,
                                   p.settings.seed, train_items=items, bucket=p.settings.bucket_by_length)
     # SIGINT/SIGTERM end the run at the end of a step (resume.ResumeCheckpoint)
     with signals.deferred(), module.fitting(trainer):
@@ -389,6 +444,7 @@ def result_fields(p: Plan, ev: Evaluation) -> dict:
     """What a record holds once the run is evaluated (``promptlab-train`` and ``promptlab-eval`` alike): the dev
     metrics, the headline, the objective, the sample, a search's selection, a mixture's tasks."""
     return {"dev_metrics": ev.dev_metrics, "headline": headline(p, ev), "objective": p.settings.objective,
+            "tuning": p.tuning,
             **sample_fields(p), **({"selection": ev.selection, "template_id": None} if ev.selection else {}),
             **(mixture_fields(p, ev) if p.mixture else {})}
 
@@ -422,6 +478,7 @@ def run_costs(p: Plan, module: PromptModule, encoder: Encoder, trainer: L.Traine
         "train_examples_per_second": module.examples_seen / train_seconds if train_seconds else None,
         **p.method.demo_costs,
         **dict.fromkeys(search.COST_KEYS, 0), "dev_eval_seconds": 0.0,
+        "dev_check_seconds": ((p.tuning or {}).get("dev_checks") or {}).get("seconds", 0.0),
         **ev.costs(),  # after: a prompt search's costs include every candidate's demonstrations
         "peak_rss_mb": round(memory.peak_rss_mb(), 1),
         "peak_rss_reset_per_run": memory.reset_ok,
@@ -518,6 +575,7 @@ def run_member(cfg: DictConfig, run_dir: Path, sweep_dir: Path | None) -> float:
     try:
         if sweep_dir:
             check_ranks_in_a_sweep(cfg)
+        cfg = tuning.apply_trial(cfg)
         previous = previous_run(run_dir, cfg)
         if previous:  # re-running a sweep in the same directory finishes it instead of restarting it
             log.info("skipped %s: already %s with config hash %s (skip_completed=false redoes it)",
@@ -526,6 +584,11 @@ def run_member(cfg: DictConfig, run_dir: Path, sweep_dir: Path | None) -> float:
                 note(sweep_dir, run_dir, "skipped", f"already {previous['status']}")
             return objective_value(previous)
         result = run(cfg, run_dir)
+    except tuning.OutsideSpace as err:  # an arm with fewer points than the sweep's trials: nothing to run
+        log.info("skipped %s: %s", run_dir, err)
+        if sweep_dir:
+            note(sweep_dir, run_dir, "skipped", str(err))
+        return math.nan
     except ConfigError as err:
         print_config_error(err)
         if sweep_dir is None:

@@ -54,13 +54,21 @@ def evaluate(module: PromptModule, spec: TaskSpec, items: list[dict], trainer: L
     rows = predict_rows(module, items, trainer, batch_size)
     free = predict_rows(module, content_free, trainer, batch_size) if "contextual" in calibrations else []
     seconds = time.perf_counter() - start
+    metrics, names = all_metrics(spec, rows, calibrations, free)
+    tokens = sum(r.pop("generated_tokens", 0) for r in rows)
+    return Evaluation(metrics, rows, seconds, tokens, generation() - gen_start, readouts=names)
+
+
+def all_metrics(spec: TaskSpec, rows: list[dict], calibrations: tuple[str, ...],
+                content_free: list[dict]) -> tuple[dict[str, float], tuple[str, ...]]:
+    """The metrics of predicted rows under every readout (choice tasks), filling each row's answers and scores in
+    place; and the readouts computed (none for a generate task)."""
     metrics, names = score_rows(spec, rows), ()
     if spec.output_type == "choice":
         names = readouts.available(rows, calibrations)
         for name in names[1:]:
-            metrics.update(readout_rows(spec, rows, name, free))
-    tokens = sum(r.pop("generated_tokens", 0) for r in rows)
-    return Evaluation(metrics, rows, seconds, tokens, generation() - gen_start, readouts=names)
+            metrics.update(readout_rows(spec, rows, name, content_free))
+    return metrics, names
 
 
 def generation_clock(module: PromptModule) -> Callable[[], float]:
@@ -74,12 +82,16 @@ def predict_rows(module: PromptModule, items: list[dict], trainer: L.Trainer, ba
     with module.predicting(trainer):
         batches = trainer.predict(module, dataloaders=eval_loader(items, batch_size))
     rows = sorted(gather_rows([r for b in batches for r in b], trainer), key=lambda r: r["idx"])
+    check_finite(rows, trainer.global_step)
+    return rows
+
+
+def check_finite(rows: list[dict], step: int) -> None:
+    """``Diverged`` when a model's answer scores are not finite (NaN weights give NaN scores)."""
     bad = sum(not all(math.isfinite(v) for v in (*r.get("log_probs", ()), *r.get("answer_logprobs", ())))
               for r in rows)
     if bad:
-        raise Diverged(trainer.global_step, f"the model's answer scores are not finite for {bad} of {len(rows)} "
-                       "examples")
-    return rows
+        raise Diverged(step, f"the model's answer scores are not finite for {bad} of {len(rows)} examples")
 
 
 def readout_rows(spec: TaskSpec, rows: list[dict], name: str, content_free: list[dict]) -> dict[str, float]:

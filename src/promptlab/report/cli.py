@@ -29,12 +29,14 @@ from promptlab.report.sensitivity import NOTE as SENSITIVITY_NOTE
 from promptlab.report.sensitivity import display_sensitivity, sensitivity
 from promptlab.report.stats import display_significance, significance, significance_note
 from promptlab.report.tables import (
+    READOUT_NOTE,
     caption,
     display_table,
     headline,
     metric_name,
     qualitative_caption,
     qualitative_table,
+    readout_table,
     summarize,
     timing_note,
     to_html,
@@ -108,9 +110,17 @@ class Section:
     files: list[Path] = field(default_factory=list)
 
 
+def model_note(s: pd.DataFrame) -> str:
+    """The model as a table heading says it: "smollm2_135m (GGUF MOSTLY_Q4_1 ..., dequantised to float32; run
+    in bf16-mixed)", from what its runs recorded."""
+    extra = [q for q in s["quantization"].dropna().unique() if q != "none"]
+    if s["precision"].notna().any():
+        extra.append("run in " + ", ".join(sorted(s["precision"].dropna().unique())))
+    return f"{s['model'].iloc[0]}" + (f" ({'; '.join(extra)})" if extra else "")
+
+
 def _dataset_section(sec: Section, df, dataset, s, sig, sens, ens, n_resamples: int, seed: int, out: Path) -> None:
-    models = s["model"].unique()
-    heading = f"{dataset} · {models[0]}" if len(models) == 1 else str(dataset)
+    heading = f"{dataset} · {model_note(s)}" if s["model"].nunique() == 1 else str(dataset)
     full, compact, qual = display_table(s), display_table(s, compact=True), qualitative_table(s)
     cap, qual_cap = caption(s), qualitative_caption(s)
     sec.md += [f"## {heading}", "", to_markdown(full), "", cap, ""]
@@ -130,6 +140,10 @@ def _dataset_section(sec: Section, df, dataset, s, sig, sens, ens, n_resamples: 
              dash.section("Figures", f'<div class="figs">{"".join(pngs)}</div>', level=3),
              dash.section("What each method modifies and costs", dash.scroll(to_html(qual, qual_cap)),
                           level=3)]
+    readouts = readout_table(s)
+    if len(readouts.columns) > 2:  # more than the raw readout: how much the readout matters
+        sec.md += ["### Readouts (sensitivity)", "", to_markdown(readouts), "", READOUT_NOTE, ""]
+        parts.append(dash.section("Readouts (sensitivity)", dash.scroll(to_html(readouts, READOUT_NOTE)), level=3))
     sens = sens[sens["dataset"] == dataset]
     if not sens.empty:  # how much the prompt matters, and what choosing it on dev bought
         table = display_sensitivity(sens)
@@ -150,7 +164,7 @@ def _dataset_section(sec: Section, df, dataset, s, sig, sens, ens, n_resamples: 
 
 
 def write_report(runs_dir: str | Path, out: str | Path | None = None, wandb_project: str | None = None,
-                 n_resamples: int = 1000, seed: int = 0) -> Report:
+                 n_resamples: int = 2000, seed: int = 0) -> Report:
     """Write the whole report into ``out`` (default ``<runs_dir>/report``) and return what it contains."""
     root = Path(runs_dir)
     out = Path(out) if out else root / "report"
@@ -218,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs_dir", help="directory searched (at any depth) for result.json run records")
     parser.add_argument("--out", help="output folder (default: <runs_dir>/report)")
     parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="also read the runs of this wandb project (online)")
-    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (default 2000)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap RNG seed (default 0)")
     args = parser.parse_args(argv)
     import matplotlib

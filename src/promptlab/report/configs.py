@@ -60,11 +60,13 @@ def read_config(path: Path) -> dict | None:
     return cfg if isinstance(cfg, dict) else None
 
 
-def config_columns(cfg: dict | None) -> dict[str, str | None]:
-    """``config``: the semantic config as sorted JSON; ``group_key``: its hash (both None without a config)."""
+def config_columns(cfg: dict | None, drop: tuple[str, ...] = ()) -> dict[str, str | None]:
+    """``config``: the semantic config as sorted JSON, without the keys ``drop`` (a trial's tuned keys);
+    ``group_key``: its hash (both None without a config)."""
     if not cfg:
         return {"config": None, "group_key": None}
-    text = json.dumps(semantic_config(cfg), sort_keys=True, default=str)
+    flat = {k: v for k, v in semantic_config(cfg).items() if k not in drop}
+    text = json.dumps(flat, sort_keys=True, default=str)
     return {"config": text, "group_key": hashlib.sha256(text.encode()).hexdigest()[:16]}
 
 
@@ -146,7 +148,7 @@ def _describe(groups: pd.DataFrame) -> pd.DataFrame:
         return out
     every = _values(groups.loc[known, "config"])
     values = every[[k for k in every.columns if every[k].nunique() > 1]]
-    names = {k: short_name(k, every.columns) for k in values.columns}
+    names = {k: short_name(k, values.columns) for k in values.columns}
     shown = _shown(values, groups[known])
     for i, row in values.iterrows():
         out.at[i, "config_diff"] = "; ".join(f"{k}={v}" for k, v in row.items())

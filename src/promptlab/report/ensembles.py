@@ -17,8 +17,8 @@ import pandas as pd
 
 from promptlab.evaluation.calibration import answer_probs
 from promptlab.evaluation.ensemble import combine
+from promptlab.report.intervals import prediction_rows
 from promptlab.report.records import GROUP_KEYS, latest_completed
-from promptlab.report.stats import prediction_rows
 from promptlab.report.tables import method_labels
 
 log = logging.getLogger("promptlab.report")

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from promptlab.evaluation.calibration import METHODS as CALIBRATIONS
-from promptlab.evaluation.calibration import RAW, metric_key
+from promptlab.evaluation.readouts import ORDER as READOUTS
+from promptlab.evaluation.readouts import metric_key
 from promptlab.report.configs import config_columns, config_variants, read_config
 from promptlab.schema import primary_metric, record_problem
 
@@ -35,15 +35,20 @@ GROUP_KEYS = [*METHOD_KEYS, "budget", "num_demos", "template_id", "group_key"]
 
 
 def score_column(readout: str) -> str:
-    """The runs frame's column of the primary metric under a readout: ``score`` (raw), ``score_batch``."""
-    return "score" if readout == RAW else f"score_{readout}"
+    """The runs frame's column of the primary metric under a readout: ``score_raw``, ``score_batch``. ``score``
+    itself is the run's headline: the primary metric under the readout it chose on dev."""
+    return f"score_{readout}"
 
 
-CALIBRATED = [score_column(name) for name in CALIBRATIONS]  # the primary metric, calibrated (if the run did)
+READOUT_COLUMNS = [score_column(name) for name in READOUTS]  # the primary metric under every readout computed
+# A tuned row's trials (promptlab.tuning): the runs that differ only in their point of the method's space.
+TUNING = ["trial", "n_points", "dev_evaluations", "dev_budget", "chosen_step"]
 COLUMNS = [
     "run_id", "status", "kind", "method", "display_name", "modifies", "trains", "model", "dataset",
     "eval_split", "seed", "k_shot", "train_size", "template_id", "num_demos", "budget", "budget_kind",
-    "budget_value", "metric", "score", *CALIBRATED, "higher_is_better", "chance", "accuracy", "macro_f1",
+    "budget_value", "metric", "score", "dev_score", "readout", *READOUT_COLUMNS, "higher_is_better", "chance",
+    "accuracy", "macro_f1", *TUNING, "objective", "quantization", "precision", "diverged_at_step",
+    "dev_eval_seconds", "dev_check_seconds",
     "trainable_params", "total_params", "trainable_fraction", "stored_params", "optimizer_state_bytes",
     "train_seconds", "train_examples_per_second", "search_seconds", "search_tokens_scored", "search_generated_tokens",
     "eval_seconds", "eval_examples", "generation_seconds", "generated_tokens_per_second", "peak_rss_mb",
@@ -51,13 +56,15 @@ COLUMNS = [
     "load_start", "load_end", "error", "started_at", "finished_at", "run_dir", "source", "group_key",
     "config_label", "config_diff", "config", "selection",
 ]
-NUMERIC = ["score", *CALIBRATED, "chance", "accuracy", "macro_f1", "trainable_params", "total_params",
+NUMERIC = ["score", "dev_score", *READOUT_COLUMNS, "trial", "n_points", "dev_evaluations", "dev_budget",
+           "chosen_step", "diverged_at_step", "dev_eval_seconds", "dev_check_seconds", "chance", "accuracy", "macro_f1", "trainable_params", "total_params",
            "trainable_fraction", "stored_params", "optimizer_state_bytes", "train_seconds", "train_examples_per_second", "search_seconds",
            "search_tokens_scored", "search_generated_tokens", "eval_seconds",
            "eval_examples", "generation_seconds", "generated_tokens_per_second", "peak_rss_mb", "peak_gpu_mb",
            "checkpoint_bytes", "k_shot", "train_size", "budget_value", "num_train_examples", "load_start",
            "load_end"]
-NESTED = ("metrics", "costs", "versions", "traceback", "method_info", "machine", "selection")
+NESTED = ("metrics", "costs", "versions", "traceback", "method_info", "machine", "selection", "dev_metrics",
+          "headline", "tuning", "provenance", "train_idx", "splits", "resumes")
 
 
 class WandbUnavailable(RuntimeError):
@@ -120,16 +127,32 @@ def flatten(rec: dict, run_dir: str, source: str = "local", config: dict | None 
     if isinstance(row.get("error"), str):
         row["error"] = row["error"].strip().splitlines()[0] if row["error"].strip() else ""
     metric, metrics = primary_metric(rec), rec.get("metrics") or {}
+    head = _part(rec, "headline")  # records before schema 3: the raw primary metric, no dev
+    headline = head.get("metric") or metric
+    tuning = _part(rec, "tuning")
+    model = _part(_part(rec, "provenance"), "model")
     row.update(run_dir=run_dir, source=source, status=row.get("status") or "unknown", metric=metric,
-               score=metrics.get(metric), kind=rec.get("kind") or "train",
-               # calibrated primary metric (evaluation.calibration), shown beside the raw one
-               **{score_column(name): metrics.get(metric_key(metric, name)) for name in CALIBRATIONS},
+               score=metrics.get(headline), dev_score=(rec.get("dev_metrics") or {}).get(headline),
+               readout=head.get("readout") or "raw", kind=rec.get("kind") or "train",
+               # the primary metric under every readout (evaluation.readouts), shown beside the headline
+               **{score_column(name): metrics.get(metric_key(metric, name)) for name in READOUTS},
                higher_is_better=rec.get("higher_is_better") is not False,
+               trial=tuning.get("trial"), n_points=tuning.get("points"), dev_evaluations=tuning.get("dev_evaluations"),
+               dev_budget=tuning.get("budget"), chosen_step=_part(tuning, "dev_checks").get("chosen_step"),
+               objective=rec.get("objective") or "dev", quantization=model.get("quantization"),
+               precision=_part(rec, "provenance").get("precision"),
                # a prompt search's candidates and choices (report.sensitivity), as JSON
                selection=json.dumps(rec["selection"]) if isinstance(rec.get("selection"), dict) else None)
     row.setdefault("model", "?")
-    row.update(config_columns(config))
+    # a trial's point is not what tells its row apart: its row is the method, tuned (report.selection)
+    row.update(config_columns(config, drop=("trial", *tuning.get("keys", ())) if tuning.get("keys") else ()))
     return row
+
+
+def _part(rec: dict, key: str) -> dict:
+    """A nested section of a record as a dict (empty when absent or not a mapping)."""
+    value = rec.get(key)
+    return value if isinstance(value, dict) else {}
 
 
 def _trains_from_method(df: pd.DataFrame) -> list:
@@ -193,11 +216,40 @@ def load_runs(path: str | Path, wandb_project: str | None = None) -> pd.DataFram
 
 
 def latest_completed(df: pd.DataFrame) -> pd.DataFrame:
-    """Completed runs, one per (group, seed): an exact repeat (same config and seed) stands in for the earlier
-    runs, which ``summarize`` counts; runs with another config are another group, never dropped."""
+    """The run that stands for each (group, seed): among completed runs, an exact repeat (same config, seed and
+    trial) stands in for the earlier ones, which ``summarize`` counts; of a tuned row's trials (runs that differ
+    only in their point of the method's space, ``promptlab.tuning``), the one best on dev (``dev_score``; ties:
+    the lowest trial), never on eval. Each kept run carries ``n_trials`` and ``tuning_seconds``: every trial
+    of its seed (diverged ones too) and what they cost (training, dev scoring). Runs with another config are
+    another group, never dropped."""
     done = df[df["status"] == "completed"].copy()
     done = done.sort_values("finished_at", na_position="first", key=lambda s: s.astype(str))
-    return done.drop_duplicates(GROUP_KEYS + ["seed"], keep="last").sort_index()
+    done = done.drop_duplicates([*GROUP_KEYS, "seed", "trial"], keep="last")
+    sign = done["higher_is_better"].map(lambda h: 1.0 if h is not False else -1.0)
+    done = done.assign(_dev=(done["dev_score"] * sign).fillna(-math.inf), _trial=done["trial"].fillna(-1))
+    done = done.sort_values(["_dev", "_trial"], ascending=[False, True], kind="stable")
+    done = done.drop_duplicates([*GROUP_KEYS, "seed"], keep="first").drop(columns=["_dev", "_trial"]).sort_index()
+    return _with_trial_costs(df, done)
+
+
+def _with_trial_costs(df: pd.DataFrame, done: pd.DataFrame) -> pd.DataFrame:
+    """``done`` with, per (group, seed), the trials run (completed or diverged, a repeat counted once) and the
+    sum of their training and dev-scoring seconds."""
+    keys = [*GROUP_KEYS, "seed"]
+    ended = df[df["status"].isin(["completed", "diverged"])]
+    ended = ended.sort_values("finished_at", key=lambda s: s.astype(str)).drop_duplicates([*keys, "trial"], keep="last")
+    seconds = ended[["train_seconds", "dev_eval_seconds", "dev_check_seconds"]].fillna(0).sum(axis=1)
+    count: dict[tuple, int] = {}
+    total: dict[tuple, float] = {}
+    for key, value in zip(_keys(ended, keys), seconds, strict=True):
+        count[key], total[key] = count.get(key, 0) + 1, total.get(key, 0.0) + float(value)
+    at = _keys(done, keys)
+    return done.assign(n_trials=[count.get(k, 1) for k in at], tuning_seconds=[total.get(k, 0.0) for k in at])
+
+
+def _keys(frame: pd.DataFrame, keys: list[str]) -> list[tuple]:
+    """Each row's values of ``keys`` as a hashable tuple, every kind of missing value as None."""
+    return [tuple(None if pd.isna(v) else v for v in row) for row in frame[keys].itertuples(index=False)]
 
 
 # --- wandb (online users): the same rows from the runs' config and summary --------------------------------

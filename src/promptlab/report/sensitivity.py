@@ -17,11 +17,9 @@ import json
 import numpy as np
 import pandas as pd
 
-from promptlab.evaluation.calibration import METHODS as CALIBRATIONS
-from promptlab.evaluation.calibration import RAW, metric_key
-from promptlab.report.records import GROUP_KEYS, METHOD_KEYS, latest_completed, score_column
+from promptlab.evaluation.readouts import metric_key
+from promptlab.report.records import GROUP_KEYS, METHOD_KEYS, READOUTS, latest_completed, score_column
 
-READOUTS = (RAW, *CALIBRATIONS)
 COLUMNS = ["dataset", "model", "method", "display_name", "budget", "num_demos", "readout", "spread_on",
            "n_prompts", "n_seeds", "min", "median", "max", "chosen", "chosen_prompt", "default"]
 

@@ -12,12 +12,16 @@ import numpy as np
 import pandas as pd
 
 from promptlab.report.configs import natural_key
-from promptlab.report.records import CALIBRATED, CALIBRATIONS, GROUP_KEYS, METHOD_KEYS, latest_completed
+from promptlab.report.intervals import hierarchical_interval, seed_table
+from promptlab.report.records import GROUP_KEYS, METHOD_KEYS, READOUT_COLUMNS, READOUTS, latest_completed
 
 METRIC_NAMES = {"accuracy": "Accuracy", "macro_f1": "Macro-F1", "exact_match": "Exact match",
                 "rougeL": "ROUGE-L", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "chrf": "chrF", "bleu": "BLEU"}
 PERCENT_METRICS = {"accuracy", "macro_f1", "exact_match"}  # proportions of examples: shown in %
+CI_NOTE = ("mean over seeds [95% interval: a two-level bootstrap over seeds and evaluation examples with a "
+           "Student-t quantile, report/intervals.py]; with one seed the interval is over examples only")
 STD_NOTE = "mean ± sample standard deviation (ddof=1) over seeds; no ± with a single seed"
+CORPUS_METRICS = {"chrf", "bleu"}  # computed over the corpus; their per-example scores are sentence-level
 # Table columns that are shown only when they vary within a method, with their headers.
 VARIANTS = {"model": "Model", "kind": "Kind", "eval_split": "Split", "budget": "Budget", "num_demos": "Demos",
             "template_id": "Template"}
@@ -51,10 +55,33 @@ def _points(values: pd.Series, name: str) -> dict[str, float]:
     return {f"{name}_mean": pts.mean(), f"{name}_std": pts.std(ddof=1)}
 
 
+def _interval(ok: pd.DataFrame, name: str, readout: str | None) -> dict[str, float]:
+    """``<name>_low``/``_high`` (x100): the 95% interval of the row's mean over its seeds' runs and the examples
+    they all scored, under ``readout`` (None: each run's own headline readout); ``<name>_examples``: how many
+    examples that is, ``<name>_partial``: whether some run scored examples the others did not. A corpus metric
+    (chrF, BLEU) takes its interval's width from the sentence-level scores, centred on the runs' mean."""
+    runs = [(d, readout or r) for d, r in zip(ok["run_dir"], ok["readout"].fillna("raw"), strict=True)]
+    table, shared, each = seed_table(runs) if runs else (None, 0, [])
+    if not shared:
+        return {f"{name}_low": np.nan, f"{name}_high": np.nan, f"{name}_examples": 0, f"{name}_partial": False}
+    ci = hierarchical_interval(table, bounds=(0.0, 1.0))
+    column = "score" if readout is None else f"score_{readout}"
+    centre = ok[column].mean() if ok["metric"].iloc[0] in CORPUS_METRICS else ci.mean
+    return {f"{name}_low": 100 * (centre - ci.mean + ci.low), f"{name}_high": 100 * (centre - ci.mean + ci.high),
+            f"{name}_examples": shared, f"{name}_partial": any(n != shared for n in each)}
+
+
+def _readouts_chosen(ok: pd.DataFrame) -> str:
+    """The readouts the row's seeds chose on dev: "batch", or "raw ×2, batch" when seeds differ."""
+    counts = ok["readout"].fillna("raw").value_counts()
+    return ", ".join(r if len(counts) == 1 else f"{r} ×{n}" for r, n in counts.items())
+
+
 def _group_row(key: tuple, runs: pd.DataFrame, ok: pd.DataFrame) -> dict:
     status = runs["status"].value_counts()
-    n_known = sum(int(status.get(s, 0)) for s in ("completed", "failed", "running"))
+    n_known = sum(int(status.get(s, 0)) for s in ("completed", "failed", "running", "diverged"))
     n_completed = int(status.get("completed", 0))
+    done = runs[runs["status"] == "completed"]
     trains, loads = runs["trains"].dropna(), ok[["load_start", "load_end"]]
     return {
         **dict(zip(GROUP_KEYS, key, strict=True)),
@@ -64,11 +91,21 @@ def _group_row(key: tuple, runs: pd.DataFrame, ok: pd.DataFrame) -> dict:
         "higher_is_better": bool(runs["higher_is_better"].iloc[0]), "chance": runs["chance"].median(),
         "budget_kind": runs["budget_kind"].iloc[0], "budget_value": runs["budget_value"].iloc[0],
         "n_seeds": len(ok), "seeds": " ".join(str(s) for s in sorted(ok["seed"].dropna())),
-        "n_runs": len(runs), "n_completed": n_completed, "n_repeats": n_completed - len(ok),
-        "n_failed": int(status.get("failed", 0)),
+        "n_runs": len(runs), "n_completed": n_completed,
+        "n_repeats": n_completed - len(done.drop_duplicates(["seed", "trial"])),
+        "n_failed": int(status.get("failed", 0)), "n_diverged": int(status.get("diverged", 0)),
         "n_running": int(status.get("running", 0)), "n_other": len(runs) - n_known,
-        **_points(ok["score"], "score"), **_points(ok["macro_f1"], "macro_f1"),
-        **{k: v for col in CALIBRATED for k, v in _points(ok[col], col).items()},
+        **_points(ok["score"], "score"), **_interval(ok, "score", None),
+        "dev_score_mean": ok["dev_score"].mean() * 100, "readouts_chosen": _readouts_chosen(ok),
+        **_points(ok["macro_f1"], "macro_f1"),
+        **{k: v for col, name in zip(READOUT_COLUMNS, READOUTS, strict=True)
+           for k, v in {**_points(ok[col], col), **(_interval(ok, col, name) if ok[col].notna().any() else {})}.items()},
+        "n_trials": ok["n_trials"].max() if "n_trials" in ok else np.nan,
+        "tuning_seconds_mean": ok["tuning_seconds"].mean() if "tuning_seconds" in ok else np.nan,
+        "dev_evaluations": ok["dev_evaluations"].max(), "dev_budget": ok["dev_budget"].max(),
+        "eval_objective": bool((ok["objective"] == "eval").any()),
+        "quantization": "; ".join(sorted(ok["quantization"].dropna().unique())) or None,
+        "precision": "; ".join(sorted(ok["precision"].dropna().unique())) or None,
         "trainable_params": ok["trainable_params"].median(), "total_params": ok["total_params"].median(),
         "trainable_fraction": ok["trainable_fraction"].median(),
         "stored_params": ok["stored_params"].median(), "optimizer_state_bytes_max": ok["optimizer_state_bytes"].max(),
@@ -213,6 +250,13 @@ def fmt_seconds(s) -> str:
     return f"{s / 60:.1f} min" if s < 3600 else f"{s / 3600:.1f} h"
 
 
+def fmt_ci(mean, low, high) -> str:
+    """"82.1 [79.0, 85.2]": a mean and its 95% interval, x100 already."""
+    if _missing(mean):
+        return "—"
+    return f"{mean:.1f}" if _missing(low) else f"{mean:.1f} [{low:.1f}, {high:.1f}]"
+
+
 def fmt_pct(mean, std) -> str:
     if _missing(mean):
         return "—"
@@ -228,7 +272,8 @@ def fmt_rate(r) -> str:
 
 
 def _not_completed(r) -> str:
-    parts = [(r["n_failed"], "failed"), (r["n_running"], "running/crashed"), (r["n_other"], "other")]
+    parts = [(r["n_failed"], "failed"), (r["n_diverged"], "diverged"), (r["n_running"], "running/crashed"),
+             (r["n_other"], "other")]
     return ", ".join(f"{n} {what}" for n, what in parts if n) or "—"
 
 
@@ -243,6 +288,12 @@ def _repeats(summary: pd.DataFrame) -> bool:
 
 def _has(summary: pd.DataFrame, col: str) -> bool:
     return bool(summary[col].notna().any())
+
+
+def _tunes(summary: pd.DataFrame) -> bool:
+    """Whether any row chose settings over several trials or dev checks (promptlab.tuning)."""
+    return bool((summary["n_trials"].fillna(1) > 1).any() or (summary["tuning_seconds_mean"].fillna(0) >
+                                                               summary["train_seconds_mean"].fillna(0) + 1e-9).any())
 
 
 def _searches(summary: pd.DataFrame) -> bool:
@@ -266,10 +317,15 @@ def display_table(summary: pd.DataFrame, compact: bool = False) -> pd.DataFrame:
     cols["Seeds"] = summary["n_seeds"].astype(str)
     if _repeats(summary):
         cols["Runs"] = summary["n_completed"].astype(str)
-    cols[value_label(summary["metric"])] = [fmt_pct(r["score_mean"], r["score_std"]) for r in rows]
-    for name, col in zip(CALIBRATIONS, CALIBRATED, strict=True):  # calibrated scores beside the raw ones
-        if _has(summary, f"{col}_mean"):
-            cols[f"{name.capitalize()}-calibrated"] = [fmt_pct(r[f"{col}_mean"], r[f"{col}_std"]) for r in rows]
+    mark = summary["eval_objective"].map(lambda e: " †" if e else "")
+    cols[value_label(summary["metric"])] = [fmt_ci(r["score_mean"], r["score_low"], r["score_high"]) + m
+                                            for r, m in zip(rows, mark, strict=True)]
+    if not compact:
+        cols["± std"] = summary["score_std"].map(lambda v: "—" if _missing(v) else f"{v:.1f}")
+    if (summary["readouts_chosen"].fillna("") != "").any():
+        cols["Readout (on dev)"] = summary["readouts_chosen"].replace("", "—")
+    if _has(summary, "dev_evaluations"):
+        cols["Dev evals"] = summary["dev_evaluations"].map(lambda v: "—" if _missing(v) else f"{v:.0f}")
     if not compact and _show_f1(summary):
         cols["Macro-F1 (%)"] = [fmt_pct(r["macro_f1_mean"], r["macro_f1_std"]) for r in rows]
     cols["Trainable params"] = summary["trainable_params"].map(fmt_count)
@@ -282,6 +338,10 @@ def display_table(summary: pd.DataFrame, compact: bool = False) -> pd.DataFrame:
     cols["Train time"] = summary["train_seconds_mean"].map(fmt_seconds)
     if not compact:
         cols["Train ex/s"] = summary["train_examples_per_second_mean"].map(fmt_rate)
+    if _tunes(summary):  # every trial's training and dev scoring: what choosing the row's settings cost
+        cols["Tuning time"] = summary["tuning_seconds_mean"].map(fmt_seconds)
+        if not compact:
+            cols["Trials"] = summary["n_trials"].map(lambda v: "—" if _missing(v) else f"{v:.0f}")
     if _searches(summary):  # choosing a prompt on dev is a cost, beside training
         cols["Search time"] = summary["search_seconds_mean"].map(fmt_seconds)
         if not compact:
@@ -300,6 +360,27 @@ def display_table(summary: pd.DataFrame, compact: bool = False) -> pd.DataFrame:
     return pd.DataFrame(cols).reset_index(drop=True)
 
 
+def readout_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Each row's primary metric under every readout it computed, each with its 95% interval: sensitivity to
+    the readout. The headline column of the comparison table is the readout chosen on dev; these are shown,
+    never chosen (a readout a row's seeds chose is marked ✓)."""
+    cols: dict[str, list | pd.Series] = {"Method": method_labels(summary)}
+    for name, col in zip(READOUTS, READOUT_COLUMNS, strict=True):
+        if _has(summary, f"{col}_mean"):
+            chosen = summary["readouts_chosen"].fillna("").map(lambda c, n=name: n in [x.split(" ×")[0] for x in
+                                                                                   c.split(", ")])
+            cols[name] = [fmt_ci(r[f"{col}_mean"], r.get(f"{col}_low"), r.get(f"{col}_high")) + (" ✓" if c else "")
+                          for r, c in zip(summary.to_dict("records"), chosen, strict=True)]
+    return pd.DataFrame(cols).reset_index(drop=True)
+
+
+READOUT_NOTE = ("The primary metric under every readout (×100, mean over seeds [95% interval over seeds and "
+                "examples]): raw = summed answer log-likelihood (lm-evaluation-harness's acc); per_token, per_char "
+                "(the harness's acc_norm), per_byte = divided by the answer's length; contextual, batch = "
+                "calibrated. ✓: the readout the row's seeds chose on dev (its headline); the others are "
+                "sensitivity, not chosen.")
+
+
 def qualitative_table(summary: pd.DataFrame) -> pd.DataFrame:
     """Method | What's modified | Trainable params | Train time | Storage per task | metric (headline)."""
     rows = headline(summary)
@@ -316,16 +397,40 @@ def qualitative_table(summary: pd.DataFrame) -> pd.DataFrame:
     })
 
 
-def _values_note(summary: pd.DataFrame, with_f1: bool) -> str:
+def _values_note(summary: pd.DataFrame, with_f1: bool, spread: str = CI_NOTE) -> str:
     metrics = list(dict.fromkeys(summary["metric"].dropna()))
     names = [metric_name(m) for m in metrics] + (["macro-F1"] if with_f1 else [])
     unit = "in %" if set(metrics) <= PERCENT_METRICS else "×100"
-    return f"{' and '.join(names)} {unit}: {STD_NOTE}."
+    return f"{' and '.join(names)} {unit}: {spread}."
+
+
+def selection_note(summary: pd.DataFrame) -> str:
+    """What every row chose on dev, and how the example sets of its seeds and of the other rows compare."""
+    notes = ["Every choice a row makes is made on dev, never on the reported split: its readout (raw, length-"
+             "normalised, calibrated: the one best on dev, per seed; \"Readout (on dev)\"), a search's prompt, a "
+             "tuned row's trial and step (of its trials per seed, the one best on dev)."]
+    if _has(summary, "dev_evaluations"):
+        notes.append("Dev evals: the configurations each row scored on dev (points of its tuning space × prompts "
+                     "searched or dev checks during training); readouts are chosen on dev alike for every row and "
+                     "not counted.")
+    if _tunes(summary):
+        notes.append("Tuning time: every trial of a seed, trained and scored on dev (diverged trials too), mean "
+                     "over seeds; Train time is the chosen trial's.")
+    if summary["eval_objective"].any():
+        notes.append("† optimised on eval (objective=eval, allowed on purpose): an optimistic bound, not a result.")
+    if summary["score_partial"].fillna(False).any():
+        notes.append("Some runs of a row scored examples the others did not: its interval is on the examples all "
+                     "its seeds scored.")
+    sizes = summary["eval_examples"].dropna().unique()
+    if len(sizes) > 1:
+        notes.append(f"Rows were evaluated on different numbers of examples ({', '.join(f'{n:.0f}' for n in sorted(sizes))}):"
+                     " compare them in the significance table, which restricts each pair to the examples both scored.")
+    return " ".join(notes)
 
 
 def caption(summary: pd.DataFrame, compact: bool = False) -> str:
     """The comparison table's caption: units, spread, what the cost columns mean, where timings were taken."""
-    notes = [_values_note(summary, not compact and _show_f1(summary))]
+    notes = [_values_note(summary, not compact and _show_f1(summary)), selection_note(summary)]
     if not compact:
         notes.append("Costs: mean over completed runs (peak memory: maximum); sizes in binary units (1 KB = 1024 B). "
                      "Stored params / task: the tensors a task's checkpoint holds; optimiser state: AdamW's moments "
@@ -350,7 +455,7 @@ def qualitative_caption(summary: pd.DataFrame) -> str:
     return " ".join(n for n in [
         "Headline configuration per method and other config values (largest data budget, most seeds, lowest "
         "template id);",
-        _values_note(summary, with_f1=False), "Storage: checkpoint size per task.",
+        _values_note(summary, with_f1=False, spread=STD_NOTE), "Storage: checkpoint size per task.",
         timing_note(headline(summary)),
     ] if n)
 
