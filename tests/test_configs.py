@@ -167,18 +167,39 @@ def test_loggers(logger, wandb, csv):
         assert cfg.logger.wandb.project == "promptlab"
 
 
-def test_experiment_demo_sweeps_prompting_and_tuning_arms():
-    cfg = compose_config(["experiment=demo"], return_hydra_config=True)
+@pytest.mark.parametrize("experiment", ["demo", "fair_comparison"])
+def test_experiments_give_every_method_family_the_same_dev_budget(experiment, tmp_path):
+    """Every arm of the demo and of fair_comparison, at every trial the sweep runs: prompting and tuning arms,
+    each either skipped (a trial past its space) or making exactly the experiment's budget of dev evaluations."""
+    from promptlab import tuning
+    from promptlab.methods import build_method
+    from promptlab.search import SearchSpec
+    from promptlab.tasks import TaskSpec
+
+    cfg = compose_config([f"experiment={experiment}"], return_hydra_config=True)
     assert cfg.hydra.mode == RunMode.MULTIRUN
-    arms = [a.strip() for a in str(cfg.hydra.sweeper.params.arm).split(",")]
-    composed = [compose_config(["experiment=demo", f"arm={a}"]) for a in arms]
-    methods = {c.method.name for c in composed}
-    assert methods == {"zero_shot", "few_shot", "prompt_tuning", "lora", "full_finetune"}  # prompting and tuning
-    for c in composed:  # every prompting arm chooses its prompt on dev; trained arms search nothing
-        assert (c.get("search") is not None) == (c.method.name in ("zero_shot", "few_shot"))
-        assert c.model.name == "smollm2_135m" and c.data.name == "sst2"
-        assert c.data.k_shot >= 1 and c.data.eval_limit >= 1  # sized for a quick demo
-    assert {c.search.name for c in composed if c.get("search")} == {"templates", "ape"}
+    params = cfg.hydra.sweeper.params
+    arms = [a.strip() for a in str(params.arm).split(",")]
+    trials = [int(t) for t in str(params.trial).split(",")]
+    methods, counts, searched = set(), {}, set()
+    for arm in arms:
+        base = compose_config([f"experiment={experiment}", f"arm={arm}"])
+        spec, method = TaskSpec.from_config(base.data), build_method(base.method)
+        methods.add((spec.name, method.cfg.name))
+        for trial in trials:
+            try:
+                c = tuning.apply_trial(compose_config([f"experiment={experiment}", f"arm={arm}", f"trial={trial}"]))
+            except tuning.OutsideSpace:
+                assert not method.trains and trial > 0
+                continue
+            search = SearchSpec.from_config(c.get("search"), spec, 100, draws_demos=method.draws_demos)
+            searched.add(search is not None)
+            counts[arm, trial] = tuning.dev_evaluations(c, method.trains, search.num_candidates if search else 1)
+            tuning.check_budget(c, counts[arm, trial])
+            assert (search is not None) == (not method.trains)  # prompting searches; tuning trains its trials
+            assert c.model.name == "smollm2_135m" and c.data.k_shot >= 1 and c.data.eval_limit >= 1
+    assert set(counts.values()) == {cfg.budget}
+    assert {m for _, m in methods} == {"zero_shot", "few_shot", "prompt_tuning", "lora", "full_finetune"}
 
 
 @pytest.mark.parametrize("override", ["method=nope", "data=nope", "model=nope", "trainer=nope", "logger=nope"])

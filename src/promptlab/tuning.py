@@ -104,13 +104,11 @@ def dev_checks(method_cfg: DictConfig) -> int:
 
 
 def check_dev_every(method_cfg: DictConfig, trains: bool) -> int | None:
-    """``method.dev_every_n_steps``: None, or a whole number in 1..max_steps for a trained method."""
+    """``method.dev_every_n_steps``: None, or a whole number in 1..max_steps for a trained method (a method that
+    does not train ignores it)."""
     every = method_cfg.get("dev_every_n_steps")
-    if every is None:
+    if every is None or not trains:  # like max_steps, set for a whole experiment: prompting methods ignore it
         return None
-    if not trains:
-        raise ConfigError(f"method.dev_every_n_steps={every} but {method_cfg.name} does not train",
-                          "drop it (prompting methods choose their prompt on dev with search=...)")
     if not (is_whole(every, 1) and is_whole(method_cfg.get("max_steps"), 1) and every <= method_cfg.max_steps):
         raise ConfigError(f"method.dev_every_n_steps={every!r} is not a whole number in 1..method.max_steps "
                           f"({method_cfg.get('max_steps')})", "use e.g. method.dev_every_n_steps=20, or null (dev once, "
