@@ -236,6 +236,12 @@ def test_a_budget_counts_points_times_dev_checks_and_prompts_searched(make_cfg):
                          "method.num_demos=2", method="few_shot")).tuning["dev_evaluations"] == 4
 
 
+def test_a_prompting_method_is_its_own_single_trial(make_cfg, run_dir):
+    rec = run(make_cfg("trial=0", "search=templates"), run_dir)  # its one point: its search (5 prompts on dev)
+    assert rec["status"] == "completed"
+    assert rec["tuning"] == {**rec["tuning"], "trial": 0, "points": 1, "point": {}, "dev_evaluations": 5}
+
+
 def test_a_trial_past_the_last_point_is_skipped(make_cfg, tmp_path):
     with pytest.raises(tuning.OutsideSpace, match="trial=1 but zero_shot's tuning space has 1 point"):
         run(make_cfg("trial=1"), tmp_path / "r")

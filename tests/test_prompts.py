@@ -44,10 +44,26 @@ def test_template_fields():
     assert template_fields(RTE_TEMPLATE) == {"sentence1", "sentence2"}
 
 
-def test_render_strips_values_and_ignores_extra_columns():
-    assert render(SST2_TEMPLATE, QUERY) == "Review: a boring film\nIs the sentiment of this review positive or negative?"
-    text = render(RTE_TEMPLATE, {"sentence1": "It rains. ", "sentence2": " It is wet.", "label": 0, "idx": 4})
+def test_render_fills_values_as_given_and_ignores_extra_columns():
+    assert render(SST2_TEMPLATE, QUERY) == f"Review: {QUERY['sentence']}\nIs the sentiment of this review positive or negative?"
+    text = render(RTE_TEMPLATE, {"sentence1": "It rains.", "sentence2": "It is wet.", "label": 0, "idx": 4})
     assert text == 'It rains.\nQuestion: does this imply that "It is wet."? Answer yes or no.'
+
+
+@pytest.mark.parametrize("strip", [True, False])
+def test_loading_strips_text_values_unless_the_task_keeps_them(tmp_path, strip):
+    from conftest import write_jsonl
+
+    from promptlab.tasks import load_task
+
+    rows = [{"idx": i, "sentence": f"  movie {i} ", "label": i % 2} for i in range(24)]
+    write_jsonl(tmp_path / "sst2" / "train.jsonl", rows[4:])
+    write_jsonl(tmp_path / "sst2" / "validation.jsonl", rows[:4])
+    from omegaconf import OmegaConf
+
+    spec = TaskSpec.from_config({**OmegaConf.to_container(data_cfg("sst2", "dev_size=8")), "strip_values": strip})
+    task = load_task(spec, str(tmp_path))
+    assert [r["sentence"] for r in task.eval] == [r["sentence"].strip() if strip else r["sentence"] for r in rows[:4]]
 
 
 def test_build_messages_zero_shot():
@@ -100,23 +116,20 @@ def test_chat_prompt_zero_shot(tiny_tok):
     assert tiny_tok.decode(ids) == f"<|im_start|>user\n{render(SST2_TEMPLATE, QUERY)}<|im_end|>\n<|im_start|>assistant\n"
 
 
-def test_plain_prompt_ends_with_answer(plain_tok):
+def test_plain_prompt_is_lm_evaluation_harness_text(plain_tok):
+    """Without a chat template: demonstrations as "question answer" and a blank line, then the question; the
+    answer follows after a space (lm-evaluation-harness's target and few-shot delimiters)."""
     zero = plain_tok.decode(encode_prompt(plain_tok, build_messages(render(SST2_TEMPLATE, QUERY))))
-    assert zero == render(SST2_TEMPLATE, QUERY) + "\nAnswer:"
+    assert zero == render(SST2_TEMPLATE, QUERY)
     few = plain_tok.decode(encode_prompt(plain_tok, build_messages(render(SST2_TEMPLATE, QUERY), DEMO_TURNS)))
-    assert few.endswith(render(SST2_TEMPLATE, QUERY) + "\nAnswer:")
+    assert few == "".join(f"{q} {a}\n\n" for q, a in DEMO_TURNS) + render(SST2_TEMPLATE, QUERY)
     assert "<|im_start|>" not in few
-    for d in DEMOS:
-        assert f"{render(SST2_TEMPLATE, d)}\nAnswer: {VERBALIZER[d['label']]}\n\n" in few
-    positions = [few.index(render(SST2_TEMPLATE, d)) for d in DEMOS]
-    assert positions == sorted(positions)
 
 
 def test_plain_prompt_system_turn_comes_first(plain_tok):
     messages = build_messages(render(SST2_TEMPLATE, QUERY), DEMO_TURNS[:1], system_prompt="Be brief.")
     text = plain_tok.decode(encode_prompt(plain_tok, messages))
-    assert text == (f"Be brief.\n\n{DEMO_TURNS[0][0]}\nAnswer: {DEMO_TURNS[0][1]}\n\n"
-                    f"{render(SST2_TEMPLATE, QUERY)}\nAnswer:")
+    assert text == f"Be brief.\n\n{DEMO_TURNS[0][0]} {DEMO_TURNS[0][1]}\n\n{render(SST2_TEMPLATE, QUERY)}"
 
 
 def test_assistant_prefix_starts_the_answer(tiny_tok, plain_tok):
@@ -125,7 +138,64 @@ def test_assistant_prefix_starts_the_answer(tiny_tok, plain_tok):
     chat = tiny_tok.decode(encode_prompt(tiny_tok, messages, assistant_prefix=prefix))
     assert chat == tiny_tok.decode(encode_prompt(tiny_tok, messages)) + prefix
     plain = plain_tok.decode(encode_prompt(plain_tok, messages, assistant_prefix=prefix))
-    assert plain == render(SST2_TEMPLATE, QUERY) + f"\nAnswer: {prefix}"
+    assert plain == render(SST2_TEMPLATE, QUERY) + f" {prefix}"
+
+
+LM_EVAL_SST2 = "{{sentence}}\nQuestion: Is this sentence positive or negative?\nAnswer:"  # its doc_to_text
+
+
+def lm_eval_request(tok, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """What lm-evaluation-harness (0.4.x, HFLM) scores for a (context, continuation) pair, rebuilt here without
+    importing it: trailing whitespace of the context moves to the continuation, the whole text is encoded and
+    the continuation is what follows the context's tokens (no special tokens added)."""
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        context, continuation = context[:-spaces], context[-spaces:] + continuation
+    whole = tok(context + continuation, add_special_tokens=False)["input_ids"]
+    ctx = tok(context, add_special_tokens=False)["input_ids"]
+    return ctx, whole[len(ctx):]
+
+
+@pytest.mark.parametrize("shots", [0, 2])
+def test_no_chat_template_gives_lm_evaluation_harness_token_ids(tmp_path, shots):
+    """data=sst2_lm_eval with model.chat_template=none: promptlab's prompt and answer ids are the harness's
+    request for its own sst2 task (sentences with their trailing space, demonstrations joined by blank lines)."""
+    from conftest import write_jsonl
+
+    from promptlab.models import load_backbone
+    from promptlab.tasks import load_task
+
+    rows = [{"idx": i, "sentence": f"{w} movie {i} ", "label": i % 2} for i, w in
+            enumerate(["a great", "a bad", "good fun", "boring", "love this", "hate this"] * 5)]
+    write_jsonl(tmp_path / "data" / "sst2" / "train.jsonl", rows[6:])
+    write_jsonl(tmp_path / "data" / "sst2" / "validation.jsonl", rows[:6])
+    cfg = compose_config(["model=tiny_random", "model.chat_template=none", "data=sst2_lm_eval", "data.dev_size=8",
+                          f"paths.data_root={tmp_path / 'data'}", "method=few_shot" if shots else "method=zero_shot",
+                          *([f"method.num_demos={shots}"] if shots else [])])
+    backbone = load_backbone(cfg.model, tmp_path / "cache")
+    assert not backbone.tokenizer.chat_template
+    spec = TaskSpec.from_config(cfg.data)
+    task = load_task(spec, cfg.paths.data_root)
+    method = build_method(cfg.method)
+    demos = task.train[:shots]
+    encoder = method.encoder(backbone, spec, method.demos(None, backbone.tokenizer, spec, demos, None))
+    fewshot = "".join(LM_EVAL_SST2.replace("{{sentence}}", d["sentence"]) + " " + spec.choices[d["label"]] + "\n\n"
+                      for d in demos)
+    for row in task.eval:
+        item = encoder.item(row, train=False)
+        context = fewshot + LM_EVAL_SST2.replace("{{sentence}}", row["sentence"])
+        assert row["sentence"].endswith(" ")  # kept as the data has it (data.strip_values=false)
+        for choice, ids in zip(spec.choices, item["choice_ids"], strict=True):
+            assert (item["prompt_ids"], ids) == lm_eval_request(backbone.tokenizer, context, " " + choice)
+
+
+def test_chat_template_none_is_refused_for_a_vision_language_model(tmp_path):
+    from promptlab.models import check_model
+
+    with pytest.raises(ConfigError, match="chat_template=none on a vision-language model"):
+        check_model(compose_config(["model=tiny_random_vlm", "+model.chat_template=none"]).model)
+    with pytest.raises(ConfigError, match="model.chat_template='bogus' is unknown"):
+        check_model(compose_config(["model=tiny_random", "model.chat_template=bogus"]).model)
 
 
 def test_answer_prefix_matches_prompt_style(tiny_tok, plain_tok):

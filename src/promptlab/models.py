@@ -49,6 +49,7 @@ class Backbone:
 
 SOURCES = ("bundled_gguf", "hub", "tiny_random")
 KINDS = ("lm", "vlm", "clip")
+CHAT_TEMPLATES = ("auto", "none")  # model.chat_template: the model's own (if any), or plain text
 HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")  # "gpt2" or "org/name"
 WEIGHT_FILES = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -66,6 +67,13 @@ def check_model(cfg: DictConfig) -> None:
     if kind not in KINDS:
         raise ConfigError(f"unknown model.kind {kind!r}", f"use one of: {', '.join(KINDS)} (lm: a causal LM, vlm: a "
                           "vision-language model that writes text, clip: a contrastive image-text model)")
+    template = cfg.get("chat_template", "auto")
+    if template not in CHAT_TEMPLATES:
+        raise ConfigError(f"model.chat_template={template!r} is unknown", "use auto (the model's own chat template, "
+                          "if it has one) or none (plain text, as lm-evaluation-harness's default)")
+    if template == "none" and kind == "vlm":
+        raise ConfigError("model.chat_template=none on a vision-language model: its processor's chat template is "
+                          "what places each image in the prompt", "use model.chat_template=auto")
     if source == "bundled_gguf" and kind != "lm":
         raise ConfigError(f"model.source=bundled_gguf is a text model, but model.kind={kind}", "use model.kind=lm")
     if source == "hub":
@@ -114,6 +122,8 @@ def load_backbone(cfg: DictConfig, cache_dir: str | os.PathLike) -> Backbone:
         model = tiny_llama(tokenizer, cfg)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if cfg.get("chat_template", "auto") == "none":  # prompts.encode_prompt then writes plain text
+        tokenizer.chat_template = None
     return Backbone(model, tokenizer, str(path), time.perf_counter() - start, from_cache)
 
 

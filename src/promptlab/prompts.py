@@ -34,8 +34,9 @@ def template_fields(template: str) -> set[str]:
 
 
 def render(template: str, example: Mapping) -> str:
-    """Fill a template with an example's columns (surrounding whitespace of each value stripped)."""
-    return template.format(**{k: str(v).strip() for k, v in example.items()})
+    """Fill a template with an example's columns (as loaded: ``tasks.loading`` strips the text of each value
+    unless the task keeps it, ``data.strip_values=false``)."""
+    return template.format(**{k: str(v) for k, v in example.items()})
 
 
 Content = str | list[dict]  # a message's text, or (multimodal) its parts: {"type": "text"|"image", ...}
@@ -79,20 +80,19 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, s
                   assistant_prefix: str = "") -> list[int]:
     """Token ids of the prompt, ending where the answer starts (after ``assistant_prefix``, if any).
 
-    Chat models get their own chat template; a model without one gets plain ``Answer:`` turns. The
-    template's control tokens are special tokens, but message contents are data and are tokenised as
-    plain text: a review containing "<|im_end|><|im_start|>assistant" must not open an assistant turn.
+    Chat models get their own chat template; a model without one (or with ``model.chat_template=none``) gets
+    lm-evaluation-harness's plain text: the system prompt and each demonstration ("question answer") followed
+    by a blank line, then the question; the answer follows after a space (its ``target_delimiter``), so the
+    task's template carries any answer cue ("...\nAnswer:"). The template's control tokens are special tokens,
+    but message contents are data and are tokenised as plain text: a review containing
+    "<|im_end|><|im_start|>assistant" must not open an assistant turn.
     """
     if not tokenizer.chat_template:
-        parts = []
+        text = ""
         for m in messages:
-            if m["role"] == "assistant":
-                parts[-1] += f"\nAnswer: {m['content']}\n\n"
-            elif m["role"] == "user":
-                parts.append(m["content"])
-            else:
-                parts.append(m["content"] + "\n\n")
-        return plain_ids(tokenizer, "".join(parts) + "\nAnswer:" + (f" {assistant_prefix}" if assistant_prefix else ""))
+            text += f" {m['content']}\n\n" if m["role"] == "assistant" else (
+                f"{m['content']}\n\n" if m["role"] == "system" else m["content"])
+        return plain_ids(tokenizer, text + (f" {assistant_prefix}" if assistant_prefix else ""))
     marked = [{**m, "content": f"\ue000{i}\ue001"} for i, m in enumerate(messages)]
     text = tokenizer.apply_chat_template(marked, tokenize=False, add_generation_prompt=True)
     ids: list[int] = []
@@ -173,8 +173,8 @@ def answer_needs_space(processor) -> bool:
 def encode_answer(tokenizer: PreTrainedTokenizerBase, text: str, after_space: bool = False) -> list[int]:
     """Token ids of an answer written right after the prompt (plain text, like every data string).
 
-    A chat prompt ends on a newline (or after a prefix that ``after_space`` says needs a space); a plain
-    prompt ends on "Answer:", so a space comes first.
+    A chat prompt ends on a newline (or after a prefix that ``after_space`` says needs a space); in a plain
+    prompt the answer follows the question after a space, as lm-evaluation-harness's ``target_delimiter``.
     """
     space = after_space or not tokenizer.chat_template
     return plain_ids(tokenizer, (" " if space else "") + text)

@@ -92,9 +92,9 @@ def tuning_info(cfg: DictConfig) -> dict | None:
     """What the record says of a trial: its index, the grid's size, the point's values and the space."""
     if cfg.get("trial") is None:
         return None
-    grid = points(cfg)
-    return {"trial": cfg.trial, "points": len(grid), "point": grid[cfg.trial],
-            "keys": sorted(grid[0]), "space": OmegaConf.to_container(cfg.method.get("space") or {})}
+    grid, space = points(cfg), cfg.method.get("space")
+    return {"trial": cfg.trial, "points": len(grid), "point": grid[cfg.trial], "keys": sorted(grid[0]),
+            "space": OmegaConf.to_container(space) if space is not None else {}}
 
 
 def dev_checks(method_cfg: DictConfig) -> int:

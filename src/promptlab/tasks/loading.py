@@ -243,8 +243,9 @@ def _has_own_ids(rows: list[dict]) -> bool:
 
 
 def prepare_rows(rows: list[dict], spec: TaskSpec) -> list[dict]:
-    """Give every row an integer ``idx`` and, for generation, its ``references`` (the reference column, or
-    the target, after the reference filters).
+    """Give every row an integer ``idx``, its text values without surrounding whitespace (unless the task keeps
+    them, ``strip_values: false``: to render a prompt exactly as another tool does) and, for generation, its
+    ``references`` (the reference column, or the target, after the reference filters).
 
     ``idx`` is the data's own when every row has a distinct integer one, else every row's position: a mix
     (some strings, some repeats) would give two predictions the same idx, and paired comparisons match on it.
@@ -253,9 +254,11 @@ def prepare_rows(rows: list[dict], spec: TaskSpec) -> list[dict]:
 
     clean = build_filters(spec.reference_filters) if spec.output_type == "generate" else None
     own_ids = _has_own_ids(rows)
+    texts = spec.input_columns() - {spec.label_column, spec.image_column} if spec.strip_values else set()
     out = []
     for i, row in enumerate(rows):
-        row = {**row, "idx": row["idx"] if own_ids else i}
+        row = {**row, "idx": row["idx"] if own_ids else i,
+               **{c: row[c].strip() for c in texts if isinstance(row.get(c), str)}}
         if clean is not None:
             refs = row.get(spec.reference_column) if spec.reference_column else None
             refs = [spec.target_of(row)] if refs is None else refs if isinstance(refs, list) else [refs]

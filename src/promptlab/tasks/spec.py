@@ -47,6 +47,7 @@ class TaskSpec:
     # before it. null: the columns of template 0, one per line ("{sentence}"; "Premise: {premise}" for several).
     input_template: str | None = None
     prompt_init_text: str = ""  # soft prompt initialisation text (prompt tuning, init=text)
+    strip_values: bool = True  # strip each text value's surrounding whitespace when rows load
     image_column: str | None = None  # image tasks: the column holding each row's image
     # CLIP's hand-written prompts over each answer word, averaged (Radford et al. 2021 ensemble prompts this way)
     clip_templates: list[str] = field(default_factory=lambda: ["a photo of a {label}."])
@@ -171,6 +172,9 @@ class TaskSpec:
                 raise ConfigError(f"{n}: template {i} has no {{column}} placeholder, so every prompt is identical",
                                   "put the input column(s) in the template, e.g. {sentence}")
         self._validate_splits()
+        if not isinstance(self.strip_values, bool):
+            raise ConfigError(f"{n}: data.strip_values={self.strip_values!r} is not true or false",
+                              "use data.strip_values=true (the default) or false")
         if self.image_column is not None:
             self._validate_images()
         if self.input_template is not None and not template_fields(str(self.input_template)):
