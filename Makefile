@@ -1,4 +1,4 @@
-# promptlab: `make demo` runs the four-method comparison on the bundled model; `make test` runs the tests.
+# promptlab: `make demo` compares five method families, each tuned on dev, on the bundled model; `make test` runs the tests.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin

@@ -279,3 +279,41 @@ def test_the_report_keeps_each_seeds_trial_best_on_dev_and_counts_every_trial(ma
     assert (ft["n_seeds"], ft["n_trials"], ft["n_diverged"]) == (2, 2, 2)
     assert set(picked.loc[picked["method"] == "full_finetune", "trial"]) == {0}
     assert ft["tuning_seconds_mean"] > ft["train_seconds_mean"]  # the diverged trials' training counts too
+
+
+def test_a_sweepers_trials_over_tune_keys_are_one_row_chosen_on_dev(make_cfg, tmp_path):
+    """Optuna-style trials (no grid: the sweeper sets method.lr itself) declared with tune_keys."""
+    root = tmp_path / "runs"
+    recs = [run(make_cfg(f"method.lr={lr}", "tune_keys=[method.lr]", method="prompt_tuning"), root / f"lr{lr}")
+            for lr in (0.001, 0.3)]
+    assert recs[1]["tuning"]["point"] == {"method.lr": 0.3} and recs[1]["tuning"]["keys"] == ["method.lr"]
+    summary = summarize(load_runs(root))
+    assert len(summary) == 1 and summary.iloc[0]["n_trials"] == 2 and summary.iloc[0]["n_repeats"] == 0
+    dev = [r["dev_metrics"][r["headline"]["metric"]] for r in recs]
+    best = recs[dev.index(max(dev))]
+    assert summary.iloc[0]["score_mean"] == pytest.approx(100 * best["metrics"][best["headline"]["metric"]])
+
+
+@pytest.mark.parametrize(("overrides", "match"), [(["tune_keys=[method.bogus]"], "not a key of the config"),
+                                                  (["tune_keys=[method.lr]", "budget=1"], "budget= counts")])
+def test_bad_tune_keys_are_refused(make_cfg, run_dir, overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        plan(make_cfg(*overrides, method="prompt_tuning"))
+
+
+def test_the_trial_the_report_keeps_is_the_best_on_dev_whatever_eval_says(make_cfg, tmp_path):
+    root = tmp_path / "runs"
+    for trial in (0, 1):
+        run(make_cfg(f"trial={trial}", "method.space.lr=[0.001,0.3]", method="prompt_tuning"), root / f"t{trial}")
+
+    def set_scores(trial: int, dev: float, ev: float) -> None:
+        path = root / f"t{trial}" / "result.json"
+        rec = json.loads(path.read_text())
+        rec["dev_metrics"][rec["headline"]["metric"]], rec["metrics"][rec["headline"]["metric"]] = dev, ev
+        path.write_text(json.dumps(rec))
+
+    set_scores(0, dev=0.75, ev=0.10)
+    set_scores(1, dev=0.50, ev=0.99)  # far better on eval, worse on dev: not chosen
+    assert latest_completed(load_runs(root))["trial"].tolist() == [0]
+    set_scores(1, dev=0.80, ev=0.99)  # better on dev: chosen
+    assert latest_completed(load_runs(root))["trial"].tolist() == [1]

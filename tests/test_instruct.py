@@ -78,6 +78,10 @@ def test_mixture_run_reports_seen_and_held_out_tasks(mix_cfg, run_dir, method):
     assert result["primary_metric"] == SEEN_MEAN and result["output_type"] == "mixture"
     assert result["dataset"] == "tiny_mix"
     assert result["mixture"]["seen"] == ["sst2", "tinyqa"] and result["mixture"]["held_out"] == ["rte"]
+    dev = result["dev_metrics"]  # the seen tasks on their dev rows: what a sweep optimises, never eval
+    assert set(dev) >= {"sst2/accuracy", "tinyqa/exact_match", SEEN_MEAN} and "rte/accuracy" not in dev
+    assert dev[SEEN_MEAN] == pytest.approx((dev["sst2/accuracy"] + dev["tinyqa/exact_match"]) / 2)
+    assert promptlab.train.objective_value(result) == dev[SEEN_MEAN]
     preds = read_predictions(run_dir)
     assert {r["task"] for r in preds} == {"sst2", "tinyqa", "rte"} and len(preds) == 10 + 6 + 10
     if method != "zero_shot":

@@ -1,8 +1,8 @@
 """``promptlab-eval``: evaluate a completed run's saved state (soft prompt, fine-tuned weights, or the
 prompt of a prompting run) on any task and split, without retraining.
 
-    promptlab-eval run=runs/demo/2_prompt_tuning_sst2_s0 data.eval_split=test
-    promptlab-eval run=runs/demo/0_zero_shot_sst2_s0 data=rte data.eval_limit=100
+    promptlab-eval run=runs/demo/4_prompt_tuning_sst2_s0_t0                       # re-score it as trained
+    promptlab-eval run=runs/demo/0_zero_shot_sst2_s0_t0 data=rte data.eval_limit=100
 
 The run's resolved ``config.yaml`` is the starting point; ``data=<task>`` swaps the task, ``key=value``
 overrides one value. The result goes to ``<run>/evals/<time>_<task>_<split>/`` (result.json with

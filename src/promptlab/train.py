@@ -136,9 +136,14 @@ def plan(cfg: DictConfig) -> Plan:
     dev_every = tuning.check_dev_every(cfg.method, method.trains)
     count = tuning.dev_evaluations(cfg, method.trains, search.num_candidates if search else 1)
     tuning.check_budget(cfg, count)
-    info = {**(tuning.tuning_info(cfg) or {}), "dev_evaluations": count, "budget": cfg.get("budget")}
+    info = {**(tuning.tuning_info(cfg, hydra_job()) or {}), "dev_evaluations": count, "budget": cfg.get("budget")}
     return Plan(settings, spec, method, task, pool if method.trains else [], demos, search, pool, cfg.paths.cache_dir,
                 dev_every=dev_every, tuning=info)
+
+
+def hydra_job() -> int | None:
+    """This run's job number in a Hydra multirun (a sweeper's trial), else None."""
+    return HydraConfig.get().job.get("num") if HydraConfig.initialized() else None
 
 
 def plan_mixture(cfg: DictConfig, settings: Settings) -> Plan:

@@ -10,6 +10,8 @@ same number of dev evaluations.
   method's last point is skipped, so arms with spaces of different sizes share one sweep.
 - ``method.dev_every_n_steps``: dev is scored during training (Lightning's validation loop) every that many
   steps; the weights of the check best on dev are the run's, so the number of steps is chosen on dev too.
+- ``tune_keys`` (top level): the keys a sweeper varies to tune one row without a grid (Optuna's trials); the
+  report treats the runs that differ only in them as that row's trials, like ``trial`` runs.
 - ``budget`` (top level): the dev evaluations every method family gets in an experiment: a run's count is its
   points × (prompts a search scores, or dev checks during training). A run whose count differs is refused
   before the model loads, so every arm of the experiment is held to the same number. Readouts (raw,
@@ -88,13 +90,35 @@ def apply_trial(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
-def tuning_info(cfg: DictConfig) -> dict | None:
-    """What the record says of a trial: its index, the grid's size, the point's values and the space."""
-    if cfg.get("trial") is None:
+def tune_keys(cfg: DictConfig) -> list[str]:
+    """``tune_keys``: config keys a sweep varies to tune one row (a sweeper's trials, e.g. Optuna's ``method.lr``);
+    each must be a key of the config."""
+    keys = cfg.get("tune_keys") or []
+    if not OmegaConf.is_list(keys) and not isinstance(keys, list):
+        raise ConfigError(f"tune_keys={keys!r} is not a list of config keys", "use e.g. tune_keys=[method.lr]")
+    for key in keys:
+        if not isinstance(key, str) or OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
+            raise ConfigError(f"tune_keys names {key!r}, which is not a key of the config",
+                              "name the keys the sweep varies, e.g. tune_keys=[method.lr]")
+    return list(keys)
+
+
+def tuning_info(cfg: DictConfig, job: int | None = None) -> dict | None:
+    """What the record says of a trial: its index, the grid's size, the point's values and the space; for a run
+    of a sweep over ``tune_keys``, the Hydra job's number and the keys' values. None for a run that is no trial."""
+    keys = tune_keys(cfg)
+    if cfg.get("trial") is not None:
+        grid, space = points(cfg), cfg.method.get("space")
+        point = {**grid[cfg.trial], **{k: OmegaConf.select(cfg, k) for k in keys}}
+        return {"trial": cfg.trial, "points": len(grid), "point": point, "keys": sorted({*grid[0], *keys}),
+                "space": OmegaConf.to_container(space) if space is not None else {}}
+    if not keys:
         return None
-    grid, space = points(cfg), cfg.method.get("space")
-    return {"trial": cfg.trial, "points": len(grid), "point": grid[cfg.trial], "keys": sorted(grid[0]),
-            "space": OmegaConf.to_container(space) if space is not None else {}}
+    if cfg.get("budget") is not None:
+        raise ConfigError("budget= counts the points of method.space, and this sweep tunes tune_keys instead",
+                          "use trial=0,...,n-1 over method.space for a counted budget, or budget=null")
+    return {"trial": job, "points": None, "point": {k: OmegaConf.select(cfg, k) for k in keys}, "keys": sorted(keys),
+            "space": None}
 
 
 def dev_checks(method_cfg: DictConfig) -> int:

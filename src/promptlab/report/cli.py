@@ -51,7 +51,8 @@ def figure_specs(s: pd.DataFrame) -> list[tuple[str, Callable, str]]:
     """(file suffix, plot function, caption) of each figure of one dataset's summary rows."""
     name = metric_name(s["metric"].iloc[0]) if s["metric"].nunique() == 1 else "Score"
     timing = timing_note(headline(figs.comparable(s[s["n_seeds"] > 0])))
-    spread = "mean ± std over seeds; ringed points and dashed line: Pareto front"
+    spread = ("mean over seeds, bars: 95% interval over seeds and examples; ringed points and dashed line: "
+              "Pareto front")
     return [
         ("score_vs_params", figs.plot_score_vs_params, f"{name} vs trainable parameters ({spread})."),
         ("score_vs_time", figs.plot_score_vs_time, f"{name} vs training time ({spread}). {timing}".rstrip()),

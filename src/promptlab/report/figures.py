@@ -127,7 +127,9 @@ def _cost_plot(df, dataset, ax, xcol, xlabel, tick_label, what):
     labels, colors = point_labels(rows), method_colors(df["method"].dropna())
     x = rows[xcol].to_numpy(float)
     y = rows["score_mean"].to_numpy(float)
-    err = np.nan_to_num(rows["score_std"].to_numpy(float))
+    # bars: the 95% interval over seeds and examples (report.intervals), none where it is unknown
+    err = np.nan_to_num(np.vstack([y - rows["score_low"].to_numpy(float),
+                                   rows["score_high"].to_numpy(float) - y]))
     pos = x[x > 0]
     lo = math.floor(math.log10(pos.min())) if pos.size else 0
     hi = math.floor(math.log10(pos.max())) if pos.size else 0
@@ -140,7 +142,7 @@ def _cost_plot(df, dataset, ax, xcol, xlabel, tick_label, what):
         variant = rows.groupby(["model", "method"], sort=False).cumcount().to_numpy()  # other config values
         for i, (_, r) in enumerate(rows.iterrows()):
             marker = MARKERS[(models.index(r["model"]) + variant[i]) % len(MARKERS)]
-            ax.errorbar(xd[i], y[i], yerr=err[i], fmt=marker,
+            ax.errorbar(xd[i], y[i], yerr=err[:, i:i + 1], fmt=marker,
                         color=colors[r["method"]], ms=7, mec="white", mew=0.8, capsize=3, elinewidth=1.2,
                         label=labels.iloc[i], zorder=3)
         _value_labels(ax, xd, y)
@@ -167,7 +169,7 @@ def _cost_plot(df, dataset, ax, xcol, xlabel, tick_label, what):
 
 
 def plot_score_vs_params(df: pd.DataFrame, dataset: str | None = None, ax=None) -> Figure:
-    """The primary metric (mean ± std over seeds) vs trainable parameters (log x; frozen methods at "0")."""
+    """The headline metric (mean over seeds, 95% interval) vs trainable parameters (log x; frozen methods at "0")."""
     return _cost_plot(df, dataset, ax, "trainable_params", lambda rows: "Trainable parameters (log scale)",
                       fmt_count, "trainable parameters")
 
@@ -178,8 +180,8 @@ def _time_label(rows: pd.DataFrame) -> str:
 
 
 def plot_score_vs_time(df: pd.DataFrame, dataset: str | None = None, ax=None) -> Figure:
-    """The primary metric (mean ± std over seeds) vs training time (log x; untrained methods at "0"); the x
-    label names the machine and its load range."""
+    """The headline metric (mean over seeds, 95% interval) vs training time (log x; untrained methods at "0");
+    the x label names the machine and its load range."""
     return _cost_plot(df, dataset, ax, "train_seconds_mean", _time_label, lambda t: f"{t:g} s",
                       "training time")
 

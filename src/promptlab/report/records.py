@@ -42,7 +42,8 @@ def score_column(readout: str) -> str:
 
 READOUT_COLUMNS = [score_column(name) for name in READOUTS]  # the primary metric under every readout computed
 # A tuned row's trials (promptlab.tuning): the runs that differ only in their point of the method's space.
-TUNING = ["trial", "n_points", "dev_evaluations", "dev_budget", "chosen_step"]
+TUNING = ["trial", "tuning_point", "n_points", "dev_evaluations", "dev_budget", "chosen_step"]
+TRIAL = ["trial", "tuning_point"]  # what tells a row's trials apart (its repeats share both)
 COLUMNS = [
     "run_id", "status", "kind", "method", "display_name", "modifies", "trains", "model", "dataset",
     "eval_split", "seed", "k_shot", "train_size", "template_id", "num_demos", "budget", "budget_kind",
@@ -137,7 +138,9 @@ def flatten(rec: dict, run_dir: str, source: str = "local", config: dict | None 
                # the primary metric under every readout (evaluation.readouts), shown beside the headline
                **{score_column(name): metrics.get(metric_key(metric, name)) for name in READOUTS},
                higher_is_better=rec.get("higher_is_better") is not False,
-               trial=tuning.get("trial"), n_points=tuning.get("points"), dev_evaluations=tuning.get("dev_evaluations"),
+               trial=tuning.get("trial"), n_points=tuning.get("points"),
+               tuning_point=json.dumps(tuning["point"], sort_keys=True, default=str) if tuning.get("keys") else None,
+               dev_evaluations=tuning.get("dev_evaluations"),
                dev_budget=tuning.get("budget"), chosen_step=_part(tuning, "dev_checks").get("chosen_step"),
                objective=rec.get("objective") or "dev", quantization=model.get("quantization"),
                precision=_part(rec, "provenance").get("precision"),
@@ -224,7 +227,7 @@ def latest_completed(df: pd.DataFrame) -> pd.DataFrame:
     another group, never dropped."""
     done = df[df["status"] == "completed"].copy()
     done = done.sort_values("finished_at", na_position="first", key=lambda s: s.astype(str))
-    done = done.drop_duplicates([*GROUP_KEYS, "seed", "trial"], keep="last")
+    done = done.drop_duplicates([*GROUP_KEYS, "seed", *TRIAL], keep="last")
     sign = done["higher_is_better"].map(lambda h: 1.0 if h is not False else -1.0)
     done = done.assign(_dev=(done["dev_score"] * sign).fillna(-math.inf), _trial=done["trial"].fillna(-1))
     done = done.sort_values(["_dev", "_trial"], ascending=[False, True], kind="stable")
@@ -237,7 +240,7 @@ def _with_trial_costs(df: pd.DataFrame, done: pd.DataFrame) -> pd.DataFrame:
     sum of their training and dev-scoring seconds."""
     keys = [*GROUP_KEYS, "seed"]
     ended = df[df["status"].isin(["completed", "diverged"])]
-    ended = ended.sort_values("finished_at", key=lambda s: s.astype(str)).drop_duplicates([*keys, "trial"], keep="last")
+    ended = ended.sort_values("finished_at", key=lambda s: s.astype(str)).drop_duplicates([*keys, *TRIAL], keep="last")
     seconds = ended[["train_seconds", "dev_eval_seconds", "dev_check_seconds"]].fillna(0).sum(axis=1)
     count: dict[tuple, int] = {}
     total: dict[tuple, float] = {}

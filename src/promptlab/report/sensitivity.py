@@ -35,8 +35,10 @@ def _base(first: pd.Series) -> dict:
 
 
 def _search_rows(runs: pd.DataFrame) -> list[dict]:
-    out = []
-    for _, group in runs.groupby(GROUP_KEYS, dropna=False, sort=False):
+    """One row per search experiment and readout; readouts with the very same scores and choices (length
+    normalisations when every answer has the same length) share a row: "raw = per_token = ..."."""
+    out: list[dict] = []
+    for number, (_, group) in enumerate(runs.groupby(GROUP_KEYS, dropna=False, sort=False)):
         sels = [json.loads(s) for s in group["selection"]]
         metric = group["metric"].iloc[0]
         on_eval = all(c.get("eval") for sel in sels for c in sel["candidates"])
@@ -48,14 +50,20 @@ def _search_rows(runs: pd.DataFrame) -> list[dict]:
                 continue
             texts = {c["id"]: c["text"] for c in sels[0]["candidates"]}
             chosen = sels[0]["chosen"].get(readout, [])
+            same = next((r for r in out if r["_values"] == values and r["_chosen"] == chosen
+                         and r["_group"] == number), None)
+            if same is not None:  # e.g. length normalisation over answers of one length: the raw scores again
+                same["readout"] += f" = {readout}"
+                continue
             out.append({**_base(group.iloc[0]), "readout": readout, "spread_on": "eval" if on_eval else "dev",
+                        "_values": values, "_chosen": chosen, "_group": number,
                         "n_prompts": len(sels[0]["candidates"]), "n_seeds": len(group),
                         "min": min(values), "median": float(np.median(values)), "max": max(values),
                         "chosen": group[score_column(readout)].mean() * 100,
                         "chosen_prompt": " + ".join(_short(texts.get(c, c), 60 if len(chosen) > 1 else 90)
                                                     for c in chosen),
                         "default": np.nan})
-    return out
+    return [{k: v for k, v in r.items() if not k.startswith("_")} for r in out]
 
 
 def _without_template(config: str | None) -> str | None:

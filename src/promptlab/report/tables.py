@@ -13,7 +13,14 @@ import pandas as pd
 
 from promptlab.report.configs import natural_key
 from promptlab.report.intervals import hierarchical_interval, seed_table
-from promptlab.report.records import GROUP_KEYS, METHOD_KEYS, READOUT_COLUMNS, READOUTS, latest_completed
+from promptlab.report.records import (
+    GROUP_KEYS,
+    METHOD_KEYS,
+    READOUT_COLUMNS,
+    READOUTS,
+    TRIAL,
+    latest_completed,
+)
 
 METRIC_NAMES = {"accuracy": "Accuracy", "macro_f1": "Macro-F1", "exact_match": "Exact match",
                 "rougeL": "ROUGE-L", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "chrf": "chrF", "bleu": "BLEU"}
@@ -92,7 +99,7 @@ def _group_row(key: tuple, runs: pd.DataFrame, ok: pd.DataFrame) -> dict:
         "budget_kind": runs["budget_kind"].iloc[0], "budget_value": runs["budget_value"].iloc[0],
         "n_seeds": len(ok), "seeds": " ".join(str(s) for s in sorted(ok["seed"].dropna())),
         "n_runs": len(runs), "n_completed": n_completed,
-        "n_repeats": n_completed - len(done.drop_duplicates(["seed", "trial"])),
+        "n_repeats": n_completed - len(done.drop_duplicates(["seed", *TRIAL])),
         "n_failed": int(status.get("failed", 0)), "n_diverged": int(status.get("diverged", 0)),
         "n_running": int(status.get("running", 0)), "n_other": len(runs) - n_known,
         **_points(ok["score"], "score"), **_interval(ok, "score", None),
