@@ -270,15 +270,20 @@ def corrupt_records_in_report(env: dict, work: Path) -> Case:
 def bad_values(env: dict, work: Path) -> list[Case]:
     """Values that used to be silently reinterpreted: each must be exit 2 with a cause and a fix."""
     cases = []
-    for override in ["data.k_shot=0", "data.k_shot=1.5", "data.eval_limit=-3", "data.eval_limit=0",
-                     "method.max_steps=0", "method.max_steps=-1", "data.max_prompt_tokens=0", "seed=abc",
-                     "eval_batch_size=0", "num_threads=-2", "logger=wandb", "method.lr=abc"]:
+    plain = ["data.k_shot=0", "data.k_shot=1.5", "data.eval_limit=-3", "data.eval_limit=0", "method.max_steps=0",
+             "method.max_steps=-1", "data.max_prompt_tokens=0", "seed=abc", "eval_batch_size=0", "num_threads=-2",
+             "logger=wandb", "method.lr=abc"]
+    # PEFT fields PEFT itself would take: any string as a true bool, a zero size
+    peft = [("lora", "+method.peft.use_dora=no"), ("prefix_tuning", "method.peft.prefix_projection=maybe"),
+            ("lora", "method.peft.lora_alpha=abc"), ("p_tuning", "method.peft.encoder_hidden_size=0"),
+            ("multitask_prompt_tuning", "method.peft.num_ranks=0")]
+    for name, override in [(None, o) for o in plain] + peft:
         extra = ["logger.wandb.mode=bogus"] if override == "logger=wandb" else []
-        method = "method=prompt_tuning" if override.startswith("method.") else "method=zero_shot"
+        method = f"method={name or ('prompt_tuning' if override.startswith('method.') else 'zero_shot')}"
         res = train([method, override, *extra, f"hydra.run.dir={work / ('bad_' + override.replace('=', '_'))}"], env)
         err = res.stderr.strip().splitlines()
         clear = res.returncode == 2 and any(line.strip().startswith("fix:") for line in err)
-        shown = " ".join([override, *extra])
+        shown = " ".join([*([method] if name else []), override, *extra])
         cases.append(Case(f"bad value {shown}", "exit 2, a cause and a fix",
                           f"exit {res.returncode}: {last_line(res.stderr)}", clear))
     return cases

@@ -128,7 +128,6 @@ def test_generation_with_prompt_adapters_is_greedy_and_reloads(gen_cfg, run_dir,
 
 @pytest.mark.parametrize(("override", "match"), [
     ("method.peft.target_modules=[attention_query]", r"(?s)attention_query.*match no module.*q_proj"),
-    ("method.peft.r=0", "PEFT refuses method.peft for this model: .*r"),  # PEFT checks r only when it builds layers
 ])
 def test_peft_errors_found_on_the_model_are_one_clear_message(make_cfg, run_dir, override, match):
     with pytest.raises(ConfigError, match=match):
@@ -170,3 +169,20 @@ def test_gradient_checkpointing_must_be_true_or_false(make_cfg):
     cfg = make_cfg("method.gradient_checkpointing=sometimes", method="lora")
     with pytest.raises(ConfigError, match="gradient_checkpointing"):
         build_method(cfg.method).validate(TaskSpec.from_config(cfg.data))
+
+
+@pytest.mark.parametrize(("method", "override", "match"), [
+    ("lora", "+method.peft.use_dora=no", r"use_dora='no' is not of type bool .*\n.*use_dora=true or"),
+    ("prefix_tuning", "method.peft.prefix_projection=maybe", r"prefix_projection='maybe' is not of type bool"),
+    ("lora", "method.peft.lora_alpha=abc", r"lora_alpha='abc' is not of type int"),
+    ("lora", "method.peft.target_modules=[1]", r"target_modules=\[1\] is not of type .*list\[str\]"),  # Union order varies
+    ("lora", "method.peft.r=0", r"r=0 is not a whole number >= 1(?s:.*)method.peft.r=8"),
+    ("p_tuning", "method.peft.encoder_hidden_size=0", r"encoder_hidden_size=0 is not a whole number >= 1"),
+    ("multitask_prompt_tuning", "method.peft.num_ranks=0", r"num_ranks=0 is not a whole number >= 1"),
+])
+def test_peft_fields_of_the_wrong_type_or_a_zero_size_are_refused_before_the_model_loads(make_cfg, method, override,
+                                                                                          match):
+    """PEFT itself takes any string as a true bool (use_dora=no would train DoRA and record LoRA) and builds an
+    all-zero prompt for num_ranks=0."""
+    with pytest.raises(ConfigError, match=match):
+        promptlab.train.plan(make_cfg(override, method=method))

@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,46 @@ from promptlab.methods import TrainedMethod, register
 MAX_VIRTUAL_TOKENS = 1024
 TEXT_INIT = "TEXT"  # PromptTuningInit.TEXT, for prompt tuning and multitask prompt tuning
 TOKENIZER_PLACEHOLDER = "<the backbone's tokenizer>"  # validate() runs before the model (and its path) is known
+# Sizes PEFT takes as ints but would build with silently when 0 (multitask prompt tuning's num_ranks=0 is an
+# all-zero prompt) or check only once the model is loaded (LoRA's r)
+POSITIVE = ("r", "num_ranks", "encoder_hidden_size", "encoder_num_layers")
+
+
+def fits(value: Any, annotation: Any) -> bool:
+    """Whether a config value has the type a PEFT config field declares. PEFT does not check: it takes any
+    string as a true bool (``use_dora=no`` trains DoRA) and fails on a string number only once the model loads.
+    Numbers are numbers (an int for a float, a float for an int: PEFT computes with both); ``None`` is left to
+    PEFT; a type not named here (an enum, a class) is not checked."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if value is None or annotation is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(fits(value, a) for a in args if a is not type(None))
+    if origin is typing.Literal:
+        return value in args
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation in (int, float):
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    if annotation is list or origin is list:
+        return isinstance(value, list) and all(fits(v, args[0]) for v in value) if args else isinstance(value, list)
+    if annotation is dict or origin is dict:
+        return isinstance(value, dict)
+    return True
+
+
+def type_name(annotation: Any) -> str:
+    """``bool``, ``int | None``, ``list[str] | str | None``: how a field's type reads in a message."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(type_name(a) for a in args)
+    if origin is typing.Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin is not None:
+        return f"{getattr(origin, '__name__', origin)}[{', '.join(type_name(a) for a in args)}]"
+    return "None" if annotation is type(None) else getattr(annotation, "__name__", str(annotation))
 
 
 def peft_config_classes() -> list[str]:
@@ -72,6 +114,7 @@ class PeftMethod(TrainedMethod):
         kwargs = self.fields()
         cls = config_class(kwargs.pop("_target_"))
         fields = {f.name: f for f in dataclasses.fields(cls)}
+        hints = typing.get_type_hints(cls)
         known = set(fields)
         for key, value in kwargs.items():
             if key not in known:
@@ -79,6 +122,16 @@ class PeftMethod(TrainedMethod):
                 raise ConfigError(f"method.peft.{key} is not a field of {cls.__name__}",
                                   f"did you mean method.peft.{near[0]}?" if near else
                                   f"use its fields: {', '.join(sorted(k for k in known if not k.startswith('_')))}")
+            annotation = hints.get(key, Any)
+            if not fits(value, annotation):
+                fix = (f"write method.peft.{key}=true or method.peft.{key}=false" if annotation is bool
+                       else f"give {key} a value of type {type_name(annotation)}")
+                raise ConfigError(f"method.peft.{key}={value!r} is not of type {type_name(annotation)} "
+                                  f"({cls.__name__}.{key})", fix)
+            if key in POSITIVE and value is not None and not is_whole(value, 1):
+                default = fields[key].default
+                raise ConfigError(f"method.peft.{key}={value!r} is not a whole number >= 1",
+                                  f"use a positive size, e.g. method.peft.{key}={default if is_whole(default, 1) else 8}")
             default = fields[key].default
             # PEFT compares these fields with its enums and silently falls back for any other string
             if isinstance(default, enum.Enum) and value not in [m.value for m in type(default)]:
