@@ -140,14 +140,23 @@ def test_missing_text_value(tmp_path, drop):
 
 def test_malformed_json(tmp_path):
     root = write_task(tmp_path)
-    (root / "sst2" / "validation.jsonl").write_text('{"idx": 0, "sentence": "a", "label": 1}\n{not json\n')
-    with pytest.raises(ConfigError):
+    (root / "sst2" / "validation.jsonl").write_text('{"idx": 0, "sentence": "a", "label": 1}\n\n{not json\n')
+    with pytest.raises(ConfigError, match=r"validation.jsonl: line 3 is not valid JSON .*\{not json") as err:
         load(root)
+    assert "fix or delete line 3" in err.value.fix
 
 
 def test_empty_file(tmp_path):
     root = write_task(tmp_path, validation=[])
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="validation.jsonl: the file is empty"):
+        load(root)
+
+
+def test_header_only_csv(tmp_path):
+    root = write_task(tmp_path)
+    (root / "sst2" / "validation.jsonl").unlink()
+    (root / "sst2" / "validation.csv").write_text("idx,sentence,label\n")
+    with pytest.raises(ConfigError, match=r"validation.csv: it has a header \(idx,sentence,label\) but no rows"):
         load(root)
 
 

@@ -4,6 +4,7 @@ cutting the splits a run uses: ``train`` (the budget is drawn from it), ``dev`` 
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -205,8 +206,40 @@ def _unreadable(path: Path, err: Exception) -> ConfigError:
     if path.is_dir():
         return ConfigError(f"cannot read the image folder {path}: {reason}",
                            "put the split's images in one folder per class: <split>/<class name>/<image>.png")
+    found = _diagnose(path)
+    if found:
+        return ConfigError(f"cannot read {path}: {found[0]}", found[1])
     return ConfigError(f"cannot read {path}: {reason}",
                        f"make it valid {path.suffix[1:].upper()} with a header/keys per column")
+
+
+def _diagnose(path: Path) -> tuple[str, str] | None:
+    """(problem, fix) for the text-file faults whose ``datasets`` message names no line (an empty file says
+    ``StopIteration``, a bad JSON line "an error occurred while generating the dataset"); None otherwise.
+    Run only after the builder failed, so a good file is read once."""
+    if path.suffix not in (".jsonl", ".json", ".csv", ".tsv"):
+        return None
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    filled = [(i, line) for i, line in enumerate(lines, 1) if line.strip()]
+    if not filled:
+        return "the file is empty", f"put the split's rows in it, one per line (or remove it){_json_hint(path)}"
+    if path.suffix in (".csv", ".tsv"):
+        if len(filled) == 1:
+            return (f"it has a header ({filled[0][1][:120]}) but no rows",
+                    "add the split's rows under the header, one per line")
+        return None
+    if path.suffix == ".jsonl":
+        for number, line in filled:
+            try:
+                json.loads(line)
+            except json.JSONDecodeError as err:
+                return (f"line {number} is not valid JSON ({err.msg}, column {err.colno}): {line[:80]}",
+                        f"fix or delete line {number}: each line holds one JSON object{_json_hint(path)}")
+    return None
+
+
+def _json_hint(path: Path) -> str:
+    return ', e.g. {"sentence": "...", "label": 0}' if path.suffix in (".jsonl", ".json") else ""
 
 
 def validate_rows(rows: list[dict], spec: TaskSpec, where: str) -> None:
