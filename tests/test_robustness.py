@@ -371,3 +371,45 @@ def test_bad_progress_interval_is_a_config_error(make_cfg, run_dir, no_model, mo
     monkeypatch.setenv("PROMPTLAB_PROGRESS_EVERY", value)
     with pytest.raises(ConfigError, match="PROMPTLAB_PROGRESS_EVERY"):
         promptlab.train.run(make_cfg(), run_dir)
+
+
+@pytest.mark.parametrize(("override", "match"), [
+    ("method=lora", "cannot change method= of a saved run"), ("model=tiny_random", "cannot change model="),
+    ("search=templates", "cannot change search="), ("foo=bar", "foo is not a key of the run's config"),
+    ("evalbatch_size=4", "evalbatch_size is not a key"), ("data=bogus", "data=bogus is not one of conf/data/"),
+    ("logger=nope", "logger=nope is not one of conf/logger/"),
+])
+def test_promptlab_eval_refuses_what_would_evaluate_something_else_or_nothing(make_cfg, override, match):
+    """Each was a raw traceback, or silently ignored, before: one message with a fix."""
+    from promptlab.eval import apply_overrides
+
+    with pytest.raises(ConfigError, match=match) as err:
+        apply_overrides(make_cfg(), [override])
+    assert err.value.fix
+    if override == "evalbatch_size=4":
+        assert "eval_batch_size" in err.value.fix
+
+
+def test_promptlab_eval_swaps_the_logger_and_trainer_groups(make_cfg):
+    from promptlab.eval import apply_overrides
+
+    cfg = apply_overrides(make_cfg(), ["logger=csv", "trainer.precision=32-true", "+data.note=x"])
+    assert "csv" in cfg.logger and cfg.trainer.precision == "32-true" and cfg.data.note == "x"
+
+
+def test_a_report_over_an_eval_record_of_an_untrained_task_is_written(make_cfg, tmp_path, capsys):
+    """promptlab-eval run=... data=rte, then promptlab-report: the rte row has no training cost to plot."""
+    from promptlab.eval import run_eval
+    from promptlab.report.cli import main as report_main
+
+    root = tmp_path / "runs"
+    cfg = make_cfg()
+    promptlab.train.run(cfg, root / "zs")
+    run_eval(root / "zs", ["data=rte", f"paths.data_root={cfg.paths.data_root}", "data.dev_size=8"])
+    assert report_main([str(root), "--bootstrap", "50"]) == 0
+    assert (root / "report" / "index.html").is_file() and "rte" in (root / "report" / "table.md").read_text()
+    assert report_main([str(root), "--out", str(tmp_path / "a-file" / "report")]) == 0  # created
+    (tmp_path / "blocker").write_text("")
+    assert report_main([str(root), "--out", str(tmp_path / "blocker" / "report")]) == 2
+    assert "cannot write the report to" in capsys.readouterr().err
+    assert report_main([str(tmp_path / "nowhere")]) == 2 and not (tmp_path / "nowhere").exists()

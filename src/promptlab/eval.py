@@ -4,13 +4,15 @@ prompt of a prompting run) on any task and split, without retraining.
     promptlab-eval run=runs/demo/4_prompt_tuning_sst2_s0_t0                       # re-score it as trained
     promptlab-eval run=runs/demo/0_zero_shot_sst2_s0_t0 data=rte data.eval_limit=100
 
-The run's resolved ``config.yaml`` is the starting point; ``data=<task>`` swaps the task, ``key=value``
-overrides one value. The result goes to ``<run>/evals/<time>_<task>_<split>/`` (result.json with
+The run's resolved ``config.yaml`` is the starting point; ``data=<task>`` swaps the task (``logger=``,
+``trainer=`` likewise), ``key=value`` overrides one of its values; what the run is (``method=``, ``model=``,
+``search=``) cannot change, and an unknown key is refused. The result goes to ``<run>/evals/<time>_<task>_<split>/`` (result.json with
 ``kind: eval``, predictions.jsonl), next to the training record, never over it.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import sys
 from datetime import datetime
@@ -40,28 +42,63 @@ def source_config(run_dir: Path) -> tuple[DictConfig, dict]:
     return cfg, record
 
 
-def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
-    """``data=<task>`` swaps in that task's YAML (composed by Hydra; a mixture-trained run is then evaluated on that
-    task alone); ``a.b=c`` sets one value."""
+SWAPPABLE = ("data", "logger", "trainer")  # groups an evaluation may change: the task, where results go, the device
+FIXED = {  # groups that are what the saved run is: changing them would evaluate something else
+    "method": "the method is what the run trained; train the other method with promptlab-train method=...",
+    "model": "the run's weights belong to its backbone; train on the other model with promptlab-train model=...",
+    "search": "the run's prompt was chosen on dev when it trained; search again with promptlab-train search=...",
+    "mixture": "evaluate one task at a time with data=<task>",
+}
+
+
+def group_config(group: str, name: str) -> DictConfig:
+    """The config group ``group``'s option ``name`` (``conf/<group>/<name>.yaml``), composed by Hydra."""
     from hydra import compose, initialize_config_dir
 
     from promptlab.train import CONFIG_DIR
 
+    options = sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+    if name not in options:
+        raise ConfigError(f"{group}={name} is not one of conf/{group}/", f"use one of {', '.join(options)}")
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name="train", overrides=[f"{group}={name}"])[group]
+
+
+def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """``data=<task>`` swaps in that task's YAML (a mixture-trained run is then evaluated on that task alone),
+    ``logger=`` / ``trainer=`` theirs; ``a.b=c`` sets one value of the run's config (``+a.b=c`` adds one). Any other
+    group, or a key the config does not have, is refused with a message."""
     values = []
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"cannot read the argument {item!r}", f"usage: {USAGE}")
-        if key == "data":
-            with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-                data = compose(config_name="train", overrides=[f"data={value}"]).data
+        if key in FIXED:
+            raise ConfigError(f"promptlab-eval cannot change {key}= of a saved run", FIXED[key])
+        if key in SWAPPABLE:
             with open_dict(cfg):
-                cfg.data = data
-                cfg.mixture = None
-        else:
-            values.append(f"{key.lstrip('+')}={value}")
+                cfg[key] = group_config(key, value)
+                if key == "data":
+                    cfg.mixture = None
+            continue
+        if not key.startswith("+") and OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
+            known = [k for k in _keys(cfg) if k.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1]]
+            near = known or difflib.get_close_matches(key, _keys(cfg), n=1)
+            raise ConfigError(f"{key} is not a key of the run's config",
+                              f"did you mean {near[0]}=...?" if near else "use a key of the run's config.yaml")
+        values.append(f"{key.lstrip('+')}={value}")
     with open_dict(cfg):
         return OmegaConf.merge(cfg, OmegaConf.from_dotlist(values))
+
+
+def _keys(cfg: DictConfig, prefix: str = "") -> list[str]:
+    """Every dotted key of a config (``data.eval_limit``, ``trainer.precision`` ...)."""
+    out = []
+    for k, v in cfg.items_ex(resolve=False) if isinstance(cfg, DictConfig) else []:
+        out.append(f"{prefix}{k}")
+        if isinstance(v, DictConfig):
+            out.extend(_keys(v, f"{prefix}{k}."))
+    return out
 
 
 def run_eval(source: Path, overrides: list[str]) -> tuple[dict, Path]:

@@ -122,8 +122,8 @@ def _cost_plot(df, dataset, ax, xcol, xlabel, tick_label, what):
     dataset = _dataset(summary, dataset)
     rows = headline(comparable(summary[summary["dataset"] == dataset]))
     rows = rows[(rows["n_seeds"] > 0) & rows[xcol].notna()]
-    if rows.empty:
-        raise ValueError(f"no completed run on {dataset} to plot")
+    if rows.empty:  # e.g. only eval records of a task nothing trained on: they have no cost to plot against
+        return None
     labels, colors = point_labels(rows), method_colors(df["method"].dropna())
     x = rows[xcol].to_numpy(float)
     y = rows["score_mean"].to_numpy(float)
@@ -168,7 +168,7 @@ def _cost_plot(df, dataset, ax, xcol, xlabel, tick_label, what):
     return fig
 
 
-def plot_score_vs_params(df: pd.DataFrame, dataset: str | None = None, ax=None) -> Figure:
+def plot_score_vs_params(df: pd.DataFrame, dataset: str | None = None, ax=None) -> Figure | None:
     """The headline metric (mean over seeds, 95% interval) vs trainable parameters (log x; frozen methods at "0")."""
     return _cost_plot(df, dataset, ax, "trainable_params", lambda rows: "Trainable parameters (log scale)",
                       fmt_count, "trainable parameters")
@@ -179,7 +179,7 @@ def _time_label(rows: pd.DataFrame) -> str:
     return "Training time (log scale)" + (f"\n{note}" if note else "")
 
 
-def plot_score_vs_time(df: pd.DataFrame, dataset: str | None = None, ax=None) -> Figure:
+def plot_score_vs_time(df: pd.DataFrame, dataset: str | None = None, ax=None) -> Figure | None:
     """The headline metric (mean over seeds, 95% interval) vs training time (log x; untrained methods at "0");
     the x label names the machine and its load range."""
     return _cost_plot(df, dataset, ax, "train_seconds_mean", _time_label, lambda t: f"{t:g} s",
