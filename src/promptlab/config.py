@@ -7,6 +7,7 @@ with one cause and one fix. Task and method knobs are checked by ``TaskSpec`` an
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from omegaconf import DictConfig
 
 from promptlab.errors import ConfigError
 
+WANDB_ENV_MODES = ("online", "offline", "shared", "disabled", "dryrun", "run")  # wandb's Settings.mode
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 OBJECTIVES = ("dev", "eval")
 MAX_SEED = 2**32 - 1  # Lightning's seed_everything silently replaces larger seeds with a random one
@@ -176,6 +178,10 @@ def _wandb_mode(cfg: DictConfig) -> str | None:
     mode = wb.get("mode", "auto")
     if mode not in WANDB_MODES:
         raise ConfigError(f"logger.wandb.mode={mode!r} is unknown", f"use one of {', '.join(WANDB_MODES)}")
+    env = os.environ.get("WANDB_MODE")
+    if env is not None and env not in WANDB_ENV_MODES:  # wandb itself would fail only once the run starts
+        raise ConfigError(f"the environment variable WANDB_MODE={env!r} is not a wandb mode",
+                          f"unset it, or set it to one of {', '.join(WANDB_ENV_MODES)}")
     return mode
 
 
