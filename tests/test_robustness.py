@@ -413,3 +413,18 @@ def test_a_report_over_an_eval_record_of_an_untrained_task_is_written(make_cfg, 
     assert report_main([str(root), "--out", str(tmp_path / "blocker" / "report")]) == 2
     assert "cannot write the report to" in capsys.readouterr().err
     assert report_main([str(tmp_path / "nowhere")]) == 2 and not (tmp_path / "nowhere").exists()
+
+
+def test_promptlab_eval_refuses_another_backbone_unless_asked(make_cfg, tmp_path):
+    """Same shape, other weights: a soft prompt would be read by a model it was not trained for."""
+    from promptlab.eval import run_eval
+
+    cfg = make_cfg(method="prompt_tuning")
+    promptlab.train.run(cfg, tmp_path / "pt")
+    with pytest.raises(ConfigError, match=r"not the one the run trained on \(init_seed: 0 then, 1 now\)") as err:
+        run_eval(tmp_path / "pt", ["model.init_seed=1"])
+    assert "allow_other_model=true" in err.value.fix
+    record, _ = run_eval(tmp_path / "pt", ["model.init_seed=1", "allow_other_model=true"])
+    assert record["status"] == "completed" and record["allow_other_model"] is True
+    assert record["provenance"]["model"]["init_seed"] == 1
+    assert run_eval(tmp_path / "pt", [])[0]["allow_other_model"] is False

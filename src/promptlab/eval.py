@@ -6,8 +6,10 @@ prompt of a prompting run) on any task and split, without retraining.
 
 The run's resolved ``config.yaml`` is the starting point; ``data=<task>`` swaps the task (``logger=``,
 ``trainer=`` likewise), ``key=value`` overrides one of its values; what the run is (``method=``, ``model=``,
-``search=``) cannot change, and an unknown key is refused. The result goes to ``<run>/evals/<time>_<task>_<split>/`` (result.json with
-``kind: eval``, predictions.jsonl), next to the training record, never over it.
+``search=``) cannot change, and an unknown key is refused. A backbone whose weights differ from the run's
+(another revision, ``model.init_seed`` of a tiny model) is refused unless ``allow_other_model=true``
+(recorded). The result goes to ``<run>/evals/<time>_<task>_<split>/`` (result.json with ``kind: eval``,
+predictions.jsonl), next to the training record, never over it.
 """
 
 from __future__ import annotations
@@ -101,6 +103,22 @@ def _keys(cfg: DictConfig, prefix: str = "") -> list[str]:
     return out
 
 
+ALLOW_OTHER_MODEL = "allow_other_model=true"
+IDENTITY = ("source", "init_seed", "commit", "revision", "weights_sha256")  # what tells two backbones' weights apart
+
+
+def check_same_model(model_id: dict, src_record: dict, allow_other: bool) -> None:
+    """A ConfigError when the backbone loaded is not the one the run trained on (its soft prompt or adapter would
+    be read by other weights), unless ``allow_other_model=true`` (recorded)."""
+    trained = (src_record.get("provenance") or {}).get("model") or {}
+    differ = [k for k in IDENTITY if (k in trained or k in model_id) and trained.get(k) != model_id.get(k)]
+    if differ and not allow_other:
+        shown = "; ".join(f"{k}: {trained.get(k)!r} then, {model_id.get(k)!r} now" for k in differ)
+        raise ConfigError(f"the backbone loaded is not the one the run trained on ({shown})",
+                          f"evaluate with the run's own model config, or add {ALLOW_OTHER_MODEL} to evaluate it on "
+                          "this one anyway (the record says so)")
+
+
 def run_eval(source: Path, overrides: list[str]) -> tuple[dict, Path]:
     """Evaluate the saved run ``source`` under ``overrides``; returns the new record and its directory."""
     from promptlab.models import fingerprint, load_backbone
@@ -115,7 +133,8 @@ def run_eval(source: Path, overrides: list[str]) -> tuple[dict, Path]:
     )
 
     cfg, src_record = source_config(source)
-    cfg = apply_overrides(cfg, overrides)
+    allow_other = ALLOW_OTHER_MODEL in overrides
+    cfg = apply_overrides(cfg, [o for o in overrides if o != ALLOW_OTHER_MODEL])
     p = plan(cfg)  # every check before the model loads; demos are redrawn exactly as in training
     checkpoint = source / (src_record.get("checkpoint") or "checkpoint")
     if p.method.trains and not checkpoint.is_dir():
@@ -132,7 +151,10 @@ def run_eval(source: Path, overrides: list[str]) -> tuple[dict, Path]:
         record.describe(p.method.info(), task, p.mixture is not None or get_metric(p.spec.primary_metric).higher_is_better)
         record.provenance(seeds=component_seeds(p.settings.seed), data=p.task.sources)
         backbone = load_backbone(cfg.model, cfg.paths.cache_dir)
-        record.provenance(model=fingerprint(cfg.model, backbone), precision=p.settings.precision)
+        model_id = fingerprint(cfg.model, backbone)
+        check_same_model(model_id, src_record, allow_other)
+        record.data["allow_other_model"] = allow_other
+        record.provenance(model=model_id, precision=p.settings.precision)
         model = p.method.load(backbone, checkpoint) if p.method.trains else p.method.prepare(backbone, p.spec)
         module, encoder = build_module(p, backbone, model)
         ev = evaluate_plan(p, module, encoder, make_trainer(cfg, p.settings, out, [], False))
