@@ -200,3 +200,53 @@ def check_writable(directory: str | Path, what: str = "the run directory") -> Pa
                           "set paths.runs_dir=... (or PROMPTLAB_RUNS) to a folder you can write, "
                           "or fix that folder's permissions") from None
     return path
+
+
+# Keys under these prefixes are checked where they are read: a task's YAML by TaskSpec, a PEFT block against its
+# PEFT config class, a tuning space by promptlab.tuning
+CHECKED_ELSEWHERE = ("data.", "method.peft.", "method.space.", "hydra.")
+
+
+def config_keys(node: Any, prefix: str = "") -> set[str]:
+    """Every dotted key of a loaded YAML (``method.lr``, ``method.peft.r`` ...)."""
+    keys: set[str] = set()
+    if isinstance(node, dict):
+        for k, v in node.items():
+            keys.add(f"{prefix}{k}")
+            keys |= config_keys(v, f"{prefix}{k}.")
+    return keys
+
+
+def known_keys(config_dir: Path) -> set[str]:
+    """The keys promptlab's own YAMLs set: the top-level config's, and each group's (``method.*`` from every
+    method YAML, ...). A key none of them sets is one no code reads."""
+    import yaml
+
+    keys = {k for k in config_keys(yaml.safe_load((config_dir / "train.yaml").read_text())) if k != "defaults"}
+    for group in (p for p in config_dir.iterdir() if p.is_dir() and p.name != "hydra"):
+        for path in group.rglob("*.yaml"):
+            text = path.read_text()
+            overlay = "@package _global_" in text  # an experiment or arm: its keys are the whole config's
+            keys |= config_keys(yaml.safe_load(text) or {}, "" if overlay else f"{group.name}.")
+    return {k for k in keys if not k.startswith("hydra.") and "defaults" not in k.split(".")}
+
+
+def check_added_keys(overrides: Sequence[str], config_dir: Path) -> None:
+    """A ConfigError for a key a ``+key=value`` override adds that no YAML of promptlab sets: it would be ignored
+    (``+method.num_virtual_tokens=5`` would train the YAML's 20 tokens, ``+evalbatchsize=4`` change nothing)."""
+    import difflib
+
+    added = [o[1:].split("=", 1)[0] for o in overrides if o.startswith("+") and not o.startswith("++")]
+    unchecked = [k for k in added if not k.startswith(CHECKED_ELSEWHERE)]
+    if not unchecked:
+        return
+    known = known_keys(config_dir)
+    for key in unchecked:
+        if key in known:
+            continue
+        parent, _, leaf = key.rpartition(".")
+        siblings = {k.rpartition(".")[2]: k for k in known if k.rpartition(".")[0] == parent}
+        near = sorted(k for k in known if k.startswith(parent) and k.rsplit(".", 1)[-1] == leaf) \
+            or [siblings[m] for m in difflib.get_close_matches(leaf, list(siblings), n=1)]
+        raise ConfigError(f"+{key}=... adds a key no promptlab config has, so nothing would read it",
+                          f"did you mean {near[0]}=...?" if near else "see `promptlab-train --cfg job` for the keys")

@@ -24,7 +24,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from promptlab import instruct, resume, search, signals, sweep, tuning
-from promptlab.config import Settings, check_writable, skip_completed
+from promptlab.config import Settings, check_added_keys, check_writable, skip_completed
 from promptlab.data import PromptDataModule, eval_items
 from promptlab.errors import ConfigError, Diverged
 from promptlab.evaluation import readouts
@@ -102,6 +102,8 @@ class OccupiedRunDir(ConfigError):
 
 def plan(cfg: DictConfig) -> Plan:
     """Check the settings, model, task and method; load the data, draw the budget and the demonstrations."""
+    if HydraConfig.initialized():  # a +key the command line added that nothing reads
+        check_added_keys(HydraConfig.get().overrides.task, CONFIG_DIR)
     settings = Settings.from_config(cfg)  # first: typed values, before anything reads them
     check_model(cfg.model)
     if cfg.get("mixture") is not None:
