@@ -272,7 +272,7 @@ def bad_values(env: dict, work: Path) -> list[Case]:
     cases = []
     plain = ["data.k_shot=0", "data.k_shot=1.5", "data.eval_limit=-3", "data.eval_limit=0", "method.max_steps=0",
              "method.max_steps=-1", "data.max_prompt_tokens=0", "seed=abc", "eval_batch_size=0", "num_threads=-2",
-             "logger=wandb", "method.lr=abc"]
+             "logger=wandb", "method.lr=abc", "+method.num_virtual_tokens=5", "+evalbatchsize=4"]
     # PEFT fields PEFT itself would take: any string as a true bool, a zero size
     peft = [("lora", "+method.peft.use_dora=no"), ("prefix_tuning", "method.peft.prefix_projection=maybe"),
             ("lora", "method.peft.lora_alpha=abc"), ("p_tuning", "method.peft.encoder_hidden_size=0"),
