@@ -424,6 +424,8 @@ def test_promptlab_eval_refuses_another_backbone_unless_asked(make_cfg, tmp_path
     with pytest.raises(ConfigError, match=r"not the one the run trained on \(init_seed: 0 then, 1 now\)") as err:
         run_eval(tmp_path / "pt", ["model.init_seed=1"])
     assert "allow_other_model=true" in err.value.fix
+    with pytest.raises(ConfigError, match="allow_other_model=yes is not true or false"):
+        run_eval(tmp_path / "pt", ["model.init_seed=1", "allow_other_model=yes"])
     record, _ = run_eval(tmp_path / "pt", ["model.init_seed=1", "allow_other_model=true"])
     assert record["status"] == "completed" and record["allow_other_model"] is True
     assert record["provenance"]["model"]["init_seed"] == 1

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -185,7 +185,9 @@ def _wandb_mode(cfg: DictConfig) -> str | None:
     return mode
 
 
-def check_writable(directory: str | Path, what: str = "the run directory") -> Path:
+def check_writable(directory: str | Path, what: str = "the run directory",
+                   fix: str = "set paths.runs_dir=... (or PROMPTLAB_RUNS) to a folder you can write, "
+                              "or fix that folder's permissions") -> Path:
     """Create ``directory`` (and parents) and prove a file can be written there; ConfigError if not.
 
     Asked first, so a read-only or foreign runs dir is one line, not a traceback after the model loaded.
@@ -196,9 +198,7 @@ def check_writable(directory: str | Path, what: str = "the run directory") -> Pa
         with tempfile.TemporaryFile(dir=path):
             pass
     except OSError as err:
-        raise ConfigError(f"cannot write {what} {path}: {err.strerror or err}",
-                          "set paths.runs_dir=... (or PROMPTLAB_RUNS) to a folder you can write, "
-                          "or fix that folder's permissions") from None
+        raise ConfigError(f"cannot write {what} {path}: {err.strerror or err}", fix) from None
     return path
 
 
@@ -234,19 +234,28 @@ def known_keys(config_dir: Path) -> set[str]:
 def check_added_keys(overrides: Sequence[str], config_dir: Path) -> None:
     """A ConfigError for a key a ``+key=value`` override adds that no YAML of promptlab sets: it would be ignored
     (``+method.num_virtual_tokens=5`` would train the YAML's 20 tokens, ``+evalbatchsize=4`` change nothing)."""
-    import difflib
-
     added = [o[1:].split("=", 1)[0] for o in overrides if o.startswith("+") and not o.startswith("++")]
     unchecked = [k for k in added if not k.startswith(CHECKED_ELSEWHERE)]
     if not unchecked:
         return
     known = known_keys(config_dir)
     for key in unchecked:
-        if key in known:
-            continue
-        parent, _, leaf = key.rpartition(".")
-        siblings = {k.rpartition(".")[2]: k for k in known if k.rpartition(".")[0] == parent}
-        near = sorted(k for k in known if k.startswith(parent) and k.rsplit(".", 1)[-1] == leaf) \
-            or [siblings[m] for m in difflib.get_close_matches(leaf, list(siblings), n=1)]
-        raise ConfigError(f"+{key}=... adds a key no promptlab config has, so nothing would read it",
-                          f"did you mean {near[0]}=...?" if near else "see `promptlab-train --cfg job` for the keys")
+        if key not in known:
+            near = nearest_key(key, known)
+            raise ConfigError(f"+{key}=... adds a key no promptlab config has, so nothing would read it",
+                              f"did you mean {near}=...?" if near else "see `promptlab-train --cfg job` for the keys")
+
+
+def nearest_key(key: str, known: Iterable[str]) -> str | None:
+    """The key a mistyped or misplaced dotted ``key`` most likely meant: one with the same last part under the same
+    parent (``method.num_virtual_tokens`` -> ``method.peft.num_virtual_tokens``), else the closest-spelled sibling
+    (``evalbatchsize`` -> ``eval_batch_size``); None when nothing is close."""
+    import difflib
+
+    parent, _, leaf = key.rpartition(".")
+    same_leaf = sorted(k for k in known if k.startswith(parent) and k.rpartition(".")[2] == leaf)
+    if same_leaf:
+        return same_leaf[0]
+    siblings = {k.rpartition(".")[2]: k for k in known if k.rpartition(".")[0] == parent}
+    close = difflib.get_close_matches(leaf, list(siblings), n=1)
+    return siblings[close[0]] if close else None

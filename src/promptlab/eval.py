@@ -14,7 +14,6 @@ predictions.jsonl), next to the training record, never over it.
 
 from __future__ import annotations
 
-import difflib
 import json
 import sys
 from datetime import datetime
@@ -22,6 +21,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from promptlab.config import config_keys, nearest_key
 from promptlab.errors import ConfigError
 from promptlab.evaluation.metrics import get_metric
 from promptlab.tasks.sampling import component_seeds
@@ -84,23 +84,12 @@ def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
                     cfg.mixture = None
             continue
         if not key.startswith("+") and OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
-            known = [k for k in _keys(cfg) if k.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1]]
-            near = known or difflib.get_close_matches(key, _keys(cfg), n=1)
+            near = nearest_key(key, config_keys(OmegaConf.to_container(cfg)))
             raise ConfigError(f"{key} is not a key of the run's config",
-                              f"did you mean {near[0]}=...?" if near else "use a key of the run's config.yaml")
+                              f"did you mean {near}=...?" if near else "use a key of the run's config.yaml")
         values.append(f"{key.lstrip('+')}={value}")
     with open_dict(cfg):
         return OmegaConf.merge(cfg, OmegaConf.from_dotlist(values))
-
-
-def _keys(cfg: DictConfig, prefix: str = "") -> list[str]:
-    """Every dotted key of a config (``data.eval_limit``, ``trainer.precision`` ...)."""
-    out = []
-    for k, v in cfg.items_ex(resolve=False) if isinstance(cfg, DictConfig) else []:
-        out.append(f"{prefix}{k}")
-        if isinstance(v, DictConfig):
-            out.extend(_keys(v, f"{prefix}{k}."))
-    return out
 
 
 ALLOW_OTHER_MODEL = "allow_other_model=true"
@@ -133,8 +122,12 @@ def run_eval(source: Path, overrides: list[str]) -> tuple[dict, Path]:
     )
 
     cfg, src_record = source_config(source)
-    allow_other = ALLOW_OTHER_MODEL in overrides
-    cfg = apply_overrides(cfg, [o for o in overrides if o != ALLOW_OTHER_MODEL])
+    flags = [o.partition("=")[2] for o in overrides if o.partition("=")[0] == "allow_other_model"]
+    bad = [v for v in flags if v not in ("true", "false")]
+    if bad:
+        raise ConfigError(f"allow_other_model={bad[0]} is not true or false", f"write {ALLOW_OTHER_MODEL}")
+    allow_other = bool(flags) and flags[-1] == "true"
+    cfg = apply_overrides(cfg, [o for o in overrides if o.partition("=")[0] != "allow_other_model"])
     p = plan(cfg)  # every check before the model loads; demos are redrawn exactly as in training
     checkpoint = source / (src_record.get("checkpoint") or "checkpoint")
     if p.method.trains and not checkpoint.is_dir():

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import html
 import logging
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from promptlab.config import check_writable
+from promptlab.errors import ConfigError
 from promptlab.report import dashboard as dash
 from promptlab.report import figures as figs
 from promptlab.report.ensembles import NOTE as ENSEMBLE_NOTE
@@ -228,18 +229,6 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None, wandb_proj
     return Report(out, df, summary, sig, "\n".join(sec.stdout).rstrip() + "\n", files)
 
 
-def unwritable(out: Path) -> str | None:
-    """Why the report cannot be written to ``out`` (created if missing), or None."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        return err.strerror or str(err)
-    return None
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="promptlab-report", description=__doc__.splitlines()[0].split(": ", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -250,11 +239,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="bootstrap RNG seed (default 0)")
     args = parser.parse_args(argv)
     out = Path(args.out or Path(args.runs_dir) / "report")
-    # found in a second, not after every record is read (a missing runs_dir is write_report's message)
-    problem = unwritable(out) if Path(args.runs_dir).is_dir() else None
-    if problem:
-        print(f"promptlab-report: error: cannot write the report to {out}: {problem}\n"
-              "  fix: pass --out <a folder you can write>", file=sys.stderr)
+    try:  # found in a second, not after every record is read (a missing runs_dir is write_report's message)
+        if Path(args.runs_dir).is_dir():
+            check_writable(out, "the report to", "pass --out <a folder you can write>")
+    except ConfigError as err:
+        print(f"promptlab-report: error: {err.problem}\n  fix: {err.fix}", file=sys.stderr)
         return 2
     import matplotlib
 
