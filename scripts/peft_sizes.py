@@ -12,11 +12,11 @@ import tempfile
 
 from hydra import compose, initialize_config_dir
 
+from promptlab.config import CONFIG_DIR
 from promptlab.methods import build_method, count_parameters
 from promptlab.models import load_backbone
 from promptlab.tasks import TaskSpec
 from promptlab.tracking import dir_bytes, stored_parameters
-from promptlab.train import CONFIG_DIR
 
 METHODS = ("prompt_tuning", "prefix_tuning", "p_tuning", "lora", "dora", "ia3", "multitask_prompt_tuning",
            "full_finetune")

@@ -66,13 +66,14 @@ def main() -> None:
     from hydra import compose, initialize_config_dir
 
     import promptlab.train as T
+    from promptlab.config import CONFIG_DIR
     from promptlab.models import load_backbone
 
     torch.set_num_threads(args.threads)
     overrides = ["model=smollm2_135m", "data=sst2_lm_eval", "model.chat_template=none", "method=zero_shot",
                  "select_readout=false", "trainer.precision=32-true", "logger=none", "data.dev_size=8",
                  f"eval_batch_size={args.batch_size}", f"paths.data_root={args.data_root}"]
-    with initialize_config_dir(config_dir=str(T.CONFIG_DIR), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
     load_backbone(cfg.model, cfg.paths.cache_dir)  # converts the bundled GGUF once, if not yet
     model_dir = Path(cfg.paths.cache_dir).expanduser() / "models" / cfg.model.name

@@ -144,7 +144,7 @@ def data_root(tmp_path) -> Path:
 
 
 def compose_config(overrides: Iterable[str] = (), return_hydra_config: bool = False) -> DictConfig:
-    with initialize_config_dir(config_dir=str(promptlab.train.CONFIG_DIR), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(promptlab.config.CONFIG_DIR), version_base="1.3"):
         return compose(config_name="train", overrides=list(overrides), return_hydra_config=return_hydra_config)
 
 
@@ -155,7 +155,7 @@ TRAINED_METHODS = (*PEFT_METHODS, "full_finetune", "coop", "linear_probe")  # te
 
 def config_names(group: str) -> list[str]:
     """Every option of a config group (the YAMLs under ``conf/<group>/``), e.g. ``config_names("data")``."""
-    return sorted(p.stem for p in (promptlab.train.CONFIG_DIR / group).glob("*.yaml"))
+    return sorted(p.stem for p in (promptlab.config.CONFIG_DIR / group).glob("*.yaml"))
 
 
 def data_cfg(dataset: str = "sst2", *overrides: str) -> DictConfig:
@@ -202,7 +202,7 @@ def read_predictions(run_dir: Path) -> list[dict]:
 
 
 def tiny_model_cfg() -> DictConfig:
-    return OmegaConf.load(promptlab.train.CONFIG_DIR / "model" / "tiny_random.yaml")
+    return OmegaConf.load(promptlab.config.CONFIG_DIR / "model" / "tiny_random.yaml")
 
 
 @pytest.fixture

@@ -218,8 +218,7 @@ def test_unknown_key_raises():
     ("+evalbatchsize=4", "eval_batch_size"), ("+method.lrr=0.1", "method.lr"), ("+method.foo=1", None),
 ])
 def test_a_key_a_plus_override_adds_that_nothing_reads_is_refused(override, near):
-    from promptlab.config import check_added_keys
-    from promptlab.train import CONFIG_DIR
+    from promptlab.config import CONFIG_DIR, check_added_keys
 
     with pytest.raises(ConfigError, match=r"adds a key no promptlab config has") as err:
         check_added_keys([override], CONFIG_DIR)
@@ -228,8 +227,7 @@ def test_a_key_a_plus_override_adds_that_nothing_reads_is_refused(override, near
 
 def test_plus_overrides_of_keys_some_config_has_pass():
     """Keys another option of the group sets (num_demos for a method), PEFT fields, task keys: all read."""
-    from promptlab.config import check_added_keys
-    from promptlab.train import CONFIG_DIR
+    from promptlab.config import CONFIG_DIR, check_added_keys
 
     check_added_keys(["+method.num_demos=2", "+method.peft.use_dora=true", "+data.dev_split=dev", "+model.chat_template=none",
                       "++anything=1", "method.lr=0.1"], CONFIG_DIR)

@@ -252,7 +252,7 @@ def test_few_shot_cot_on_a_choice_task_writes_its_demonstrations(make_cfg, run_d
 def test_few_shot_cot_generation_run(gen_cfg, run_dir):
     result = promptlab.train.run(gen_cfg("method.num_demos=2", method="few_shot_cot"), run_dir)
     assert result["status"] == "completed" and result["num_demos"] == 2
-    assert build_method(OmegaConf.load(promptlab.train.CONFIG_DIR / "method" / "few_shot_cot.yaml")).trains is False
+    assert build_method(OmegaConf.load(promptlab.config.CONFIG_DIR / "method" / "few_shot_cot.yaml")).trains is False
 
 
 # ----------------------------------------------------------------------------------------- promptlab-eval

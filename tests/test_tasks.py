@@ -49,7 +49,7 @@ def test_local_files_are_read_by_extension(data_root, ext):
             frame.to_parquet(path)
         else:
             frame.to_csv(path, sep="\t" if ext == "tsv" else ",", index=False)
-    spec = TaskSpec.from_config({**OmegaConf.to_container(OmegaConf.load(promptlab.train.CONFIG_DIR / "data" / "sst2.yaml")),
+    spec = TaskSpec.from_config({**OmegaConf.to_container(OmegaConf.load(promptlab.config.CONFIG_DIR / "data" / "sst2.yaml")),
                                  "local_dir": f"sst2_{ext}", "source": "local", "dev_size": 8})
     task = load_task(spec, str(data_root))
     assert [(r["idx"], r["sentence"], r["label"]) for r in task.eval] == [(r["idx"], r["sentence"], r["label"]) for r in rows]
@@ -59,7 +59,7 @@ def test_local_files_are_read_by_extension(data_root, ext):
 def test_rows_without_integer_idx_get_their_position(data_root):
     write_jsonl(data_root / "noidx" / "train.jsonl", [{"sentence": f"good {i}", "label": 1, "idx": "a"} for i in range(10)])
     write_jsonl(data_root / "noidx" / "validation.jsonl", [{"sentence": "bad", "label": 0}] * 2)
-    spec = TaskSpec.from_config({**OmegaConf.to_container(OmegaConf.load(promptlab.train.CONFIG_DIR / "data" / "sst2.yaml")),
+    spec = TaskSpec.from_config({**OmegaConf.to_container(OmegaConf.load(promptlab.config.CONFIG_DIR / "data" / "sst2.yaml")),
                                  "local_dir": "noidx", "dev_size": 8})
     task = load_task(spec, str(data_root))
     assert sorted(r["idx"] for r in task.train + task.dev) == list(range(10)) and [r["idx"] for r in task.eval] == [0, 1]

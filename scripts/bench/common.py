@@ -18,6 +18,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 import promptlab.train as T
+from promptlab.config import CONFIG_DIR
 from promptlab.readout.model import pad
 from promptlab.tracking import PeakMemory, git_commit, machine_info, versions, write_json_atomic
 
@@ -48,7 +49,7 @@ def setup(args: argparse.Namespace) -> None:
 def plan(args: argparse.Namespace, *overrides: str):
     """(config, promptlab's Plan) for ``promptlab-train <overrides>`` on the benchmark's model and data."""
     base = [f"model={args.model}", "logger=none", f"paths.data_root={args.data_root}"]
-    with initialize_config_dir(config_dir=str(T.CONFIG_DIR), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[*base, *overrides])
     return cfg, T.plan(cfg)
 

@@ -182,6 +182,7 @@ def main() -> dict | None:
     from hydra import compose, initialize_config_dir
 
     import promptlab.train as T
+    from promptlab.config import CONFIG_DIR
     from promptlab.models import load_backbone
 
     torch.set_num_threads(args.threads)
@@ -189,7 +190,7 @@ def main() -> dict | None:
     overrides = ["model=smollm2_135m", "data=sst2", "method=few_shot", "method.num_demos=4", "logger=none",
                  f"data.eval_limit={args.examples if args.rows == 'eval_limit' else 'null'}"]
     overrides += [f"paths.data_root={args.data_root}"] if args.data_root else []
-    with initialize_config_dir(config_dir=str(T.CONFIG_DIR), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
     plan = T.plan(cfg)
     model_dir = Path(cfg.paths.cache_dir).expanduser() / "models" / cfg.model.name  # the converted bundled model

@@ -23,6 +23,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import promptlab.train as T
+from promptlab.config import CONFIG_DIR
 from promptlab.data import collate
 from promptlab.methods import build_method, count_parameters
 from promptlab.models import Backbone, load_backbone
@@ -36,7 +37,7 @@ CLIP_METHODS = ("clip_zero_shot", "coop", "linear_probe")
 
 
 def smolvlm_shaped(cache_dir: str) -> Backbone:
-    lm = load_backbone(OmegaConf.load(T.CONFIG_DIR / "model" / "smollm2_135m.yaml"), cache_dir)
+    lm = load_backbone(OmegaConf.load(CONFIG_DIR / "model" / "smollm2_135m.yaml"), cache_dir)
     siglip_b16_512 = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
                       "image_size": 512, "patch_size": 16}
     model, processor = idefics3(lm.tokenizer, lm.model.config.to_dict(), siglip_b16_512, scale=4)
@@ -54,7 +55,7 @@ def clip_b32_shaped(cache_dir: str) -> Backbone:
 
 
 def measure(args, backbone: Backbone, method_name: str, precision: str, steps: int) -> dict:
-    with initialize_config_dir(config_dir=str(T.CONFIG_DIR), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[f"method={method_name}", "data=colours", "data.k_shot=16"])
     spec = TaskSpec.from_config(cfg.data)
     task = load_task(spec, args.data_root)

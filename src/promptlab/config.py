@@ -18,6 +18,9 @@ from omegaconf import DictConfig
 
 from promptlab.errors import ConfigError
 
+# The configs ship inside the package (a wheel carries them); Hydra reads them as pkg://promptlab.conf.
+CONFIG_DIR = Path(__file__).resolve().parent / "conf"
+CONFIG_MODULE = "pkg://promptlab.conf"
 WANDB_ENV_MODES = ("online", "offline", "shared", "disabled", "dryrun", "run")  # wandb's Settings.mode
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 OBJECTIVES = ("dev", "eval")

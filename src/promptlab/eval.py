@@ -57,7 +57,7 @@ def group_config(group: str, name: str) -> DictConfig:
     """The config group ``group``'s option ``name`` (``conf/<group>/<name>.yaml``), composed by Hydra."""
     from hydra import compose, initialize_config_dir
 
-    from promptlab.train import CONFIG_DIR
+    from promptlab.config import CONFIG_DIR
 
     options = sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
     if name not in options:

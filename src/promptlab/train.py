@@ -24,7 +24,14 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from promptlab import instruct, resume, search, signals, sweep, tuning
-from promptlab.config import Settings, check_added_keys, check_writable, skip_completed
+from promptlab.config import (
+    CONFIG_DIR,
+    CONFIG_MODULE,
+    Settings,
+    check_added_keys,
+    check_writable,
+    skip_completed,
+)
 from promptlab.data import PromptDataModule, eval_items
 from promptlab.errors import ConfigError, Diverged
 from promptlab.evaluation import readouts
@@ -60,7 +67,6 @@ from promptlab.tracking import (
 )
 
 log = logging.getLogger("promptlab")
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
 # ${uid:} in run directory names: unique even when jobs start in the same second.
 DEMO_DRAW_STRIDE = 100_003  # seed offset between a search's demonstration draws (search.demo_draws)
 OmegaConf.register_new_resolver("uid", lambda: uuid.uuid4().hex[:6], use_cache=True, replace=True)
@@ -528,7 +534,7 @@ def previous_run(run_dir: Path, cfg: DictConfig) -> dict | None:
     return record if skip_completed(cfg) else None
 
 
-@hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
+@hydra.main(config_path=CONFIG_MODULE, config_name="train", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> float:
     """Hydra task: returns the headline metric on dev (``objective_value``) so sweepers (e.g. Optuna) can
     optimise it."""

@@ -1,0 +1,1 @@
+"""Evaluation: the metric registry, answer filters, and ``evaluate()``."""

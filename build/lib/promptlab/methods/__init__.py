@@ -1,0 +1,190 @@
+"""Methods: a method is a YAML (``conf/method/``) naming a registered implementation (``type``) plus its
+knobs, display name and what it modifies. An implementation says whether it trains, how it wraps the
+backbone, what it stores per task, how demonstrations and the answer prefix look, and which readout
+reads the answer. Adding a method of an existing type is one YAML; a new type is one class + @register.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from omegaconf import DictConfig
+
+from promptlab.config import is_whole
+from promptlab.errors import ConfigError
+from promptlab.module import Optim
+from promptlab.prompts import Content, Encoder, render_content
+from promptlab.readout import ChoiceReadout, GenerateReadout
+from promptlab.readout.model import base_model
+from promptlab.schema import MethodInfo
+from promptlab.tasks import TaskSpec
+from promptlab.vision import ImageBlocks
+
+REGISTRY: dict[str, type[Method]] = {}
+
+
+def register(type_name: str):
+    def deco(cls: type[Method]) -> type[Method]:
+        cls.type = type_name
+        REGISTRY[type_name] = cls
+        return cls
+
+    return deco
+
+
+def is_number(value) -> bool:
+    """A finite int or float (not a bool; ``inf`` and ``nan``, which YAML reads from ``.inf``/``inf``, are not)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class Method:
+    """Base: a frozen backbone read with the task's own readout; nothing stored per task."""
+
+    type: ClassVar[str]
+    trains: ClassVar[bool] = False
+    model_kinds: ClassVar[tuple[str, ...]] = ("lm", "vlm")  # the ``model.kind``s it works with
+
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+
+    @property
+    def num_demos(self) -> int:
+        return self.cfg.get("num_demos", 0)
+
+    @property
+    def assistant_prefix(self) -> str:
+        """Text the answer starts with (a chain-of-thought trigger); empty for most methods."""
+        return ""
+
+    def info(self) -> MethodInfo:
+        c = self.cfg
+        return MethodInfo(c.name, self.type, c.get("display_name") or c.name, c.get("modifies") or "—", self.trains)
+
+    def validate(self, task: TaskSpec) -> None:
+        """Knobs that do not fit (alone or with the task): ConfigError, before any model loads."""
+        if not is_whole(self.num_demos, 0):
+            raise ConfigError(f"method.num_demos={self.num_demos!r} is not a whole number >= 0", "use e.g. 4")
+
+    def check_model(self, kind: str, task: TaskSpec) -> None:
+        """The model's kind fits this method and the task: ConfigError otherwise (before the model loads)."""
+        n = self.cfg.name
+        if kind not in self.model_kinds:
+            fix = ("use method=clip_zero_shot, coop or linear_probe with a CLIP model, or a vision-language model "
+                   "(model=tiny_random_vlm, smolvlm_256m)" if kind == "clip" else
+                   f"use a {' or '.join(self.model_kinds)} model (model.kind), e.g. model=tiny_random_clip")
+            raise ConfigError(f"method {n} does not work with a model.kind={kind} model", fix)
+        if task.image_column and kind == "lm":
+            raise ConfigError(f"task {task.name} shows images (data.image_column={task.image_column}) and the model "
+                              "is text-only (model.kind=lm)", "use a vision-language model (model=tiny_random_vlm, "
+                              "smolvlm_256m) or a CLIP model with method=clip_zero_shot, coop or linear_probe")
+
+    def demo(self, task: TaskSpec, row: dict) -> tuple[Content, str]:
+        """A demonstration as a (question, answer) chat turn pair (the question with its image, for image tasks)."""
+        return render_content(task.prompt_template, row, task.image_column), task.target_of(row)
+
+    @property
+    def draws_demos(self) -> bool:
+        """Whether its demonstrations are one seeded random draw (so a search can try other draws)."""
+        return self.num_demos > 0
+
+    def draw_demos(self, pool: list[dict], task, seed: int) -> list[dict]:
+        """The training examples the demonstrations come from (``tasks.sample_demos``: class-balanced, seeded)."""
+        from promptlab.tasks import sample_demos
+
+        return sample_demos(pool, task, self.num_demos, seed)
+
+    def demos(self, model: torch.nn.Module, tokenizer, task: TaskSpec, rows: list[dict], readout) -> list[tuple[Content, str]]:
+        """All demonstrations, once the model is loaded (a method may have the model write part of them)."""
+        return [self.demo(task, r) for r in rows]
+
+    @property
+    def demo_costs(self) -> dict[str, float]:
+        """What writing the demonstrations cost (generated tokens and seconds; zero when nothing was written)."""
+        return {"demo_generated_tokens": 0, "demo_generation_seconds": 0.0, "demo_selection_seconds": 0.0}
+
+    def encoder(self, backbone, task: TaskSpec, demos) -> Encoder:
+        """What turns the task's rows into model inputs; a vision-language model's prompts (with images or not) go
+        through its processor's chat template."""
+        images = ImageBlocks(backbone.processor) if backbone.kind == "vlm" else None
+        return Encoder(backbone.tokenizer, task, demos, self.assistant_prefix, images=images)
+
+    def readout(self, tokenizer, task: TaskSpec):
+        if task.output_type == "choice":
+            return ChoiceReadout(tokenizer.pad_token_id)
+        return GenerateReadout(tokenizer, task.generation.max_new_tokens, task.generation.until)
+
+    def optim(self) -> Optim:
+        return Optim()
+
+    def prepare(self, backbone, task: TaskSpec) -> torch.nn.Module:
+        """The model to train and evaluate (here: the frozen backbone)."""
+        return backbone.model.requires_grad_(False).eval()
+
+    def save(self, model: torch.nn.Module, directory: Path) -> None:
+        """Store exactly the per-task state (nothing for a prompting method: its prompt is in the config)."""
+
+    def load(self, backbone, directory: Path) -> torch.nn.Module:
+        return self.prepare(backbone, None)
+
+
+class TrainedMethod(Method):
+    """A method with an optimiser: its YAML carries lr, weight_decay, warmup_ratio, max_steps, batch_size."""
+
+    trains = True
+
+    def validate(self, task: TaskSpec) -> None:
+        super().validate(task)
+        c = self.cfg
+        if self.num_demos:
+            raise ConfigError(f"{c.name} trains without demonstrations", "set method.num_demos=0")
+        checks = [
+            ("lr", is_number(c.lr) and c.lr > 0, "a positive number, e.g. 0.03"),
+            ("weight_decay", is_number(c.weight_decay) and c.weight_decay >= 0, "a number >= 0"),
+            ("warmup_ratio", is_number(c.warmup_ratio) and 0 <= c.warmup_ratio < 1, "a number in [0, 1)"),
+            ("max_steps", is_whole(c.max_steps, 1), "a whole number >= 1, e.g. 100"),
+            ("batch_size", is_whole(c.batch_size, 1), "a whole number >= 1, e.g. 8"),
+            ("gradient_checkpointing", isinstance(self.gradient_checkpointing, bool), "true or false"),
+        ]
+        for key, ok, fix in checks:
+            if not ok:
+                raise ConfigError(f"method.{key}={c[key]!r} is not valid for {c.name}", f"use {fix}")
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        return self.cfg.get("gradient_checkpointing", False)
+
+    def checkpoint_activations(self, model: torch.nn.Module) -> None:
+        """With ``method.gradient_checkpointing``: keep only each decoder layer's input during the forward pass and
+        recompute the rest in the backward pass (transformers' own mechanism; non-reentrant, so a frozen backbone
+        needs no input that requires grad). Less memory for long inputs, about a third more compute."""
+        if self.gradient_checkpointing:
+            base_model(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    def optim(self) -> Optim:
+        c = self.cfg
+        return Optim(float(c.lr), float(c.weight_decay), float(c.warmup_ratio), int(c.max_steps))
+
+
+def build_method(cfg: DictConfig) -> Method:
+    from promptlab.methods import clip, cot, full_finetune, peft_adapter, prompting  # noqa: F401  (registration)
+
+    kind = cfg.get("type")
+    if kind not in REGISTRY:
+        raise ConfigError(f"method {cfg.get('name')!r} has type {kind!r}, which is not registered",
+                          f"use method.type= one of {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[kind](cfg)
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total) parameters, counting tied weights once."""
+    seen, trainable, total = set(), 0, 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+        trainable += p.numel() if p.requires_grad else 0
+    return trainable, total

@@ -1,0 +1,62 @@
+"""Chain-of-thought prompting (Wei et al. 2022; Kojima et al. 2022): the answer starts with a reasoning
+trigger ("Let's think step by step."), so the model writes its reasoning first. Zero-shot CoT has no
+demonstrations; few-shot CoT shows worked solutions (the task's target, e.g. GSM8K's) after the trigger.
+Choice tasks have labels but no worked solutions: there the model writes each demonstration's reasoning
+itself with zero-shot CoT and the gold answer follows the cue (Auto-CoT, Zhang et al. 2022); that
+generation is recorded as the demonstrations' cost.
+
+On a generate task the task's filters extract the final answer from the text. On a choice task the
+reasoning is followed by an answer cue and the choices are rank-scored there (``CoTChoiceReadout``).
+"""
+
+from __future__ import annotations
+
+from promptlab.config import is_whole
+from promptlab.errors import ConfigError
+from promptlab.methods import Method, register
+from promptlab.prompts import Encoder, render
+from promptlab.readout import ChoiceReadout, CoTChoiceReadout, GenerateReadout
+
+
+@register("cot")
+class ChainOfThought(Method):
+    @property
+    def assistant_prefix(self) -> str:
+        return self.cfg.trigger
+
+    def validate(self, task) -> None:
+        super().validate(task)
+        c = self.cfg
+        if not isinstance(c.trigger, str) or not c.trigger.strip():
+            raise ConfigError(f"method.trigger={c.trigger!r} is empty", "use e.g. \"Let's think step by step.\"")
+        if not is_whole(c.max_new_tokens, 1):
+            raise ConfigError(f"method.max_new_tokens={c.max_new_tokens!r} is not a whole number >= 1",
+                              "use e.g. method.max_new_tokens=128 (reasoning length on choice tasks)")
+        if task.image_column:
+            raise ConfigError(f"{c.name} on an image task ({task.name}) is not supported yet",
+                              "use zero_shot or few_shot for image tasks")
+
+    def demo(self, task, row: dict) -> tuple[str, str]:
+        return render(task.prompt_template, row), f"{self.cfg.trigger} {task.target_of(row)}"
+
+    def demos(self, model, tokenizer, task, rows, readout) -> list[tuple[str, str]]:
+        if task.output_type == "generate" or not rows:
+            return super().demos(model, tokenizer, task, rows, readout)
+        c = self.cfg
+        encoder = Encoder(tokenizer, task, (), self.assistant_prefix)  # the zero-shot CoT prompt of each demo
+        before = readout.gen.generated_tokens, readout.gen.generation_seconds
+        written = readout.gen.generate(model, [encoder.prompt_ids(r) for r in rows])
+        self._demo_costs = {"demo_generated_tokens": readout.gen.generated_tokens - before[0],
+                            "demo_generation_seconds": round(readout.gen.generation_seconds - before[1], 3)}
+        return [(render(task.prompt_template, r), f"{c.trigger} {g.text} {c.answer_cue} {task.target_of(r)}.")
+                for r, g in zip(rows, written, strict=True)]
+
+    @property
+    def demo_costs(self) -> dict[str, float]:
+        return {**super().demo_costs, **getattr(self, "_demo_costs", {})}
+
+    def readout(self, tokenizer, task):
+        if task.output_type == "generate":
+            return super().readout(tokenizer, task)
+        gen = GenerateReadout(tokenizer, self.cfg.max_new_tokens, list(self.cfg.until))
+        return CoTChoiceReadout(gen, ChoiceReadout(tokenizer.pad_token_id), self.cfg.answer_cue)

@@ -1,0 +1,105 @@
+"""Progress a person can read: in a terminal one tqdm bar over all optimiser steps (not Lightning's
+per-epoch "Epoch 12/-2" bar under max_steps) with the running-mean loss; in a log file, where a bar
+only renders at the end, a plain line every ``every`` seconds (``PROMPTLAB_PROGRESS_EVERY``, default 30) with
+step, mean loss, speed and ETA."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+
+import lightning as L
+from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.utilities import rank_zero_only
+
+from promptlab.errors import ConfigError
+
+log = logging.getLogger("promptlab")
+
+
+class StepBar(TQDMProgressBar):
+    """One training bar from step 0 to ``max_steps``; shows ``loss_avg``, never ``v_num``."""
+
+    def on_train_start(self, trainer: L.Trainer, *_) -> None:
+        self.train_progress_bar = self.init_train_tqdm()
+        self.train_progress_bar.reset(total=trainer.max_steps)
+        self.train_progress_bar.set_description("train")
+
+    def on_train_epoch_start(self, *_) -> None:
+        """Keep the one bar across epochs."""
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *_) -> None:
+        bar = self.train_progress_bar
+        bar.n = trainer.global_step
+        bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=True)
+
+    def on_train_epoch_end(self, *_) -> None:
+        """Nothing: the bar closes when training ends."""
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        return items
+
+
+class PlainProgress(L.Callback):
+    """Periodic one-line progress for non-terminal output (logs, SLURM files, CI)."""
+
+    def __init__(self, every: float = 30.0):
+        self.every = every
+
+    def _due(self, now: float, done: int, total: int) -> bool:
+        return done == total or done == 1 or now - self.last >= self.every
+
+    def on_train_start(self, trainer: L.Trainer, *_) -> None:
+        self.start = self.last = time.perf_counter()
+        self.first_step = trainer.global_step  # > 0 in a resumed run
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *_) -> None:
+        now, step, total = time.perf_counter(), trainer.global_step, trainer.max_steps
+        if self._due(now, step, total):
+            self.last = now
+            rate = (now - self.start) / max(step - self.first_step, 1)
+            loss = trainer.callback_metrics.get("loss_avg")
+            log.info("train step %d/%d · loss %s (mean of last %d) · %.2f s/step · ETA %s", step, total,
+                     "—" if loss is None else f"{float(loss):.4f}", getattr(pl_module, "loss_window", 1), rate,
+                     _duration(rate * (total - step)))
+
+    def on_predict_start(self, trainer: L.Trainer, *_) -> None:
+        self.start = self.last = time.perf_counter()
+
+    def on_predict_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int, *_) -> None:
+        now, done = time.perf_counter(), batch_idx + 1
+        total = sum(trainer.num_predict_batches)
+        if self._due(now, done, total):
+            self.last = now
+            rate = (now - self.start) / done
+            log.info("eval batch %d/%d · %.2f s/batch · ETA %s", done, total, rate, _duration(rate * (total - done)))
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+def progress_every() -> float:
+    """Seconds between plain progress lines: ``PROMPTLAB_PROGRESS_EVERY`` (default 30; 0: every step)."""
+    text = os.environ.get("PROMPTLAB_PROGRESS_EVERY", "30")
+    try:
+        every = float(text)
+    except ValueError:
+        every = -1.0
+    if not every >= 0:  # also NaN
+        raise ConfigError(f"PROMPTLAB_PROGRESS_EVERY={text!r} is not a number of seconds >= 0",
+                          "set it to e.g. 30 (or 0 for a line every step), or unset it")
+    return every
+
+
+def progress_callbacks() -> tuple[list[L.Callback], bool]:
+    """(callbacks, enable_progress_bar) for this process's stderr; none in data-parallel ranks other than 0."""
+    if rank_zero_only.rank != 0:
+        return [], False
+    if sys.stderr.isatty():
+        return [StepBar()], True
+    return [PlainProgress(progress_every())], False

@@ -1,0 +1,145 @@
+"""Generation: greedy decoding with the KV cache (``model.generate``, which also serves PEFT-wrapped models),
+and the training loss of generation tasks: cross-entropy over the target's tokens only."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import GenerationConfig, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
+
+from promptlab.readout.model import (
+    NO_LOGITS,
+    final_hidden_states,
+    head_of,
+    pad,
+    plain_forward,
+    project,
+    run_keeping_last_hidden,
+    task_inputs,
+)
+from promptlab.vision import pixel_inputs
+
+
+@dataclass
+class Generated:
+    text: str  # decoded, cut before the first stop string
+    num_tokens: int  # tokens the model produced (up to and including EOS or the stop string)
+
+
+class StopOnGeneratedText(StoppingCriteria):
+    """Stop a row once its *generated* text contains a stop string.
+
+    Written here because transformers' ``stop_strings`` also matches text that starts inside the prompt:
+    a chat prompt ends with a newline, so a "\n\n" stop string would end generation after one newline.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, prompt_len: int, until: Sequence[str]):
+        self.tokenizer, self.prompt_len, self.until = tokenizer, prompt_len, until
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_len:], skip_special_tokens=True)
+        return torch.tensor([any(s in t for s in self.until) for t in texts], device=input_ids.device)
+
+
+class GenerateReadout:
+    """Batched greedy decoding (left padding) with stop strings; counts tokens and seconds as costs."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_new_tokens: int, until: Sequence[str] = ()):
+        self.tokenizer, self.until = tokenizer, list(until)
+        self.config = GenerationConfig(
+            max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        )
+        self.generated_tokens, self.generation_seconds = 0, 0.0
+
+    def new_pass(self) -> None:
+        """Nothing is kept between evaluation passes."""
+
+    def loss(self, model: torch.nn.Module, batch: dict) -> torch.Tensor:
+        """Mean cross-entropy of the target tokens given the prompt (prompt tokens are not predicted)."""
+        prompts, targets = batch["prompt_ids"], batch["target_ids"]
+        head = head_of(model)
+        device = head.weight.device
+        ids, mask = pad([list(p) + list(t) for p, t in zip(prompts, targets, strict=True)],
+                        self.tokenizer.pad_token_id, device)
+        images = batch.get("images")
+        hidden = final_hidden_states(model, ids, mask, batch.get("task_id"), pixel_inputs(images, device))
+        rows = [i for i, t in enumerate(targets) for _ in t]
+        cols = [len(p) - 1 + j for p, t in zip(prompts, targets, strict=True) for j in range(len(t))]
+        logits = project(head, hidden[torch.tensor(rows, device=device), torch.tensor(cols, device=device)])
+        gold = torch.tensor([tok for t in targets for tok in t], device=device)
+        return F.cross_entropy(logits, gold)
+
+    @torch.no_grad()
+    def generate(self, model: torch.nn.Module, prompts: Sequence[Sequence[int]],
+                 task_ids: Sequence[int] | None = None, images: Sequence[Sequence[dict]] | None = None) -> list[Generated]:
+        """Each prompt's continuation; ``images``: each row's pixel inputs, for a vision-language model."""
+        device = head_of(model).weight.device
+        start = time.perf_counter()
+        if plain_forward(model) and not images:  # a transformers forward: decoded here, finished rows dropped
+            new = self.greedy(model, prompts, device)
+        else:  # virtual tokens, per-row adapters or images: the model's (or its wrapper's) own generate
+            ids, mask = pad(prompts, self.tokenizer.pad_token_id, device, left=True)
+            stop = StoppingCriteriaList([StopOnGeneratedText(self.tokenizer, ids.shape[1], self.until)] if self.until
+                                        else [])
+            out = model.generate(input_ids=ids, attention_mask=mask, generation_config=self.config,
+                                 stopping_criteria=stop, **task_inputs(model, task_ids, device),
+                                 **pixel_inputs(images, device))
+            new = [row.tolist() for row in out[:, ids.shape[1]:]]
+        self.generation_seconds += time.perf_counter() - start
+        results = [self._decode(row) for row in new]
+        self.generated_tokens += sum(r.num_tokens for r in results)
+        return results
+
+    def greedy(self, model: torch.nn.Module, prompts: Sequence[Sequence[int]], device: torch.device) -> list[list[int]]:
+        """Greedy decoding with the KV cache, token for token what ``model.generate`` gives in fp32, minus the work
+        on finished rows: a row that wrote EOS or a stop string leaves the batch (and the cache) at once, where
+        ``generate`` keeps computing it, padded, until the last row ends. Written here for that reason (and to
+        take each next token from fp32 logits under bf16 autocast, see ``project``)."""
+        ids, mask = pad(prompts, self.tokenizer.pad_token_id, device, left=True)
+        positions = (mask.cumsum(-1) - 1).clamp_min(0)  # as generate numbers left-padded rows
+        head, none = head_of(model), NO_LOGITS.to(device)  # the next token from fp32 logits (``project``)
+        out, hidden = run_keeping_last_hidden(model, input_ids=ids, attention_mask=mask, position_ids=positions,
+                                              use_cache=True, logits_to_keep=none)
+        cache, token = out.past_key_values, project(head, hidden[:, -1]).argmax(-1)
+        position = positions[:, -1:] + 1
+        alive, new = list(range(len(prompts))), [[] for _ in prompts]
+        while True:
+            for row, t in zip(alive, token.tolist(), strict=True):
+                new[row].append(t)
+            keep = [k for k, row in enumerate(alive) if not self._finished(new[row])]
+            if not keep:
+                return new
+            if len(keep) < len(alive):
+                index = torch.tensor(keep, device=device)
+                cache.batch_select_indices(index)
+                mask, token, position = mask[index], token[index], position[index]
+                alive = [alive[k] for k in keep]
+            mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=1)
+            _, hidden = run_keeping_last_hidden(model, input_ids=token[:, None], attention_mask=mask,
+                                                position_ids=position, past_key_values=cache, use_cache=True,
+                                                logits_to_keep=none)
+            token, position = project(head, hidden[:, -1]).argmax(-1), position + 1
+
+    def _finished(self, new: list[int]) -> bool:
+        if new[-1] == self.tokenizer.eos_token_id or len(new) >= self.config.max_new_tokens:
+            return True
+        return bool(self.until) and any(s in self.tokenizer.decode(new, skip_special_tokens=True) for s in self.until)
+
+    def _decode(self, new: list[int]) -> Generated:
+        eos, pad_id = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        n = next((i + 1 for i, t in enumerate(new) if t == eos), len(new))
+        while n > 0 and new[n - 1] == pad_id != eos:  # finished early on a stop string: the rest is padding
+            n -= 1
+        text = self.tokenizer.decode(new[:n], skip_special_tokens=True)
+        cut = min((text.find(s) for s in self.until if s in text), default=len(text))
+        return Generated(text[:cut].strip(), n)
+
+    def predict(self, model: torch.nn.Module, batch: dict) -> list[dict]:
+        gens = self.generate(model, batch["prompt_ids"], batch.get("task_id"), batch.get("images"))
+        return [{"idx": int(i), "generation": g.text, "references": refs, "generated_tokens": g.num_tokens}
+                for i, g, refs in zip(batch["idx"], gens, batch["references"], strict=True)]
