@@ -273,11 +273,14 @@ def bad_values(env: dict, work: Path) -> list[Case]:
     plain = ["data.k_shot=0", "data.k_shot=1.5", "data.eval_limit=-3", "data.eval_limit=0", "method.max_steps=0",
              "method.max_steps=-1", "data.max_prompt_tokens=0", "seed=abc", "eval_batch_size=0", "num_threads=-2",
              "logger=wandb", "method.lr=abc", "+method.num_virtual_tokens=5", "+evalbatchsize=4"]
-    # PEFT fields PEFT itself would take: any string as a true bool, a zero size
-    peft = [("lora", "+method.peft.use_dora=no"), ("prefix_tuning", "method.peft.prefix_projection=maybe"),
-            ("lora", "method.peft.lora_alpha=abc"), ("p_tuning", "method.peft.encoder_hidden_size=0"),
-            ("multitask_prompt_tuning", "method.peft.num_ranks=0")]
-    for name, override in [(None, o) for o in plain] + peft:
+    # (method, override): PEFT fields PEFT itself would take (any string as a true bool, a zero size)
+    named = [("lora", "+method.peft.use_dora=no"), ("prefix_tuning", "method.peft.prefix_projection=maybe"),
+             ("lora", "method.peft.lora_alpha=abc"), ("p_tuning", "method.peft.encoder_hidden_size=0"),
+             ("multitask_prompt_tuning", "method.peft.num_ranks=0")]
+    # a zero-shot method given demonstrations (ran Auto-CoT demos recorded as zero-shot); sampling mistakes
+    named += [("zero_shot_cot", "method.num_demos=2"), ("self_consistency", "method.sampling.temperature=0"),
+              ("self_consistency", "method.filters=[]")]
+    for name, override in [(None, o) for o in plain] + named:
         extra = ["logger.wandb.mode=bogus"] if override == "logger=wandb" else []
         method = f"method={name or ('prompt_tuning' if override.startswith('method.') else 'zero_shot')}"
         res = train([method, override, *extra, f"hydra.run.dir={work / ('bad_' + override.replace('=', '_'))}"], env)

@@ -17,8 +17,8 @@ DATASETS = config_names("data")
 # Method x task combinations that are invalid by design; each must fail validation with this message.
 # (None today: few-shot CoT on a choice task has the model write its demonstrations' reasoning.)
 INVALID: dict[tuple[str, str], str] = {}
-# Methods refused on image tasks (data.image_column), with this message.
-IMAGE_INVALID = {"zero_shot_cot": "not supported yet", "few_shot_cot": "not supported yet"}
+# Method types refused on image tasks (data.image_column), with this message: chain-of-thought (every cot YAML).
+IMAGE_INVALID = {"cot": "not supported yet"}
 
 
 def test_globs_find_the_shipped_configs():
@@ -60,7 +60,7 @@ def test_method_x_dataset_composes(method, dataset, tmp_path):
     assert info.display_name == cfg.method.display_name and info.display_name.strip()
     assert info.modifies == cfg.method.modifies and info.modifies.strip()
 
-    invalid = INVALID.get((method, spec.output_type)) or (IMAGE_INVALID.get(method) if spec.image_column else None)
+    invalid = INVALID.get((method, spec.output_type)) or (IMAGE_INVALID.get(cfg.method.type) if spec.image_column else None)
     if invalid:
         with pytest.raises(ConfigError, match=invalid):
             m.validate(spec)

@@ -39,7 +39,8 @@ def test_result_json_schema(make_cfg, run_dir, method):
     assert set(result) >= TOP_LEVEL_KEYS
     schema = as_run_result(result).to_dict()  # every required field of promptlab.schema.RunResult, no other key
     assert {k: v for k, v in schema.items() if k in result} == result
-    assert set(schema) - set(result) == {"error", "traceback", "source_run", "diverged_at_step"}  # completed
+    assert set(schema) == set(result)  # the record is built from the dataclass: every field, null when unused
+    assert all(result[k] is None for k in ("error", "traceback", "source_run", "diverged_at_step"))  # completed
     assert result["status"] == "completed"
     assert result["schema_version"] == SCHEMA_VERSION == 3 and result["kind"] == "train"
     assert result["method"] == method and result["model"] == "tiny_random" and result["dataset"] == "sst2"
@@ -70,7 +71,7 @@ def test_result_json_schema(make_cfg, run_dir, method):
     assert all(isinstance(v, str) and v for v in result["versions"].values())
     assert result["git_commit"] is None or len(result["git_commit"]) == 40
     assert result["config_hash"] == config_hash(cfg)
-    assert "error" not in result
+    assert result["error"] is None
     machine = result["machine"]
     assert machine["cores"] >= 1 and machine["torch_threads"] >= 1 and machine["cpu"]
     assert len(machine["load_start"]) == len(machine["load_end"]) == 3
@@ -118,7 +119,16 @@ def test_run_record_lifecycle(tmp_path):
     done = read_result(tmp_path / "r")
     assert done["status"] == "completed" and done["finished_at"] and done["metrics"] == {"accuracy": 0.5}
     assert len(done["machine"]["load_end"]) == 3
-    assert {f.name for f in fields(RunResult)} >= set(done)
+    assert {f.name for f in fields(RunResult)} == set(first) == set(done)  # built from the dataclass: every field
+
+
+def test_run_record_refuses_fields_the_schema_does_not_declare(tmp_path):
+    record = RunRecord(tmp_path / "r", compose_config(["model=tiny_random"]), "run-1")
+    with pytest.raises(TypeError, match=r"not fields of schema.RunResult: \['colour'\]"):
+        record.update(colour="blue")
+    with pytest.raises(TypeError, match="not fields of schema.RunResult"):
+        record.complete({"accuracy": 0.5}, {}, shade=1)
+    assert read_result(tmp_path / "r")["status"] == "running" and not record.finished
 
 
 @pytest.mark.parametrize("method", ["zero_shot", "prompt_tuning"])

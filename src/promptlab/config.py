@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from promptlab.errors import ConfigError
 
@@ -25,6 +25,14 @@ WANDB_ENV_MODES = ("online", "offline", "shared", "disabled", "dryrun", "run")  
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 OBJECTIVES = ("dev", "eval")
 MAX_SEED = 2**32 - 1  # Lightning's seed_everything silently replaces larger seeds with a random one
+
+
+_ABSENT = object()
+
+
+def has_key(cfg: DictConfig, key: str) -> bool:
+    """Whether the dotted ``key`` exists in ``cfg`` (a key set to null exists)."""
+    return OmegaConf.select(cfg, key, default=_ABSENT) is not _ABSENT
 
 
 def is_whole(value: Any, low: int | None = None) -> bool:

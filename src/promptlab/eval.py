@@ -21,7 +21,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from promptlab.config import config_keys, nearest_key
+from promptlab.config import config_keys, has_key, nearest_key
 from promptlab.errors import ConfigError
 from promptlab.evaluation.metrics import get_metric
 from promptlab.tasks.sampling import component_seeds
@@ -83,7 +83,7 @@ def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
                 if key == "data":
                     cfg.mixture = None
             continue
-        if not key.startswith("+") and OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
+        if not key.startswith("+") and not has_key(cfg, key):
             near = nearest_key(key, config_keys(OmegaConf.to_container(cfg)))
             raise ConfigError(f"{key} is not a key of the run's config",
                               f"did you mean {near}=...?" if near else "use a key of the run's config.yaml")
@@ -146,7 +146,7 @@ def run_eval(source: Path, overrides: list[str]) -> tuple[dict, Path]:
         backbone = load_backbone(cfg.model, cfg.paths.cache_dir)
         model_id = fingerprint(cfg.model, backbone)
         check_same_model(model_id, src_record, allow_other)
-        record.data["allow_other_model"] = allow_other
+        record.update(allow_other_model=allow_other)
         record.provenance(model=model_id, precision=p.settings.precision)
         model = p.method.load(backbone, checkpoint) if p.method.trains else p.method.prepare(backbone, p.spec)
         module, encoder = build_module(p, backbone, model)

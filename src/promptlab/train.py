@@ -196,7 +196,7 @@ def check_search(search_cfg: DictConfig, method: Method, spec: TaskSpec) -> None
 def build_module(p: Plan, backbone: Backbone, model: torch.nn.Module) -> tuple[PromptModule, Encoder]:
     tok = backbone.tokenizer
     # a mixture trains every task as text-to-text (its answer text's loss); each task is read its own way later
-    readout = GenerateReadout(tok, 1) if p.mixture else p.method.readout(tok, p.spec)
+    readout = GenerateReadout(tok, 1) if p.mixture else p.method.readout(tok, p.spec, p.settings.seed)
     demos = p.method.demos(model, tok, p.spec, p.demos, readout)
     return PromptModule(model, readout, p.method.optim()), p.method.encoder(backbone, p.spec, demos)
 

@@ -15,9 +15,11 @@ from omegaconf import DictConfig
 
 from promptlab.config import is_whole
 from promptlab.errors import ConfigError
+from promptlab.evaluation.filters import ListFilter, build_filters, build_list_filters
 from promptlab.module import Optim
 from promptlab.prompts import Content, Encoder, render_content
 from promptlab.readout import ChoiceReadout, GenerateReadout
+from promptlab.readout.generate import Sampling
 from promptlab.readout.model import base_model
 from promptlab.schema import MethodInfo
 from promptlab.tasks import TaskSpec
@@ -46,6 +48,7 @@ class Method:
     type: ClassVar[str]
     trains: ClassVar[bool] = False
     model_kinds: ClassVar[tuple[str, ...]] = ("lm", "vlm")  # the ``model.kind``s it works with
+    generates_on_choice: ClassVar[bool] = False  # whether it generates text on choice tasks too (reasoning)
 
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
@@ -67,6 +70,46 @@ class Method:
         """Knobs that do not fit (alone or with the task): ConfigError, before any model loads."""
         if not is_whole(self.num_demos, 0):
             raise ConfigError(f"method.num_demos={self.num_demos!r} is not a whole number >= 0", "use e.g. 4")
+        shots = self.cfg.get("shots")
+        if shots == "zero" and self.num_demos:
+            raise ConfigError(f"{self.cfg.name} is zero-shot (method.shots=zero) and method.num_demos="
+                              f"{self.num_demos}", "drop method.num_demos, or use the few-shot method (few_shot, "
+                              "few_shot_cot) for demonstrations")
+        if shots == "few" and self.num_demos < 1:
+            raise ConfigError(f"{self.cfg.name} is few-shot (method.shots=few) and method.num_demos="
+                              f"{self.num_demos}", "set method.num_demos=4, or use the zero-shot method")
+        self.check_sampling(task)
+
+    def check_sampling(self, task: TaskSpec) -> None:
+        """``method.sampling`` ({samples, temperature}) and ``method.filters`` (how the samples' answers combine)."""
+        spec = self.cfg.get("sampling") or {}
+        unknown = sorted(set(spec) - {"samples", "temperature"})
+        if unknown:
+            raise ConfigError(f"method.sampling has unknown key(s) {unknown}", "it takes samples and temperature")
+        n, t = spec.get("samples", 1), spec.get("temperature", 0.0)
+        if not is_whole(n, 1):
+            raise ConfigError(f"method.sampling.samples={n!r} is not a whole number >= 1", "use e.g. 8")
+        if not (is_number(t) and t >= 0):
+            raise ConfigError(f"method.sampling.temperature={t!r} is not a number >= 0", "use e.g. 0.7 (0: greedy)")
+        if n > 1 and t == 0:
+            raise ConfigError(f"method.sampling.samples={n} at temperature 0: greedy samples are all the same",
+                              "set method.sampling.temperature=0.7, or samples=1")
+        filters = self.cfg.get("filters")
+        build_list_filters(filters, "method.filters")
+        if n > 1 and not filters:
+            raise ConfigError(f"method.sampling.samples={n} and no method.filters to combine the samples' answers",
+                              "add filters: [{type: majority_vote}] (self-consistency) or [{type: take_first}]")
+        if spec and task.output_type == "choice" and not self.generates_on_choice:
+            raise ConfigError(f"method.sampling on a choice task: {self.cfg.name} rank-scores the answers, it "
+                              "generates nothing", "drop method.sampling, or use a chain-of-thought method")
+
+    def sampling(self, seed: int) -> Sampling:
+        spec = self.cfg.get("sampling") or {}
+        return Sampling(int(spec.get("samples", 1)), float(spec.get("temperature", 0.0)), seed)
+
+    def combine(self) -> ListFilter | None:
+        """The method's list filters over each example's sampled answers (None: one answer per example)."""
+        return build_list_filters(self.cfg.filters, "method.filters") if self.cfg.get("filters") else None
 
     def check_model(self, kind: str, task: TaskSpec) -> None:
         """The model's kind fits this method and the task: ConfigError otherwise (before the model loads)."""
@@ -111,10 +154,12 @@ class Method:
         images = ImageBlocks(backbone.processor) if backbone.kind == "vlm" else None
         return Encoder(backbone.tokenizer, task, demos, self.assistant_prefix, images=images)
 
-    def readout(self, tokenizer, task: TaskSpec):
+    def readout(self, tokenizer, task: TaskSpec, seed: int = 0):
+        """How answers are read; ``seed``: the run's, for sampled generations."""
         if task.output_type == "choice":
             return ChoiceReadout(tokenizer.pad_token_id)
-        return GenerateReadout(tokenizer, task.generation.max_new_tokens, task.generation.until)
+        return GenerateReadout(tokenizer, task.generation.max_new_tokens, task.generation.until, self.sampling(seed),
+                               self.combine(), build_filters(task.filters, "data.filters"))
 
     def optim(self) -> Optim:
         return Optim()

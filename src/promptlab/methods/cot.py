@@ -20,6 +20,8 @@ from promptlab.readout import ChoiceReadout, CoTChoiceReadout, GenerateReadout
 
 @register("cot")
 class ChainOfThought(Method):
+    generates_on_choice = True
+
     @property
     def assistant_prefix(self) -> str:
         return self.cfg.trigger
@@ -44,10 +46,10 @@ class ChainOfThought(Method):
             return super().demos(model, tokenizer, task, rows, readout)
         c = self.cfg
         encoder = Encoder(tokenizer, task, (), self.assistant_prefix)  # the zero-shot CoT prompt of each demo
-        before = readout.gen.generated_tokens, readout.gen.generation_seconds
-        written = readout.gen.generate(model, [encoder.prompt_ids(r) for r in rows])
-        self._demo_costs = {"demo_generated_tokens": readout.gen.generated_tokens - before[0],
-                            "demo_generation_seconds": round(readout.gen.generation_seconds - before[1], 3)}
+        writer = GenerateReadout(tokenizer, c.max_new_tokens, list(c.until))  # greedy, even when answers sample
+        written = writer.generate(model, [encoder.prompt_ids(r) for r in rows])
+        self._demo_costs = {"demo_generated_tokens": writer.generated_tokens,
+                            "demo_generation_seconds": round(writer.generation_seconds, 3)}
         return [(render(task.prompt_template, r), f"{c.trigger} {g.text} {c.answer_cue} {task.target_of(r)}.")
                 for r, g in zip(rows, written, strict=True)]
 
@@ -55,8 +57,9 @@ class ChainOfThought(Method):
     def demo_costs(self) -> dict[str, float]:
         return {**super().demo_costs, **getattr(self, "_demo_costs", {})}
 
-    def readout(self, tokenizer, task):
+    def readout(self, tokenizer, task, seed: int = 0):
         if task.output_type == "generate":
-            return super().readout(tokenizer, task)
-        gen = GenerateReadout(tokenizer, self.cfg.max_new_tokens, list(self.cfg.until))
+            return super().readout(tokenizer, task, seed)
+        gen = GenerateReadout(tokenizer, self.cfg.max_new_tokens, list(self.cfg.until), self.sampling(seed),
+                              self.combine())
         return CoTChoiceReadout(gen, ChoiceReadout(tokenizer.pad_token_id), self.cfg.answer_cue)

@@ -30,10 +30,6 @@ class Prompting(Method):
 
     def validate(self, task) -> None:
         super().validate(task)
-        if self.cfg.name == "few_shot" and self.num_demos < 1:
-            raise ConfigError(f"few_shot needs method.num_demos >= 1 (got {self.num_demos})", "set method.num_demos=4")
-        if self.cfg.name == "zero_shot" and self.num_demos:
-            raise ConfigError("zero_shot takes no demonstrations", "use method=few_shot for method.num_demos > 0")
         if self.selection not in SELECTIONS:
             raise ConfigError(f"method.demo_selection={self.selection!r} is unknown",
                               f"use one of {', '.join(SELECTIONS)}")
