@@ -65,7 +65,7 @@ def main() -> None:
     import torch
     from hydra import compose, initialize_config_dir
 
-    import promptlab.train as T
+    import promptlab.run.execute as T
     from promptlab.config import CONFIG_DIR
     from promptlab.models import load_backbone
 

@@ -54,7 +54,7 @@ torch.set_num_threads(1)
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-import promptlab.train  # noqa: E402
+import promptlab.config  # noqa: E402  (also registers the ${uid:} resolver)
 from promptlab import precision  # noqa: E402
 from promptlab.models import Backbone, load_backbone, tiny_tokenizer  # noqa: E402
 from promptlab.tasks import TaskSpec  # noqa: E402
@@ -155,7 +155,7 @@ TRAINED_METHODS = (*PEFT_METHODS, "full_finetune", "coop", "linear_probe")  # te
 
 def config_names(group: str) -> list[str]:
     """Every option of a config group (the YAMLs under ``conf/<group>/``), e.g. ``config_names("data")``."""
-    return sorted(p.stem for p in (promptlab.config.CONFIG_DIR / group).glob("*.yaml"))
+    return promptlab.config.group_options(group)
 
 
 def data_cfg(dataset: str = "sst2", *overrides: str) -> DictConfig:

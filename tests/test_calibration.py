@@ -9,7 +9,8 @@ from conftest import read_predictions
 from omegaconf import OmegaConf, open_dict
 from test_generation import GEN_TASK
 
-import promptlab.train
+import promptlab.run
+import promptlab.run.execute
 from promptlab.errors import ConfigError
 from promptlab.evaluation.calibration import CONTENT_FREE, calibrated_scores, content_free_rows, prior
 from promptlab.report import load_runs, summarize
@@ -39,7 +40,7 @@ def test_content_free_rows_blank_every_template_field():
 
 
 def test_run_reports_calibrated_metrics_beside_raw_ones(make_cfg, run_dir, tmp_path):
-    result = promptlab.train.run(make_cfg("calibration=[contextual,batch]", method="few_shot"), run_dir)
+    result = promptlab.run.run(make_cfg("calibration=[contextual,batch]", method="few_shot"), run_dir)
     metrics = result["metrics"]
     assert {"accuracy", "accuracy@contextual", "accuracy@batch", "macro_f1@batch"} <= set(metrics)
     rows = read_predictions(run_dir)
@@ -62,22 +63,22 @@ def test_run_reports_calibrated_metrics_beside_raw_ones(make_cfg, run_dir, tmp_p
 
 @pytest.mark.parametrize("value", ["[bogus]", "[batch,batch]"])
 def test_bad_calibration_is_a_config_error(make_cfg, run_dir, monkeypatch, value):
-    monkeypatch.setattr(promptlab.train, "load_backbone", lambda *a, **k: pytest.fail("the model loaded"))
+    monkeypatch.setattr(promptlab.run.execute, "load_backbone", lambda *a, **k: pytest.fail("the model loaded"))
     with pytest.raises(ConfigError, match="calibration"):
-        promptlab.train.run(make_cfg(f"calibration={value}"), run_dir)
+        promptlab.run.run(make_cfg(f"calibration={value}"), run_dir)
 
 
 def test_calibration_on_a_generation_task_is_refused(make_cfg, run_dir, monkeypatch):
-    monkeypatch.setattr(promptlab.train, "load_backbone", lambda *a, **k: pytest.fail("the model loaded"))
+    monkeypatch.setattr(promptlab.run.execute, "load_backbone", lambda *a, **k: pytest.fail("the model loaded"))
     cfg = make_cfg("calibration=[batch]")
     with open_dict(cfg):
         cfg.data = OmegaConf.create(GEN_TASK)
     with pytest.raises(ConfigError, match="needs a choice task"):
-        promptlab.train.run(cfg, run_dir)
+        promptlab.run.run(cfg, run_dir)
 
 
 @pytest.mark.parametrize("value", ["5", "0", "true", "''"])
 def test_calibration_that_is_not_a_list_of_names_is_refused(make_cfg, run_dir, monkeypatch, value):
-    monkeypatch.setattr(promptlab.train, "load_backbone", lambda *a, **k: pytest.fail("the model loaded"))
+    monkeypatch.setattr(promptlab.run.execute, "load_backbone", lambda *a, **k: pytest.fail("the model loaded"))
     with pytest.raises(ConfigError, match="calibration"):
-        promptlab.train.run(make_cfg(f"calibration={value}"), run_dir)
+        promptlab.run.run(make_cfg(f"calibration={value}"), run_dir)

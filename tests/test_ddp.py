@@ -58,7 +58,7 @@ def test_two_process_training_leaves_one_record_and_one_checkpoint(tmp_path, dat
 
 
 def test_sweep_refuses_ranks_that_lightning_would_start(monkeypatch, capsys, data_root, tmp_path):
-    monkeypatch.setattr("promptlab.train.load_backbone", lambda *a, **k: pytest.fail("the model loaded"))
+    monkeypatch.setattr("promptlab.run.execute.load_backbone", lambda *a, **k: pytest.fail("the model loaded"))
     code, err = cli(monkeypatch, capsys, "-m", "trainer=ddp_cpu", "seed=1,2", f"paths.data_root={data_root}", "data.dev_size=8",
                     f"hydra.sweep.dir={tmp_path / 's'}")
     assert code == 1

@@ -16,15 +16,17 @@ import pytest
 import torch
 from conftest import read_predictions, read_result, subprocess_env, write_jsonl
 
+import promptlab.run.execute
 import promptlab.train
 from promptlab import tuning
 from promptlab.errors import ConfigError, Diverged
 from promptlab.evaluation import readouts
 from promptlab.readout import ChoiceReadout
 from promptlab.report import latest_completed, load_runs, summarize
+from promptlab.run import plan, run
+from promptlab.run.execute import objective_value
 from promptlab.tasks.loading import input_text
 from promptlab.tracking import write_json_atomic
-from promptlab.train import objective_value, plan, run
 
 TRAINED = ("prompt_tuning", "lora", "full_finetune")
 
@@ -122,7 +124,7 @@ def test_the_readout_choice_never_reads_eval(make_cfg, data_root, tmp_path):
 
 
 def test_a_calibrated_default_readout_must_be_computed(make_cfg, run_dir, monkeypatch):
-    monkeypatch.setattr(promptlab.train, "load_backbone", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.setattr(promptlab.run.execute, "load_backbone", lambda *a, **k: pytest.fail("model loaded"))
     with pytest.raises(ConfigError, match="data.readout=batch is a calibration this run does not compute"):
         run(make_cfg("data.readout=batch"), run_dir)
     with pytest.raises(ConfigError, match="data.readout='bogus' is unknown"):
@@ -153,7 +155,7 @@ def test_non_finite_answer_scores_end_the_run_as_diverged(make_cfg, run_dir, mon
 @pytest.mark.parametrize("value", ["inf", "nan", "-inf", "0"])
 def test_a_learning_rate_that_is_not_a_positive_number_is_refused_before_the_model_loads(make_cfg, run_dir,
                                                                                          monkeypatch, value):
-    monkeypatch.setattr(promptlab.train, "load_backbone", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.setattr(promptlab.run.execute, "load_backbone", lambda *a, **k: pytest.fail("model loaded"))
     with pytest.raises(ConfigError, match="method.lr=.* is not valid") as err:
         run(make_cfg(f"method.lr={value}", method="lora"), run_dir)
     assert "positive number" in err.value.fix
@@ -224,7 +226,7 @@ def test_dev_checks_during_training_keep_the_weights_best_on_dev(make_cfg, run_d
     (["trial=0", "budget=3", "method.dev_every_n_steps=1"], "would make 6 dev evaluations"),
 ])
 def test_bad_tuning_settings_fail_before_the_model_loads(make_cfg, run_dir, monkeypatch, overrides, match):
-    monkeypatch.setattr(promptlab.train, "load_backbone", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.setattr(promptlab.run.execute, "load_backbone", lambda *a, **k: pytest.fail("model loaded"))
     with pytest.raises(ConfigError, match=match):
         run(make_cfg(*overrides, method="prompt_tuning"), run_dir)
 

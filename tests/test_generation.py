@@ -11,7 +11,8 @@ from conftest import read_predictions, read_result, write_jsonl
 from omegaconf import OmegaConf, open_dict
 from safetensors.torch import load_file
 
-import promptlab.train
+import promptlab.run
+import promptlab.run.execute
 from promptlab.data import eval_items
 from promptlab.eval import main as eval_main
 from promptlab.eval import run_eval
@@ -134,7 +135,7 @@ def test_hand_decoding_drops_finished_rows_and_matches_generate(tiny_backbone, a
 
 
 def test_zero_shot_generation_run_records_text_answer_and_costs(gen_cfg, run_dir):
-    result = promptlab.train.run(gen_cfg(), run_dir)
+    result = promptlab.run.run(gen_cfg(), run_dir)
     assert result["status"] == "completed"
     assert result["output_type"] == "generate" and result["primary_metric"] == "exact_match"
     assert result["chance"] is None
@@ -152,8 +153,8 @@ def test_zero_shot_generation_run_records_text_answer_and_costs(gen_cfg, run_dir
 
 def test_prompt_tuning_on_generation_trains_only_the_prompt_and_lowers_target_loss(gen_cfg, run_dir):
     cfg = gen_cfg("method.max_steps=30", "method.lr=1.0", "method.batch_size=4", method="prompt_tuning")
-    p = promptlab.train.plan(cfg)
-    backbone = promptlab.train.load_backbone(cfg.model, cfg.paths.cache_dir)
+    p = promptlab.run.plan(cfg)
+    backbone = promptlab.run.execute.load_backbone(cfg.model, cfg.paths.cache_dir)
     initial = {k: v.clone() for k, v in backbone.model.state_dict().items()}
 
     def target_loss(model) -> float:
@@ -166,9 +167,9 @@ def test_prompt_tuning_on_generation_trains_only_the_prompt_and_lowers_target_lo
     model = p.method.prepare(backbone, p.spec)
     before = target_loss(model)
     model.train()
-    module, encoder = promptlab.train.build_module(p, backbone, model)
-    dm = promptlab.train.PromptDataModule(encoder, p.train_rows, [], 4, 4, cfg.seed)
-    trainer = promptlab.train.make_trainer(cfg, p.settings, run_dir, [], True)
+    module, encoder = promptlab.run.execute.build_module(p, backbone, model)
+    dm = promptlab.run.execute.PromptDataModule(encoder, p.train_rows, [], 4, 4, cfg.seed)
+    trainer = promptlab.run.execute.make_trainer(cfg, p.settings, run_dir, [], True)
     trainer.fit(module, datamodule=dm)
     after = target_loss(model)
     # The random 2-layer model barely attends to far-away tokens, so the gain is small, but it is a gain.
@@ -180,7 +181,7 @@ def test_prompt_tuning_on_generation_trains_only_the_prompt_and_lowers_target_lo
 def test_trained_methods_on_generation_store_and_reload(gen_cfg, tmp_path):
     for method in ("prompt_tuning", "full_finetune"):
         run_dir = tmp_path / method
-        result = promptlab.train.run(gen_cfg(method=method), run_dir)
+        result = promptlab.run.run(gen_cfg(method=method), run_dir)
         assert result["status"] == "completed" and result["costs"]["train_steps"] == 3
         assert result["num_train_examples"] == 8
         if method == "prompt_tuning":
@@ -206,7 +207,7 @@ def test_target_replace_and_training_items(gen_cfg, data_root, tiny_tok):
 
 def test_zero_shot_cot_on_a_choice_task_reasons_then_ranks(make_cfg, run_dir):
     cfg = make_cfg("method.max_new_tokens=5", method="zero_shot_cot")
-    result = promptlab.train.run(cfg, run_dir)
+    result = promptlab.run.run(cfg, run_dir)
     assert result["status"] == "completed"
     assert result["method_info"]["display_name"] == "Zero-shot CoT"
     rows = read_predictions(run_dir)
@@ -218,7 +219,7 @@ def test_zero_shot_cot_on_a_choice_task_reasons_then_ranks(make_cfg, run_dir):
 
 def test_cot_prompt_starts_the_answer_with_the_trigger(gen_cfg, tiny_tok):
     cfg = gen_cfg(method="few_shot_cot")
-    p = promptlab.train.plan(cfg)
+    p = promptlab.run.plan(cfg)
     assert len(p.demos) == 4
     encoder = Encoder(tiny_tok, p.spec, [p.method.demo(p.spec, d) for d in p.demos], p.method.assistant_prefix)
     text = tiny_tok.decode(eval_items(encoder, p.task.eval[:1])[0]["prompt_ids"])
@@ -238,7 +239,7 @@ def test_few_shot_cot_on_a_choice_task_writes_its_demonstrations(make_cfg, run_d
 
     monkeypatch.setattr(Method, "encoder", spy)
     cfg = make_cfg("method.num_demos=2", "method.max_new_tokens=4", method="few_shot_cot")
-    result = promptlab.train.run(cfg, run_dir)
+    result = promptlab.run.run(cfg, run_dir)
     assert result["status"] == "completed" and result["num_demos"] == 2
     for _question, answer in seen["demos"]:  # Auto-CoT: trigger, the model's reasoning, cue, the gold label
         assert answer.startswith(cfg.method.trigger) and answer.endswith(("negative.", "positive."))
@@ -250,7 +251,7 @@ def test_few_shot_cot_on_a_choice_task_writes_its_demonstrations(make_cfg, run_d
 
 
 def test_few_shot_cot_generation_run(gen_cfg, run_dir):
-    result = promptlab.train.run(gen_cfg("method.num_demos=2", method="few_shot_cot"), run_dir)
+    result = promptlab.run.run(gen_cfg("method.num_demos=2", method="few_shot_cot"), run_dir)
     assert result["status"] == "completed" and result["num_demos"] == 2
     assert build_method(OmegaConf.load(promptlab.config.CONFIG_DIR / "method" / "few_shot_cot.yaml")).trains is False
 
@@ -259,7 +260,7 @@ def test_few_shot_cot_generation_run(gen_cfg, run_dir):
 
 
 def test_eval_reproduces_a_prompt_tuning_run_exactly(make_cfg, run_dir):
-    promptlab.train.run(make_cfg("method.lr=0.3", method="prompt_tuning"), run_dir)
+    promptlab.run.run(make_cfg("method.lr=0.3", method="prompt_tuning"), run_dir)
     result, out = run_eval(run_dir, [])
     assert out.parent == run_dir / "evals" and read_result(run_dir)["kind"] == "train"  # never over the run
     assert read_predictions(out) == read_predictions(run_dir)
@@ -267,13 +268,13 @@ def test_eval_reproduces_a_prompt_tuning_run_exactly(make_cfg, run_dir):
 
 
 def test_eval_of_a_few_shot_run_redraws_the_same_demos(make_cfg, run_dir):
-    promptlab.train.run(make_cfg(method="few_shot"), run_dir)
+    promptlab.run.run(make_cfg(method="few_shot"), run_dir)
     _, out = run_eval(run_dir, [])
     assert read_predictions(out) == read_predictions(run_dir)
 
 
 def test_eval_on_another_task_and_split(make_cfg, run_dir):
-    promptlab.train.run(make_cfg(method="zero_shot"), run_dir)
+    promptlab.run.run(make_cfg(method="zero_shot"), run_dir)
     result, _ = run_eval(run_dir, ["data=rte", "data.eval_limit=4", "data.dev_size=8"])
     assert result["dataset"] == "rte" and result["costs"]["eval_examples"] == 4
     assert result["costs"]["dev_examples"] == 8 and set(result["dev_metrics"]) == set(result["metrics"])
@@ -285,13 +286,13 @@ def test_eval_refuses_runs_it_cannot_evaluate(make_cfg, run_dir, monkeypatch, ca
     import shutil
 
     if setup != "missing":
-        promptlab.train.run(make_cfg(method="prompt_tuning"), run_dir)
+        promptlab.run.run(make_cfg(method="prompt_tuning"), run_dir)
         if setup == "running":
             path = run_dir / "result.json"
             path.write_text(path.read_text().replace('"completed"', '"running"'))
         else:
             shutil.rmtree(run_dir / "checkpoint")
-    monkeypatch.setattr(promptlab.train, "load_backbone", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.setattr(promptlab.run.execute, "load_backbone", lambda *a, **k: pytest.fail("model loaded"))
     assert eval_main([f"run={run_dir}"]) == 2
     err = capsys.readouterr().err
     assert match in err and "fix:" in err

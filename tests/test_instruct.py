@@ -8,7 +8,8 @@ from conftest import compose_config, data_cfg, read_predictions, read_result, wr
 from omegaconf import OmegaConf, open_dict
 from test_generation import GEN_TASK, qa_rows
 
-import promptlab.train
+import promptlab.run
+import promptlab.run.execute
 from promptlab.errors import ConfigError
 from promptlab.models import tiny_tokenizer
 from promptlab.tasks.mixture import HELDOUT_MEAN, SEEN_MEAN, Mixture
@@ -69,7 +70,7 @@ def test_held_out_tasks_never_reach_the_training_data(mix_cfg):
 
 @pytest.mark.parametrize("method", ["lora", "full_finetune", "zero_shot"])
 def test_mixture_run_reports_seen_and_held_out_tasks(mix_cfg, run_dir, method):
-    result = promptlab.train.run(mix_cfg(method=method), run_dir)
+    result = promptlab.run.run(mix_cfg(method=method), run_dir)
     assert result["status"] == "completed", result.get("error")
     metrics = result["metrics"]
     assert {"sst2/accuracy", "rte/accuracy", "tinyqa/exact_match"} <= set(metrics)
@@ -81,7 +82,7 @@ def test_mixture_run_reports_seen_and_held_out_tasks(mix_cfg, run_dir, method):
     dev = result["dev_metrics"]  # the seen tasks on their dev rows: what a sweep optimises, never eval
     assert set(dev) >= {"sst2/accuracy", "tinyqa/exact_match", SEEN_MEAN} and "rte/accuracy" not in dev
     assert dev[SEEN_MEAN] == pytest.approx((dev["sst2/accuracy"] + dev["tinyqa/exact_match"]) / 2)
-    assert promptlab.train.objective_value(result) == dev[SEEN_MEAN]
+    assert promptlab.run.execute.objective_value(result) == dev[SEEN_MEAN]
     preds = read_predictions(run_dir)
     assert {r["task"] for r in preds} == {"sst2", "tinyqa", "rte"} and len(preds) == 10 + 6 + 10
     if method != "zero_shot":
@@ -92,13 +93,13 @@ def test_multitask_prompt_tuning_on_a_mixture_then_transferred(mix_cfg, make_cfg
     """MPT trains one prompt per seen task (task ids from the mixture); held-out tasks have no task prompt, so
     they are listed as not evaluated; the source prompts then initialise a held-out task's prompt."""
     source = tmp_path / "source"
-    result = promptlab.train.run(mix_cfg(method="multitask_prompt_tuning"), source)
+    result = promptlab.run.run(mix_cfg(method="multitask_prompt_tuning"), source)
     assert result["status"] == "completed", result.get("error")
     assert result["mixture"]["not_evaluated"] == ["rte"] and "rte/accuracy" not in result["metrics"]
     state = source / "checkpoint" / "adapter_model.safetensors"
     from safetensors.torch import load_file
     assert load_file(state)["prefix_task_cols"].shape[0] == 2  # one factor per seen task
-    target = promptlab.train.run(make_cfg("data=rte", "method.peft.prompt_tuning_init=AVERAGE_SOURCE_TASKS",
+    target = promptlab.run.run(make_cfg("data=rte", "method.peft.prompt_tuning_init=AVERAGE_SOURCE_TASKS",
                                           f"method.peft.prompt_tuning_init_state_dict_path={state}",
                                           method="multitask_prompt_tuning"), tmp_path / "target")
     assert target["status"] == "completed", target.get("error")
@@ -115,9 +116,9 @@ def test_multitask_prompt_tuning_on_a_mixture_then_transferred(mix_cfg, make_cfg
     ({}, ("calibration=[batch]",), "zero-shot"),
 ])
 def test_mixture_errors_come_before_the_model_loads(mix_cfg, run_dir, monkeypatch, mixture, overrides, match):
-    monkeypatch.setattr(promptlab.train, "load_backbone", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.setattr(promptlab.run.execute, "load_backbone", lambda *a, **k: pytest.fail("model loaded"))
     with pytest.raises(ConfigError, match=match):
-        promptlab.train.run(mix_cfg(*overrides, **mixture), run_dir)
+        promptlab.run.run(mix_cfg(*overrides, **mixture), run_dir)
     assert read_result(run_dir)["status"] == "failed"
 
 
@@ -133,8 +134,8 @@ def test_report_shows_seen_and_held_out_tasks(mix_cfg, make_cfg, tmp_path):
 
     runs = tmp_path / "runs"
     for method in ("zero_shot", "lora"):
-        assert promptlab.train.run(mix_cfg(method=method), runs / method)["status"] == "completed"
-    assert promptlab.train.run(make_cfg(), runs / "single")["status"] == "completed"  # a one-task run beside them
+        assert promptlab.run.run(mix_cfg(method=method), runs / method)["status"] == "completed"
+    assert promptlab.run.run(make_cfg(), runs / "single")["status"] == "completed"  # a one-task run beside them
     report = write_report(runs, tmp_path / "report")
     text = (tmp_path / "report" / "table.md").read_text()
     assert "Instruction tuning: seen and held-out tasks" in text
@@ -158,10 +159,13 @@ def test_eval_of_a_mixture_run_on_one_task_and_on_the_whole_mixture(mix_cfg, run
     from promptlab.eval import run_eval
 
     cfg = mix_cfg()
-    promptlab.train.run(cfg, run_dir)  # writes config.yaml beside result.json
+    promptlab.run.run(cfg, run_dir)  # writes config.yaml beside result.json
     one, _ = run_eval(run_dir, ["data=rte", f"paths.data_root={cfg.paths.data_root}", "data.k_shot=2",
                                 "data.dev_size=8"])
     assert one["status"] == "completed" and one["output_type"] == "choice" and "accuracy" in one["metrics"]
     assert one["metrics"]["accuracy"] == read_result(run_dir)["metrics"]["rte/accuracy"]  # same model, same rows
     again, _ = run_eval(run_dir, [])
-    assert again["output_type"] == "mixture" and again["metrics"] == read_result(run_dir)["metrics"]
+    trained = read_result(run_dir)
+    assert again["output_type"] == "mixture" and again["metrics"] == trained["metrics"]
+    # one pipeline: every task's data sources, as training recorded them (eval once kept only the first task's)
+    assert again["provenance"]["data"] == trained["provenance"]["data"] and len(trained["provenance"]["data"]) > 1

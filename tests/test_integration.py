@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import ORIGINAL_PROMPTLAB_CACHE, ORIGINAL_PROMPTLAB_DATA, compose_config, read_result
 
-import promptlab.train
+import promptlab.run
 
 pytestmark = [
     pytest.mark.integration,
@@ -51,7 +51,7 @@ def real_cfg(monkeypatch):
 
 
 def test_zero_shot_real_model(real_cfg, tmp_path):
-    result = promptlab.train.run(real_cfg("method=zero_shot"), tmp_path / "run")
+    result = promptlab.run.run(real_cfg("method=zero_shot"), tmp_path / "run")
     assert result["status"] == "completed"
     assert read_result(tmp_path / "run")["status"] == "completed"
     assert result["model"] == "smollm2_135m"
@@ -67,7 +67,7 @@ def test_zero_shot_real_model(real_cfg, tmp_path):
 
 def test_prompt_tuning_real_model(real_cfg, tmp_path):
     cfg = real_cfg("method=prompt_tuning", "method.max_steps=2", "data.k_shot=2", "method.batch_size=2")
-    result = promptlab.train.run(cfg, tmp_path / "run")
+    result = promptlab.run.run(cfg, tmp_path / "run")
     assert result["status"] == "completed"
     assert 0.0 <= result["metrics"]["accuracy"] <= 1.0
     costs = result["costs"]

@@ -1,4 +1,4 @@
-"""End to end through promptlab.train.run on the tiny model: what each method trains, saves and costs."""
+"""End to end through promptlab.run.run on the tiny model: what each method trains, saves and costs."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import torch
 from conftest import compose_config, read_predictions, read_result
 from safetensors.torch import load_file
 
+import promptlab.run
+import promptlab.run.execute
 import promptlab.train
 from promptlab.data import eval_items, eval_loader
 from promptlab.errors import ConfigError
@@ -22,7 +24,7 @@ from promptlab.tasks import TaskSpec, load_task
 def captured(monkeypatch):
     """Wrap load_backbone inside run(): keep the Backbone and a copy of its weights as loaded."""
     seen = {}
-    real = promptlab.train.load_backbone
+    real = promptlab.run.execute.load_backbone
 
     def spy(cfg, cache_dir):
         backbone = real(cfg, cache_dir)
@@ -30,7 +32,7 @@ def captured(monkeypatch):
         seen["initial"] = {k: v.detach().clone() for k, v in backbone.model.state_dict().items()}
         return backbone
 
-    monkeypatch.setattr(promptlab.train, "load_backbone", spy)
+    monkeypatch.setattr(promptlab.run.execute, "load_backbone", spy)
     return seen
 
 
@@ -76,7 +78,7 @@ def test_prompt_tuning_trains_only_the_soft_prompt(make_cfg, run_dir, captured, 
 
     monkeypatch.setattr(PeftMethod, "prepare", prepare)
     cfg = make_cfg(method="prompt_tuning")
-    result = promptlab.train.run(cfg, run_dir)
+    result = promptlab.run.run(cfg, run_dir)
     assert result["status"] == "completed"
     assert result["costs"]["train_steps"] == 3
 
@@ -95,7 +97,7 @@ def test_prompt_tuning_trains_only_the_soft_prompt(make_cfg, run_dir, captured, 
 
 def test_full_finetune_changes_the_backbone(make_cfg, run_dir, captured):
     cfg = make_cfg(method="full_finetune")
-    result = promptlab.train.run(cfg, run_dir)
+    result = promptlab.run.run(cfg, run_dir)
     assert result["status"] == "completed"
     after = captured["backbone"].model.state_dict()
     changed = [k for k, v in captured["initial"].items() if not torch.equal(after[k], v)]
@@ -109,7 +111,7 @@ def test_full_finetune_changes_the_backbone(make_cfg, run_dir, captured):
 
 def test_soft_prompt_reload_reproduces_predictions(make_cfg, run_dir):
     cfg = make_cfg("method.lr=0.3", method="prompt_tuning")
-    promptlab.train.run(cfg, run_dir)
+    promptlab.run.run(cfg, run_dir)
     preds = read_predictions(run_dir)
     assert [r["idx"] for r in preds] == list(range(10))
 
@@ -124,8 +126,8 @@ def test_soft_prompt_reload_reproduces_predictions(make_cfg, run_dir):
 
 def test_same_seed_same_run(make_cfg, tmp_path):
     cfg = make_cfg(method="prompt_tuning")
-    promptlab.train.run(cfg, tmp_path / "a")
-    promptlab.train.run(cfg, tmp_path / "b")
+    promptlab.run.run(cfg, tmp_path / "a")
+    promptlab.run.run(cfg, tmp_path / "b")
     assert read_predictions(tmp_path / "a") == read_predictions(tmp_path / "b")
     assert read_result(tmp_path / "a")["config_hash"] == read_result(tmp_path / "b")["config_hash"]
 
@@ -133,7 +135,7 @@ def test_same_seed_same_run(make_cfg, tmp_path):
 @pytest.mark.parametrize("method", ["prompt_tuning", "full_finetune", "zero_shot", "few_shot"])
 def test_trainable_parameter_counts(make_cfg, run_dir, method):
     cfg = make_cfg(method=method)
-    costs = promptlab.train.run(cfg, run_dir)["costs"]
+    costs = promptlab.run.run(cfg, run_dir)["costs"]
     assert costs == read_result(run_dir)["costs"]
     backbone_params = sum(p.numel() for p in load_backbone(cfg.model, cfg.paths.cache_dir).model.parameters())
     if method == "prompt_tuning":
@@ -150,7 +152,7 @@ def test_trainable_parameter_counts(make_cfg, run_dir, method):
 
 @pytest.mark.parametrize("method", ["zero_shot", "few_shot"])
 def test_prompting_methods_train_and_store_nothing(make_cfg, run_dir, method):
-    result = promptlab.train.run(make_cfg(method=method), run_dir)
+    result = promptlab.run.run(make_cfg(method=method), run_dir)
     costs = result["costs"]
     assert costs["checkpoint_bytes"] == 0
     assert costs["train_seconds"] == 0
@@ -167,7 +169,7 @@ def test_prompting_methods_train_and_store_nothing(make_cfg, run_dir, method):
 
 @pytest.mark.parametrize("method", ["prompt_tuning", "full_finetune"])
 def test_trained_methods_store_a_checkpoint(make_cfg, run_dir, method):
-    result = promptlab.train.run(make_cfg(method=method), run_dir)
+    result = promptlab.run.run(make_cfg(method=method), run_dir)
     costs = result["costs"]
     assert costs["checkpoint_bytes"] > 0
     assert costs["train_seconds"] > 0
@@ -181,8 +183,8 @@ def test_trained_methods_store_a_checkpoint(make_cfg, run_dir, method):
 
 
 def test_few_shot_differs_from_zero_shot(make_cfg, tmp_path):
-    promptlab.train.run(make_cfg(method="zero_shot"), tmp_path / "zero")
-    promptlab.train.run(make_cfg(method="few_shot"), tmp_path / "few")
+    promptlab.run.run(make_cfg(method="zero_shot"), tmp_path / "zero")
+    promptlab.run.run(make_cfg(method="few_shot"), tmp_path / "few")
     zero, few = read_predictions(tmp_path / "zero"), read_predictions(tmp_path / "few")
     assert [r["idx"] for r in zero] == [r["idx"] for r in few]
     assert [r["log_probs"] for r in zero] != [r["log_probs"] for r in few]  # the demos reach the model
@@ -199,9 +201,9 @@ def test_bad_num_virtual_tokens_fails_before_model_load(make_cfg, run_dir, monke
     def no_model(*args, **kwargs):
         raise AssertionError("the model must not load for a config error")
 
-    monkeypatch.setattr(promptlab.train, "load_backbone", no_model)
+    monkeypatch.setattr(promptlab.run.execute, "load_backbone", no_model)
     with pytest.raises(ConfigError, match="num_virtual_tokens"):
-        promptlab.train.run(make_cfg(f"method.peft.num_virtual_tokens={value}", method="prompt_tuning"), run_dir)
+        promptlab.run.run(make_cfg(f"method.peft.num_virtual_tokens={value}", method="prompt_tuning"), run_dir)
     result = read_result(run_dir)
     assert result["status"] == "failed"
     assert "num_virtual_tokens" in result["error"]
@@ -247,14 +249,14 @@ def test_bad_num_virtual_tokens_fails_before_model_load(make_cfg, run_dir, monke
 def test_config_errors_fail_before_model_load(make_cfg, run_dir, monkeypatch, method, overrides, match):
     overrides = (overrides,) if isinstance(overrides, str) else overrides
     loaded = []
-    monkeypatch.setattr(promptlab.train, "load_backbone", lambda *a, **k: loaded.append(1) or pytest.fail("model loaded"))
+    monkeypatch.setattr(promptlab.run.execute, "load_backbone", lambda *a, **k: loaded.append(1) or pytest.fail("model loaded"))
     if match is None:  # the control: the same path goes on to load the model
         with pytest.raises(pytest.fail.Exception, match="model loaded"):
-            promptlab.train.run(make_cfg(*overrides, method=method), run_dir)
+            promptlab.run.run(make_cfg(*overrides, method=method), run_dir)
         assert loaded
         return
     with pytest.raises(ConfigError, match=match):
-        promptlab.train.run(make_cfg(*overrides, method=method), run_dir)
+        promptlab.run.run(make_cfg(*overrides, method=method), run_dir)
     assert not loaded
     result = read_result(run_dir)
     assert result["status"] == "failed" and "ConfigError" in result["error"]

@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import assert_only_trainable_changed, compose_config, read_predictions, write_jsonl
 
-import promptlab.train
+import promptlab.run
 from promptlab import eval as eval_cli
 from promptlab.errors import ConfigError
 from promptlab.methods import build_method
@@ -19,9 +19,9 @@ from promptlab.models import load_backbone
 from promptlab.module import PromptModule
 from promptlab.prompts import build_messages, encode_multimodal, render_content
 from promptlab.readout import ChoiceReadout
+from promptlab.run import plan
 from promptlab.tasks import TaskSpec, load_task
 from promptlab.tasks.shapes import make
-from promptlab.train import plan
 from promptlab.vision import ImageBlocks, pixel_inputs
 
 
@@ -67,7 +67,7 @@ TRAINED = [("vlm", "prompt_tuning"), ("vlm", "lora"), ("vlm", "ia3"), ("vlm", "f
 @pytest.mark.parametrize(("kind", "method"), TRAINED)
 def test_multimodal_method_trains_only_its_own_weights_and_reloads(mm_cfg, captured, run_dir, kind, method):
     cfg = mm_cfg(kind, method, "method.lr=0.05" if method in ("coop", "linear_probe") else "method.max_steps=2")
-    result = promptlab.train.run(cfg, run_dir)
+    result = promptlab.run.run(cfg, run_dir)
     assert result["status"] == "completed", result.get("error")
     model, before = captured["model"], captured["before"]
     trainable = assert_only_trainable_changed(model, before)
@@ -83,7 +83,7 @@ def test_multimodal_method_trains_only_its_own_weights_and_reloads(mm_cfg, captu
 
 @pytest.mark.parametrize(("kind", "method"), [("vlm", "zero_shot"), ("vlm", "few_shot"), ("clip", "clip_zero_shot")])
 def test_prompting_rows_on_images(mm_cfg, run_dir, kind, method):
-    result = promptlab.train.run(mm_cfg(kind, method), run_dir)
+    result = promptlab.run.run(mm_cfg(kind, method), run_dir)
     assert result["status"] == "completed", result.get("error")
     assert result["costs"]["trainable_params"] == 0 and result["costs"]["stored_params"] == 0
     rows = read_predictions(run_dir)
@@ -93,7 +93,7 @@ def test_prompting_rows_on_images(mm_cfg, run_dir, kind, method):
 @pytest.mark.parametrize(("data", "method"), [("shape_captions", "zero_shot"), ("shape_captions", "prompt_tuning"),
                                              ("shape_vqa", "few_shot")])
 def test_captions_and_answers_are_generated_from_images(mm_cfg, run_dir, data, method):
-    result = promptlab.train.run(mm_cfg("vlm", method, data=data), run_dir)
+    result = promptlab.run.run(mm_cfg("vlm", method, data=data), run_dir)
     assert result["status"] == "completed", result.get("error")
     rows = read_predictions(run_dir)
     assert len(rows) == 8 and all("generation" in r for r in rows)
@@ -161,7 +161,7 @@ def test_coop_beats_chance_on_the_colour_task(tmp_path, run_dir):
     cfg = compose_config(["model=tiny_random_clip", "method=coop", "data=colours", f"paths.data_root={tmp_path / 'd'}",
                           f"paths.cache_dir={tmp_path / 'cache'}", "logger=none", "method.context=''",
                           "method.n_ctx=16", "method.lr=0.01", "method.max_steps=100"])
-    result = promptlab.train.run(cfg, run_dir)
+    result = promptlab.run.run(cfg, run_dir)
     assert result["status"] == "completed", result.get("error")
     assert result["metrics"]["accuracy"] >= 0.4  # chance: 0.25 (4 colours); 32 examples
 
@@ -243,7 +243,7 @@ def test_the_report_shows_multimodal_rows_like_any_other(mm_cfg, tmp_path):
     from promptlab.report import write_report
 
     for kind, method in [("clip", "clip_zero_shot"), ("clip", "linear_probe"), ("vlm", "zero_shot")]:
-        assert promptlab.train.run(mm_cfg(kind, method), tmp_path / "runs" / method)["status"] == "completed"
+        assert promptlab.run.run(mm_cfg(kind, method), tmp_path / "runs" / method)["status"] == "completed"
     write_report(tmp_path / "runs", tmp_path / "report")
     table = (tmp_path / "report" / "table.md").read_text()
     for text in ("CLIP zero-shot", "Linear probe", "Zero-shot", "tiny_random_clip", "tiny_random_vlm", "| Model"):

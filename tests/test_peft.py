@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from test_generation import gen_cfg  # noqa: F401  (fixture)
 from test_scoring import brute_force, make_prompts, shared
 
-import promptlab.train
+import promptlab.run
 from promptlab.data import eval_items, eval_loader
 from promptlab.errors import ConfigError
 from promptlab.methods import build_method
@@ -56,7 +56,7 @@ def rescore(cfg, model, tok) -> list[dict]:
 @pytest.mark.parametrize("method", PEFT_METHODS)
 def test_peft_method_trains_only_its_own_weights_and_reloads(make_cfg, run_dir, prepared, method):
     cfg = make_cfg("method.max_steps=2", method=method)
-    result = promptlab.train.run(cfg, run_dir)
+    result = promptlab.run.run(cfg, run_dir)
     assert result["status"] == "completed", result.get("error")
     model, before = prepared["model"], prepared["before"]
     trainable = assert_only_trainable_changed(model, before)
@@ -106,7 +106,7 @@ def test_generation_with_prompt_adapters_is_greedy_and_reloads(gen_cfg, run_dir,
     left-padded as a run batches it, writes each row's greedy tokens (checked against the whole unpadded sequence
     recomputed at every step) and, reloaded, exactly what the run recorded."""
     cfg = gen_cfg("method.max_steps=2", "method.lr=0.3", method=method)
-    result = promptlab.train.run(cfg, run_dir)
+    result = promptlab.run.run(cfg, run_dir)
     assert result["status"] == "completed", result.get("error")
     backbone = load_backbone(cfg.model, cfg.paths.cache_dir)
     model = build_method(cfg.method).load(backbone, run_dir / "checkpoint")
@@ -131,7 +131,7 @@ def test_generation_with_prompt_adapters_is_greedy_and_reloads(gen_cfg, run_dir,
 ])
 def test_peft_errors_found_on_the_model_are_one_clear_message(make_cfg, run_dir, override, match):
     with pytest.raises(ConfigError, match=match):
-        promptlab.train.run(make_cfg(override, method="lora"), run_dir)
+        promptlab.run.run(make_cfg(override, method="lora"), run_dir)
     assert read_result(run_dir)["status"] == "failed"
 
 
@@ -185,4 +185,4 @@ def test_peft_fields_of_the_wrong_type_or_a_zero_size_are_refused_before_the_mod
     """PEFT itself takes any string as a true bool (use_dora=no would train DoRA and record LoRA) and builds an
     all-zero prompt for num_ranks=0."""
     with pytest.raises(ConfigError, match=match):
-        promptlab.train.plan(make_cfg(override, method=method))
+        promptlab.run.plan(make_cfg(override, method=method))

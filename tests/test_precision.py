@@ -69,12 +69,12 @@ def test_unknown_precision_is_one_config_error(bad):
 def test_a_bf16_run_trains_and_scores_like_fp32_within_bf16_rounding(make_cfg, tmp_path, method):
     from conftest import read_predictions, read_result
 
-    import promptlab.train
+    import promptlab.run
 
     records = {}
     for p in ("32-true", "bf16-mixed"):
         cfg = make_cfg(f"trainer.precision={p}", method=method)
-        promptlab.train.run(cfg, tmp_path / p)
+        promptlab.run.run(cfg, tmp_path / p)
         records[p] = read_result(tmp_path / p)
         assert records[p]["status"] == "completed" and records[p]["provenance"]["precision"] == p
     fp32, bf16 = (torch.tensor([r["log_probs"] for r in read_predictions(tmp_path / p)]) for p in records)

@@ -8,7 +8,7 @@ from omegaconf import OmegaConf, open_dict
 from test_generation import GEN_TASK, qa_rows
 from test_tasks import COPA_LIKE, copa_rows
 
-import promptlab.train
+import promptlab.run
 
 
 def runs_with_batch_sizes(cfg, tmp_path, sizes=(1, 3, 16)) -> list[list[dict]]:
@@ -16,7 +16,7 @@ def runs_with_batch_sizes(cfg, tmp_path, sizes=(1, 3, 16)) -> list[list[dict]]:
     for size in sizes:
         with open_dict(cfg):
             cfg.eval_batch_size = size
-        promptlab.train.run(cfg, tmp_path / f"b{size}")
+        promptlab.run.run(cfg, tmp_path / f"b{size}")
         out.append(read_predictions(tmp_path / f"b{size}"))
     return out
 
@@ -56,7 +56,7 @@ def test_record_holds_what_reproducing_the_run_needs(make_cfg, data_root, run_di
     import hashlib
     import json
 
-    promptlab.train.run(make_cfg(method="few_shot"), run_dir)
+    promptlab.run.run(make_cfg(method="few_shot"), run_dir)
     rec = json.loads((run_dir / "result.json").read_text())
     prov = rec["provenance"]
     assert prov["seeds"] == {"run": 0, "budget": 0, "demos": 1, "train_order": 0, "dev_split": [1234, 0],

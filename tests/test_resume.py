@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import read_predictions, read_result
 
-import promptlab.train
+import promptlab.run
 from promptlab import resume, signals
 from promptlab.module import PromptModule
 
@@ -40,18 +40,18 @@ def scores(run_dir) -> list:
 @pytest.mark.parametrize("method", ["prompt_tuning", "full_finetune"])
 def test_sigterm_then_rerun_matches_an_uninterrupted_run(make_cfg, tmp_path, monkeypatch, method):
     cfg = make_cfg(*STEPS, method=method)
-    promptlab.train.run(cfg, tmp_path / "whole")
+    promptlab.run.run(cfg, tmp_path / "whole")
 
     stopped = tmp_path / "stopped"
     with monkeypatch.context() as m:
         fail_at(m, 4)  # the signal arrives during step 5; the step ends, is saved, then the run stops
         with pytest.raises(signals.Interrupted):
-            promptlab.train.run(cfg, stopped)
+            promptlab.run.run(cfg, stopped)
     first = read_result(stopped)
     assert first["status"] == "interrupted"
     assert resume.checkpoint_path(stopped).is_file()
 
-    again = promptlab.train.run(cfg, stopped)
+    again = promptlab.run.run(cfg, stopped)
     assert again["status"] == "completed"
     assert again["run_id"] == first["run_id"]  # the same run (and wandb run), continued
     assert [(r["from_step"], r["previous_status"]) for r in again["resumes"]] == [(5, "interrupted")]
@@ -65,16 +65,16 @@ def test_sigterm_then_rerun_matches_an_uninterrupted_run(make_cfg, tmp_path, mon
 
 def test_crash_resumes_from_the_last_periodic_checkpoint(make_cfg, tmp_path, monkeypatch):
     cfg = make_cfg(*STEPS, "checkpoint_every_n_steps=2", method="prompt_tuning")
-    promptlab.train.run(cfg, tmp_path / "whole")
+    promptlab.run.run(cfg, tmp_path / "whole")
 
     crashed = tmp_path / "crashed"
     with monkeypatch.context() as m:
         fail_at(m, 5, RuntimeError("node lost"))  # steps 1-5 done; the checkpoint of step 4 is the latest
         with pytest.raises(RuntimeError):
-            promptlab.train.run(cfg, crashed)
+            promptlab.run.run(cfg, crashed)
     assert read_result(crashed)["status"] == "failed"
 
-    again = promptlab.train.run(cfg, crashed)
+    again = promptlab.run.run(cfg, crashed)
     assert [r["from_step"] for r in again["resumes"]] == [4]
     assert scores(crashed) == scores(tmp_path / "whole")
 
@@ -85,9 +85,9 @@ def test_time_schedule_saves_after_the_period(make_cfg, tmp_path, monkeypatch):
     with monkeypatch.context() as m:
         fail_at(m, 5, RuntimeError("node lost"))
         with pytest.raises(RuntimeError):
-            promptlab.train.run(cfg, run_dir)
+            promptlab.run.run(cfg, run_dir)
     assert read_result(run_dir)["costs"]["resume_checkpoints"] == 5
-    assert [r["from_step"] for r in promptlab.train.run(cfg, run_dir)["resumes"]] == [5]
+    assert [r["from_step"] for r in promptlab.run.run(cfg, run_dir)["resumes"]] == [5]
 
 
 def test_checkpoint_holds_only_what_training_changes(make_cfg, tmp_path, monkeypatch):
@@ -96,7 +96,7 @@ def test_checkpoint_holds_only_what_training_changes(make_cfg, tmp_path, monkeyp
     with monkeypatch.context() as m:
         fail_at(m, 2)
         with pytest.raises(signals.Interrupted):
-            promptlab.train.run(cfg, run_dir)
+            promptlab.run.run(cfg, run_dir)
     ckpt = torch.load(resume.checkpoint_path(run_dir), map_location="cpu", weights_only=False)
     assert list(ckpt["state_dict"]) == ["model.prompt_encoder.default.embedding.weight"]  # no frozen backbone
     assert ckpt["global_step"] == 3
@@ -111,9 +111,9 @@ def test_other_config_or_resume_false_starts_afresh(make_cfg, tmp_path, monkeypa
     with monkeypatch.context() as m:
         fail_at(m, 2)
         with pytest.raises(signals.Interrupted):
-            promptlab.train.run(make_cfg(*STEPS, method="prompt_tuning"), run_dir)
+            promptlab.run.run(make_cfg(*STEPS, method="prompt_tuning"), run_dir)
     first = read_result(run_dir)["run_id"]
-    again = promptlab.train.run(make_cfg(*STEPS, change, method="prompt_tuning"), run_dir)
+    again = promptlab.run.run(make_cfg(*STEPS, change, method="prompt_tuning"), run_dir)
     assert again["resumes"] == [] and again["run_id"] != first
     assert again["costs"]["train_steps"] == 7
 
@@ -138,7 +138,7 @@ def test_bad_resume_values_are_config_errors(make_cfg, run_dir):
                      ("checkpoint_every_minutes=abc", "checkpoint_every_minutes"),
                      ("checkpoint_every_n_steps=1.5", "checkpoint_every_n_steps"), ("resume=1", "resume")):
         with pytest.raises(ConfigError, match=key):
-            promptlab.train.run(make_cfg(bad), run_dir)
+            promptlab.run.run(make_cfg(bad), run_dir)
 
 
 def test_resumed_run_continues_its_wandb_run(make_cfg, tmp_path, monkeypatch):
@@ -147,7 +147,7 @@ def test_resumed_run_continues_its_wandb_run(make_cfg, tmp_path, monkeypatch):
     with monkeypatch.context() as m:
         fail_at(m, 2)
         with pytest.raises(signals.Interrupted):
-            promptlab.train.run(cfg, run_dir)
-    run_id = promptlab.train.run(cfg, run_dir)["run_id"]
+            promptlab.run.run(cfg, run_dir)
+    run_id = promptlab.run.run(cfg, run_dir)["run_id"]
     attempts = sorted((run_dir / "wandb").glob("offline-run-*"))
     assert len(attempts) == 2 and all(run_id in p.name for p in attempts), attempts  # resumed

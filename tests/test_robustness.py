@@ -21,6 +21,9 @@ from pathlib import Path
 import pytest
 from conftest import EVAL_TEXT_FROM, read_result, sst2_rows, write_jsonl
 
+import promptlab.run
+import promptlab.run.execute
+import promptlab.run.planning
 import promptlab.train
 from promptlab import signals, sweep
 from promptlab.errors import ConfigError
@@ -32,7 +35,7 @@ from promptlab.tracking import FILE_MODE, RunRecord, effective_wandb_mode, run_l
 @pytest.fixture
 def no_model(monkeypatch):
     """A config error must be reported before the model loads."""
-    monkeypatch.setattr(promptlab.train, "load_backbone", lambda *a, **k: pytest.fail("the model loaded"))
+    monkeypatch.setattr(promptlab.run.execute, "load_backbone", lambda *a, **k: pytest.fail("the model loaded"))
 
 
 def send(signum: int) -> None:
@@ -91,7 +94,7 @@ def test_bad_values_fail_first_with_a_record(make_cfg, run_dir, no_model, overri
     method = "prompt_tuning" if overrides[0].startswith("method.") else "zero_shot"
     start = time.perf_counter()
     with pytest.raises(ConfigError, match=match) as err:
-        promptlab.train.run(make_cfg(*overrides, method=method), run_dir)
+        promptlab.run.run(make_cfg(*overrides, method=method), run_dir)
     assert time.perf_counter() - start < 5  # one message, not a stall (well under a second when idle)
     assert err.value.fix and "\n" not in err.value.problem
     result = read_result(run_dir)
@@ -104,7 +107,7 @@ def test_hub_id_folder_without_a_model_is_named(make_cfg, run_dir, tmp_path, no_
     folder.mkdir()
     (folder / "notes.txt").write_text("weights went elsewhere")
     with pytest.raises(ConfigError, match=f"{folder} is not a model folder: it lacks config.json, weights"):
-        promptlab.train.run(make_cfg("model=hub", f"model.hub_id={folder}"), run_dir)
+        promptlab.run.run(make_cfg("model=hub", f"model.hub_id={folder}"), run_dir)
     check_hub_id("HuggingFaceTB/SmolLM2-135M-Instruct")  # a Hub id is not taken for a path
 
 
@@ -112,7 +115,7 @@ def test_runs_dir_that_cannot_be_written(make_cfg, tmp_path, no_model):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     with pytest.raises(ConfigError, match="cannot write"):
-        promptlab.train.run(make_cfg(), blocker / "run")
+        promptlab.run.run(make_cfg(), blocker / "run")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes to read-only directories")
@@ -122,13 +125,13 @@ def test_read_only_runs_dir(make_cfg, tmp_path, no_model):
     runs.chmod(0o500)
     try:
         with pytest.raises(ConfigError, match="Permission denied"):
-            promptlab.train.run(make_cfg(), runs / "run")
+            promptlab.run.run(make_cfg(), runs / "run")
     finally:
         runs.chmod(0o700)
 
 
 def test_cli_runs_dir_that_cannot_be_written(monkeypatch, capsys, data_root, tmp_path, no_model):
-    monkeypatch.setattr(promptlab.train, "load_task", lambda *a, **k: pytest.fail("data loaded"))
+    monkeypatch.setattr(promptlab.run.planning, "load_task", lambda *a, **k: pytest.fail("data loaded"))
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     for mode in ((), ("-m", "seed=1,2")):
@@ -147,7 +150,7 @@ def write_sst2(root: Path, train: list[dict], validation: list[dict] | None = No
 def test_class_without_training_examples_gets_a_real_fix(make_cfg, run_dir, tmp_path, no_model):
     root = write_sst2(tmp_path / "data", [r for r in sst2_rows(12) if r["label"] == 1])
     with pytest.raises(ConfigError, match="class 0 has no training examples") as err:
-        promptlab.train.run(make_cfg(f"paths.data_root={root}", method="few_shot"), run_dir)
+        promptlab.run.run(make_cfg(f"paths.data_root={root}", method="few_shot"), run_dir)
     assert "<= 0" not in err.value.fix and "train_size" in err.value.fix
 
 
@@ -155,7 +158,7 @@ def test_non_utf8_data_is_one_message(make_cfg, run_dir, tmp_path, no_model):
     root = write_sst2(tmp_path / "data", sst2_rows(6))
     (root / "sst2" / "validation.jsonl").write_bytes(b'{"idx": 0, "sentence": "caf\xe9 cr\xe8me", "label": 1}\n')
     with pytest.raises(ConfigError, match="UTF-8") as err:
-        promptlab.train.run(make_cfg(f"paths.data_root={root}"), run_dir)
+        promptlab.run.run(make_cfg(f"paths.data_root={root}"), run_dir)
     assert "validation.jsonl" in err.value.problem
 
 
@@ -163,7 +166,7 @@ def test_repeated_idx_never_gives_two_predictions_one_idx(make_cfg, run_dir, tmp
     validation = sst2_rows(3, text_from=EVAL_TEXT_FROM)
     validation[4]["idx"] = 0  # a repeat of row 0's id (string ids: test_tasks.py)
     root = write_sst2(tmp_path / "data", sst2_rows(10), validation)
-    result = promptlab.train.run(make_cfg(f"paths.data_root={root}"), run_dir)
+    result = promptlab.run.run(make_cfg(f"paths.data_root={root}"), run_dir)
     assert result["status"] == "completed"
     ids = [json.loads(line)["idx"] for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
     assert ids == list(range(6))  # every row's position, as for data without an idx column
@@ -198,7 +201,7 @@ def test_records_and_predictions_are_readable_by_others(make_cfg, run_dir):
     umask = os.umask(0o022)
     os.umask(umask)
     assert (0o666 & ~umask) == FILE_MODE  # as open() would create them; mkstemp alone gives 0600
-    promptlab.train.run(make_cfg(), run_dir)
+    promptlab.run.run(make_cfg(), run_dir)
     for name in ("result.json", "predictions.jsonl"):
         assert stat.S_IMODE((run_dir / name).stat().st_mode) == FILE_MODE, name
 
@@ -240,16 +243,16 @@ def test_last_record_is_final(make_cfg, tmp_path):
 
 
 @pytest.mark.parametrize(("signum", "target", "name", "method", "phase"), [
-    (signal.SIGTERM, promptlab.train, "load_task", "zero_shot", "loading data"),
-    (signal.SIGTERM, promptlab.train.PromptModule, "training_step", "prompt_tuning", "training"),
-    (signal.SIGINT, promptlab.train.PromptModule, "predict_step", "zero_shot", "evaluation"),
+    (signal.SIGTERM, promptlab.run.planning, "load_task", "zero_shot", "loading data"),
+    (signal.SIGTERM, promptlab.run.execute.PromptModule, "training_step", "prompt_tuning", "training"),
+    (signal.SIGINT, promptlab.run.execute.PromptModule, "predict_step", "zero_shot", "evaluation"),
 ])
 def test_signal_in_any_phase_records_interrupted(make_cfg, run_dir, monkeypatch, signum, target, name, method,
                                                  phase):
     before = signal.getsignal(signum)
     signal_during(monkeypatch, target, name, signum)
     with pytest.raises(signals.Interrupted) as err:
-        promptlab.train.run(make_cfg(method=method), run_dir)
+        promptlab.run.run(make_cfg(method=method), run_dir)
     assert err.value.exit_code == 128 + signum
     result = read_result(run_dir)
     assert result["status"] == "interrupted"
@@ -274,7 +277,7 @@ def test_signal_during_a_deferred_block_is_raised_after_it():
 
 
 def test_cli_single_run_sigterm_exits_143(monkeypatch, capsys, data_root, tmp_path):
-    signal_during(monkeypatch, promptlab.train, "load_task", signal.SIGTERM)
+    signal_during(monkeypatch, promptlab.run.planning, "load_task", signal.SIGTERM)
     code, err = cli(monkeypatch, capsys, f"paths.data_root={data_root}", "data.dev_size=8", f"hydra.run.dir={tmp_path / 'run'}")
     assert code == 143, err
     assert read_result(tmp_path / "run")["status"] == "interrupted"
@@ -282,7 +285,7 @@ def test_cli_single_run_sigterm_exits_143(monkeypatch, capsys, data_root, tmp_pa
 
 
 def test_cli_sweep_stops_at_a_signal_and_says_what_did_not_run(monkeypatch, capsys, data_root, tmp_path):
-    signal_during(monkeypatch, promptlab.train, "load_task", signal.SIGINT)
+    signal_during(monkeypatch, promptlab.run.planning, "load_task", signal.SIGINT)
     code, err = cli(monkeypatch, capsys, "-m", "seed=1,2,3", f"paths.data_root={data_root}", "data.dev_size=8",
                     f"hydra.sweep.dir={tmp_path / 'sweep'}")
     assert code == 130, err
@@ -303,7 +306,7 @@ def test_sweep_dir_reuse_never_replaces_another_configs_record(monkeypatch, caps
     member = tmp_path / "sweep" / "0_zero_shot_sst2_s1"
     before = (member / "result.json").read_bytes(), (member / "predictions.jsonl").read_bytes()
 
-    monkeypatch.setattr(promptlab.train, "load_backbone", lambda *a, **k: pytest.fail("the model loaded"))
+    monkeypatch.setattr(promptlab.run.execute, "load_backbone", lambda *a, **k: pytest.fail("the model loaded"))
     code, err = cli(monkeypatch, capsys, *args, "data.template=1")
     assert code == 1, err
     assert ((member / "result.json").read_bytes(), (member / "predictions.jsonl").read_bytes()) == before
@@ -370,7 +373,7 @@ def test_full_disk_is_one_message_not_a_traceback(monkeypatch, capsys, data_root
 def test_bad_progress_interval_is_a_config_error(make_cfg, run_dir, no_model, monkeypatch, value):
     monkeypatch.setenv("PROMPTLAB_PROGRESS_EVERY", value)
     with pytest.raises(ConfigError, match="PROMPTLAB_PROGRESS_EVERY"):
-        promptlab.train.run(make_cfg(), run_dir)
+        promptlab.run.run(make_cfg(), run_dir)
 
 
 @pytest.mark.parametrize(("override", "match"), [
@@ -404,7 +407,7 @@ def test_a_report_over_an_eval_record_of_an_untrained_task_is_written(make_cfg, 
 
     root = tmp_path / "runs"
     cfg = make_cfg()
-    promptlab.train.run(cfg, root / "zs")
+    promptlab.run.run(cfg, root / "zs")
     run_eval(root / "zs", ["data=rte", f"paths.data_root={cfg.paths.data_root}", "data.dev_size=8"])
     assert report_main([str(root), "--bootstrap", "50"]) == 0
     assert (root / "report" / "index.html").is_file() and "rte" in (root / "report" / "table.md").read_text()
@@ -420,7 +423,7 @@ def test_promptlab_eval_refuses_another_backbone_unless_asked(make_cfg, tmp_path
     from promptlab.eval import run_eval
 
     cfg = make_cfg(method="prompt_tuning")
-    promptlab.train.run(cfg, tmp_path / "pt")
+    promptlab.run.run(cfg, tmp_path / "pt")
     with pytest.raises(ConfigError, match=r"not the one the run trained on \(init_seed: 0 then, 1 now\)") as err:
         run_eval(tmp_path / "pt", ["model.init_seed=1"])
     assert "allow_other_model=true" in err.value.fix

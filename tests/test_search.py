@@ -20,15 +20,16 @@ from conftest import (
     write_jsonl,
 )
 
-import promptlab.train
+import promptlab.run.execute
+import promptlab.run.planning
 from promptlab import search
 from promptlab.errors import ConfigError
 from promptlab.evaluation.ensemble import combine
+from promptlab.run import plan, run
 from promptlab.search import SearchSpec
 from promptlab.tasks import load_task
 from promptlab.tasks.loading import input_text
 from promptlab.tasks.spec import TaskSpec
-from promptlab.train import plan, run
 
 
 @pytest.fixture
@@ -234,9 +235,9 @@ def test_knn_demos_are_the_nearest_training_examples(cfg_of, tmp_path):
     cfg = cfg_of("method.demo_selection=knn", "method.num_demos=2", method="few_shot")
     p = plan(cfg)
     assert p.demos == p.pool  # kNN draws from the whole training sample
-    backbone = promptlab.train.load_backbone(cfg.model, cfg.paths.cache_dir)
+    backbone = promptlab.run.execute.load_backbone(cfg.model, cfg.paths.cache_dir)
     model = p.method.prepare(backbone, p.spec)
-    module, encoder = promptlab.train.build_module(p, backbone, model)
+    module, encoder = promptlab.run.execute.build_module(p, backbone, model)
     query = p.pool[3]
     turns = encoder.demos(query)
     assert len(turns) == 2
@@ -275,7 +276,7 @@ def test_knn_demos_are_the_nearest_training_examples(cfg_of, tmp_path):
     (["search=ape", "search.meta_examples=40"], "zero_shot", "meta_examples=40"),
 ])
 def test_bad_search_settings_fail_before_the_model_loads(cfg_of, tmp_path, monkeypatch, overrides, method, match):
-    monkeypatch.setattr(promptlab.train, "load_backbone", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(promptlab.run.execute, "load_backbone", lambda *a, **k: pytest.fail("the model was loaded"))
     with pytest.raises(ConfigError, match=match):
         run(cfg_of(*overrides, method=method), tmp_path / "run")
 
@@ -374,7 +375,7 @@ def test_demonstration_draws_are_candidates_chosen_on_dev(cfg_of, tmp_path):
     cfg = cfg_of("search=templates", "search.templates=[0,1]", "search.demo_draws=3", "method.num_demos=2",
                  method="few_shot")
     p = plan(cfg)
-    draws = promptlab.train.demo_draws(p)
+    draws = promptlab.run.planning.demo_draws(p)
     assert len(draws) == 3 and draws[0] == p.demos
     assert len({tuple(r["idx"] for r in d) for d in draws}) == 3  # three different sets from the same sample
     sample = {r["idx"] for r in p.pool}

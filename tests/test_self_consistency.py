@@ -9,7 +9,7 @@ from conftest import read_predictions
 from test_generation import gen_cfg, plain, prompts_of  # noqa: F401  (gen_cfg: a fixture)
 
 import promptlab.readout.generate as G
-import promptlab.train
+import promptlab.run
 from promptlab.errors import ConfigError
 from promptlab.evaluation.filters import build_filters, build_list_filters, majority_vote, take_first
 
@@ -57,7 +57,7 @@ def test_sampling_is_seeded_per_pass(tiny_backbone, by_hand):
 
 def test_self_consistency_on_a_generation_task_votes_over_filtered_answers(gen_cfg, run_dir):  # noqa: F811
     cfg = gen_cfg("method.num_demos=2", "method.sampling.samples=3", method="self_consistency")
-    result = promptlab.train.run(cfg, run_dir)
+    result = promptlab.run.run(cfg, run_dir)
     assert result["status"] == "completed" and result["method_info"]["display_name"] == "Self-consistency"
     extract = build_filters(cfg.data.filters)
     rows = read_predictions(run_dir)
@@ -72,7 +72,7 @@ def test_self_consistency_on_a_generation_task_votes_over_filtered_answers(gen_c
 def test_self_consistency_on_a_choice_task_votes_over_scored_paths(make_cfg, run_dir):
     cfg = make_cfg("method.num_demos=2", "method.max_new_tokens=4", "method.sampling.samples=3",
                    "select_readout=false", method="self_consistency")
-    result = promptlab.train.run(cfg, run_dir)
+    result = promptlab.run.run(cfg, run_dir)
     assert result["status"] == "completed"
     rows = read_predictions(run_dir)
     for r in rows:
@@ -97,4 +97,4 @@ def test_self_consistency_on_a_choice_task_votes_over_scored_paths(make_cfg, run
 ])
 def test_sampling_mistakes_are_refused_before_the_model_loads(make_cfg, method, overrides, match):
     with pytest.raises(ConfigError, match=match):
-        promptlab.train.plan(make_cfg(*overrides, method=method))
+        promptlab.run.plan(make_cfg(*overrides, method=method))

@@ -12,7 +12,7 @@ import torch
 from conftest import assert_greedy, compose_config, make_data_root, read_predictions
 from safetensors.torch import save_file
 
-import promptlab.train
+import promptlab.run
 from promptlab.data import eval_items
 from promptlab.errors import ConfigError
 from promptlab.methods import build_method
@@ -45,7 +45,7 @@ def runs(tmp_path_factory) -> dict[tuple[str, str], tuple]:
                 f"paths.cache_dir={root / 'cache'}", "logger=none", "data.k_shot=2", "eval_batch_size=8",
                 "method.max_steps=2", "method.batch_size=4", "method.lr=0.3", "data.dev_size=8"])
             run_dir = root / f"{method}_{task}"
-            result = promptlab.train.run(cfg, run_dir)
+            result = promptlab.run.run(cfg, run_dir)
             assert result["status"] == "completed", result.get("error")
             out[method, task] = cfg, run_dir
     return out

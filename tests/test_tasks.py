@@ -9,7 +9,8 @@ import torch
 from conftest import EVAL_TEXT_FROM, read_predictions, read_result, sst2_rows, write_jsonl
 from omegaconf import OmegaConf, open_dict
 
-import promptlab.train
+import promptlab.run
+import promptlab.run.execute
 from promptlab.errors import ConfigError
 from promptlab.prompts import Encoder
 from promptlab.readout import ChoiceReadout, brute_force_scores
@@ -83,7 +84,7 @@ def test_per_example_choices_score_like_brute_force(data_root, tiny_backbone):
 def test_copa_like_task_trains_and_records(make_cfg, data_root, run_dir):
     write_jsonl(data_root / "tinycopa" / "validation.jsonl", copa_rows(6, text_from=EVAL_TEXT_FROM))
     write_jsonl(data_root / "tinycopa" / "train.jsonl", copa_rows(14))
-    result = promptlab.train.run(with_task(make_cfg(method="prompt_tuning"), **COPA_LIKE), run_dir)
+    result = promptlab.run.run(with_task(make_cfg(method="prompt_tuning"), **COPA_LIKE), run_dir)
     assert result["status"] == "completed" and result["chance"] == 0.5
     rows = read_predictions(run_dir)
     assert {r["pred_name"] for r in rows} <= {"choice1", "choice2"}
@@ -98,7 +99,7 @@ def test_multiclass_fixed_choices(make_cfg, data_root, run_dir, n_classes):
     task = {"name": "multi", "output_type": "choice", "local_dir": "multi", "templates": ["Review: {text}"],
             "label_column": "label", "choices": words, "metrics": ["accuracy", "macro_f1"],
             "primary_metric": "accuracy", "k_shot": 2, "dev_size": 2 * n_classes + 2}
-    result = promptlab.train.run(with_task(make_cfg(method="few_shot", **{}), **task), run_dir)
+    result = promptlab.run.run(with_task(make_cfg(method="few_shot", **{}), **task), run_dir)
     assert result["status"] == "completed" and result["chance"] == pytest.approx(1 / n_classes)
     assert all(len(r["log_probs"]) == n_classes for r in read_predictions(run_dir))
 
@@ -133,9 +134,9 @@ CHOICE = {"name": "c", "output_type": "choice", "local_dir": "sst2", "templates"
     ({**GEN, "train_size": 0}, "train_size"),
 ])
 def test_bad_task_config_fails_before_the_model_loads(make_cfg, run_dir, monkeypatch, task, match):
-    monkeypatch.setattr(promptlab.train, "load_backbone", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.setattr(promptlab.run.execute, "load_backbone", lambda *a, **k: pytest.fail("model loaded"))
     cfg = with_task(make_cfg(method="prompt_tuning"), **task)
     with pytest.raises(ConfigError, match=match) as err:
-        promptlab.train.run(cfg, run_dir)
+        promptlab.run.run(cfg, run_dir)
     assert err.value.fix  # every message says what to do
     assert read_result(run_dir)["status"] == "failed"

@@ -9,7 +9,9 @@ from dataclasses import asdict, fields
 import pytest
 from conftest import compose_config, read_predictions, read_result
 
-import promptlab.train
+import promptlab.run
+import promptlab.run.execute
+import promptlab.run.planning
 from promptlab.methods import build_method
 from promptlab.schema import COST_KEYS, PREDICTION_KEYS, SCHEMA_VERSION, Machine, MethodInfo, RunResult
 from promptlab.tasks import TaskSpec, load_task
@@ -33,7 +35,7 @@ def as_run_result(record: dict) -> RunResult:
 @pytest.mark.parametrize("method", ["zero_shot", "prompt_tuning"])
 def test_result_json_schema(make_cfg, run_dir, method):
     cfg = make_cfg("seed=3", "data.template=1", "logger=csv", method=method)
-    returned = promptlab.train.run(cfg, run_dir)
+    returned = promptlab.run.run(cfg, run_dir)
     result = read_result(run_dir)
     assert result == json.loads(json.dumps(returned, default=str))
     assert set(result) >= TOP_LEVEL_KEYS
@@ -83,7 +85,7 @@ def test_result_json_schema(make_cfg, run_dir, method):
 
 def test_predictions_jsonl_rows(make_cfg, run_dir):
     cfg = make_cfg("method.num_demos=2", method="few_shot")
-    result = promptlab.train.run(cfg, run_dir)
+    result = promptlab.run.run(cfg, run_dir)
     rows = read_predictions(run_dir)
     spec = TaskSpec.from_config(cfg.data)
     assert [r["idx"] for r in rows] == list(range(10))  # every eval example once, sorted by idx
@@ -134,7 +136,7 @@ def test_run_record_refuses_fields_the_schema_does_not_declare(tmp_path):
 @pytest.mark.parametrize("method", ["zero_shot", "prompt_tuning"])
 def test_csv_logger_writes_eval_metrics(make_cfg, run_dir, method):
     """logger=csv (and logger=wandb, which has csv: true) must leave the eval metrics in csv/metrics.csv."""
-    result = promptlab.train.run(make_cfg("logger=csv", method=method), run_dir)
+    result = promptlab.run.run(make_cfg("logger=csv", method=method), run_dir)
     metrics_csv = run_dir / "csv" / "metrics.csv"
     assert metrics_csv.is_file(), "CSVLogger never flushed: run() logs eval metrics but never calls save()"
     header, *rows = metrics_csv.read_text().splitlines()
@@ -146,8 +148,8 @@ def test_csv_logger_writes_eval_metrics(make_cfg, run_dir, method):
 
 def test_two_runs_get_distinct_ids(make_cfg, tmp_path):
     cfg = make_cfg()
-    a = promptlab.train.run(cfg, tmp_path / "a")["run_id"]
-    b = promptlab.train.run(cfg, tmp_path / "b")["run_id"]
+    a = promptlab.run.run(cfg, tmp_path / "a")["run_id"]
+    b = promptlab.run.run(cfg, tmp_path / "b")["run_id"]
     assert a != b
 
 
@@ -189,9 +191,9 @@ def test_failing_run_is_recorded_and_reraised(make_cfg, run_dir, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("boom: the data went away")
 
-    monkeypatch.setattr(promptlab.train, "load_backbone", boom)
+    monkeypatch.setattr(promptlab.run.execute, "load_backbone", boom)
     with pytest.raises(RuntimeError, match="boom"):
-        promptlab.train.run(make_cfg(method="prompt_tuning"), run_dir)
+        promptlab.run.run(make_cfg(method="prompt_tuning"), run_dir)
     result = read_result(run_dir)
     assert result["status"] == "failed"
     assert "RuntimeError" in result["error"] and "boom: the data went away" in result["error"]
@@ -207,9 +209,9 @@ def test_failure_during_training_is_recorded(make_cfg, run_dir, monkeypatch):
     def boom(self, *args, **kwargs):
         raise RuntimeError("training diverged")
 
-    monkeypatch.setattr(promptlab.train.PromptModule, "training_step", boom)
+    monkeypatch.setattr(promptlab.run.execute.PromptModule, "training_step", boom)
     with pytest.raises(RuntimeError, match="training diverged"):
-        promptlab.train.run(make_cfg(method="prompt_tuning"), run_dir)
+        promptlab.run.run(make_cfg(method="prompt_tuning"), run_dir)
     result = read_result(run_dir)
     assert result["status"] == "failed"
     assert "training diverged" in result["error"]
@@ -219,7 +221,7 @@ def test_failure_during_training_is_recorded(make_cfg, run_dir, monkeypatch):
 
 def test_running_record_is_written_first(make_cfg, run_dir, monkeypatch):
     seen = {}
-    real_load_task, real_load_backbone = promptlab.train.load_task, promptlab.train.load_backbone
+    real_load_task, real_load_backbone = promptlab.run.planning.load_task, promptlab.run.execute.load_backbone
 
     def spy(real, key):
         def wrapper(*args, **kwargs):
@@ -228,9 +230,9 @@ def test_running_record_is_written_first(make_cfg, run_dir, monkeypatch):
 
         return wrapper
 
-    monkeypatch.setattr(promptlab.train, "load_task", spy(real_load_task, "data"))
-    monkeypatch.setattr(promptlab.train, "load_backbone", spy(real_load_backbone, "model"))
-    promptlab.train.run(make_cfg(), run_dir)
+    monkeypatch.setattr(promptlab.run.planning, "load_task", spy(real_load_task, "data"))
+    monkeypatch.setattr(promptlab.run.execute, "load_backbone", spy(real_load_backbone, "model"))
+    promptlab.run.run(make_cfg(), run_dir)
     assert seen["data"]["status"] == "running"
     assert seen["data"]["run_id"] == read_result(run_dir)["run_id"]
     assert seen["data"]["method_info"] is None  # not validated yet

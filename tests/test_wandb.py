@@ -130,10 +130,10 @@ def test_make_loggers(monkeypatch, tmp_path, logger, wandb_env, expected):
 
 def test_a_bogus_wandb_mode_in_the_environment_is_refused_before_the_model_loads(make_cfg, monkeypatch):
     """wandb would fail on it only once the run starts, with a pydantic traceback."""
-    import promptlab.train
+    import promptlab.run
     from promptlab.errors import ConfigError
 
     monkeypatch.setenv("WANDB_MODE", "bogus")
     with pytest.raises(ConfigError, match="WANDB_MODE='bogus' is not a wandb mode") as err:
-        promptlab.train.plan(make_cfg("logger=wandb"))
+        promptlab.run.plan(make_cfg("logger=wandb"))
     assert "offline" in err.value.fix

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 
-import promptlab.train as T
+import promptlab.run.execute as T
 from promptlab.config import CONFIG_DIR
 from promptlab.readout.model import pad
 from promptlab.tracking import PeakMemory, git_commit, machine_info, versions, write_json_atomic

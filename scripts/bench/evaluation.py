@@ -22,7 +22,7 @@ import time
 import torch
 from common import Phase, naive_scores, parser, plan, setup, write
 
-import promptlab.train as T
+import promptlab.run.execute as T
 from promptlab.data import collate, eval_items, eval_loader
 
 VARIANTS = ("plain", "promptlab_off", "promptlab")

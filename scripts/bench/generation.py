@@ -24,7 +24,7 @@ import torch
 from common import Phase, parser, plan, setup, write
 
 import promptlab.readout.generate as G
-import promptlab.train as T
+import promptlab.run.execute as T
 from promptlab.data import collate, eval_items
 from promptlab.precision import bf16_linear_weights, resolve
 

@@ -181,7 +181,7 @@ def main() -> dict | None:
     import torch
     from hydra import compose, initialize_config_dir
 
-    import promptlab.train as T
+    import promptlab.run.execute as T
     from promptlab.config import CONFIG_DIR
     from promptlab.models import load_backbone
 

@@ -18,7 +18,7 @@ import time
 import torch
 from common import parser, plan, setup, write
 
-import promptlab.train as T
+import promptlab.run.execute as T
 from promptlab.precision import resolve
 from promptlab.prompts import encode_answer
 from promptlab.tracking import PeakMemory

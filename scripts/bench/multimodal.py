@@ -22,7 +22,7 @@ from common import Phase, parser, write
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-import promptlab.train as T
+import promptlab.run.execute as T
 from promptlab.config import CONFIG_DIR
 from promptlab.data import collate
 from promptlab.methods import build_method, count_parameters

@@ -15,7 +15,7 @@ import time
 import torch
 from common import parser, plan, release_memory, setup, write
 
-import promptlab.train as T
+import promptlab.run.execute as T
 from promptlab.data import PromptDataModule, collate, eval_items
 from promptlab.precision import bf16_linear_weights, cpu_has_bf16
 

@@ -21,7 +21,7 @@ import time
 import torch
 from common import parser, plan, release_memory, setup, write
 
-import promptlab.train as T
+import promptlab.run.execute as T
 from promptlab.data import collate, eval_items
 
 CASES = {

@@ -26,7 +26,7 @@ import lightning as L
 import torch
 from common import Phase, naive_loss, parser, plan, setup, write
 
-import promptlab.train as T
+import promptlab.run.execute as T
 from promptlab.data import PromptDataModule, collate
 from promptlab.precision import bf16_linear_weights, resolve
 
