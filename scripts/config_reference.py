@@ -90,7 +90,8 @@ def group_section(group: str) -> list[str]:
     lines += [f"| `{p.stem}` | {cell(first_comment(p))} |" for p in files]
     lines += ["", "| key | set in | value(s) | what it does |", "| --- | --- | --- | --- |"]
     for key, row in rows.items():
-        where = "every option" if set(row["in"]) >= {p.stem for p in files} else ", ".join(dict.fromkeys(row["in"]))
+        where = ("every option" if set(row["in"]) >= {p.stem for p in files} else
+                 ", ".join(f"{n} (shared)" if n.startswith("_") else n for n in dict.fromkeys(row["in"])))
         lines.append(f"| `{group}.{key}` | {cell(where)} | {cell(shown(row['values']))} | {cell(row['doc'])} |")
     return [*lines, ""]
 
