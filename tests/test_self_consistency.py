@@ -98,3 +98,23 @@ def test_self_consistency_on_a_choice_task_votes_over_scored_paths(make_cfg, run
 def test_sampling_mistakes_are_refused_before_the_model_loads(make_cfg, method, overrides, match):
     with pytest.raises(ConfigError, match=match):
         promptlab.run.plan(make_cfg(*overrides, method=method))
+
+
+def test_samples_of_a_prompt_share_its_prefill(tiny_backbone):
+    """The hand loop reads each prompt once and repeats its key/value cache for the samples: at a tiny temperature
+    every sample is greedy decoding's text, as model.generate (which reads the prompt once per sample) writes."""
+    tok, model = tiny_backbone.tokenizer, tiny_backbone.model
+    prompts = prompts_of(tok, ["good movie", "a bad film with love and hate", "great fun"])
+    greedy = [g.text for g in G.GenerateReadout(tok, 8).generate(model, prompts)]
+    cold = G.GenerateReadout(tok, 8, sampling=G.Sampling(3, 1e-6, 0))
+    seen = []
+    hook = model.get_decoder().register_forward_pre_hook(lambda m, args, kw: seen.append(kw["input_ids"].shape),
+                                                         with_kwargs=True)
+    try:
+        shared = [g.text for g in cold.generate(model, prompts, repeats=3)]
+    finally:
+        hook.remove()
+    assert seen[0][0] == 3 and all(shape == (9, 1) for shape in seen[1:2])  # one prefill row per prompt, then 9 rows
+    assert shared == [t for t in greedy for _ in range(3)]
+    with mock.patch.object(G, "plain_forward", return_value=False):
+        assert [g.text for g in cold.generate(model, prompts, repeats=3)] == shared

@@ -115,13 +115,16 @@ class GenerateReadout:
 
     @torch.no_grad()
     def generate(self, model: torch.nn.Module, prompts: Sequence[Sequence[int]],
-                 task_ids: Sequence[int] | None = None, images: Sequence[Sequence[dict]] | None = None) -> list[Generated]:
-        """Each prompt's continuation; ``images``: each row's pixel inputs, for a vision-language model."""
+                 task_ids: Sequence[int] | None = None, images: Sequence[Sequence[dict]] | None = None,
+                 repeats: int = 1) -> list[Generated]:
+        """Each prompt's continuation (``repeats`` of them, one after another, for sampling); ``images``: each
+        row's pixel inputs, for a vision-language model."""
         device = head_of(model).weight.device
         start = time.perf_counter()
         if plain_forward(model) and not images:  # a transformers forward: decoded here, finished rows dropped
-            new = self.greedy(model, prompts, device)
+            new = self.greedy(model, prompts, device, repeats)
         else:  # virtual tokens, per-row adapters or images: the model's (or its wrapper's) own generate
+            prompts, task_ids, images = (None if v is None else repeat(v, repeats) for v in (prompts, task_ids, images))
             ids, mask = pad(prompts, self.tokenizer.pad_token_id, device, left=True)
             stop = StoppingCriteriaList([StopOnGeneratedText(self.tokenizer, ids.shape[1], self.until)] if self.until
                                         else [])
@@ -136,19 +139,25 @@ class GenerateReadout:
         self.generated_tokens += sum(r.num_tokens for r in results)
         return results
 
-    def greedy(self, model: torch.nn.Module, prompts: Sequence[Sequence[int]], device: torch.device) -> list[list[int]]:
+    def greedy(self, model: torch.nn.Module, prompts: Sequence[Sequence[int]], device: torch.device,
+               repeats: int = 1) -> list[list[int]]:
         """Decoding with the KV cache (greedy: token for token what ``model.generate`` gives in fp32), minus the work
         on finished rows: a row that wrote EOS or a stop string leaves the batch (and the cache) at once, where
-        ``generate`` keeps computing it, padded, until the last row ends. Written here for that reason (and to
-        take each next token from fp32 logits under bf16 autocast, see ``project``)."""
+        ``generate`` keeps computing it, padded, until the last row ends. ``repeats`` samples of a prompt share its
+        prefill: each prompt is read once and its key/value cache repeated (``generate`` reads it once per
+        sample). Written here for these reasons (and to take each next token from fp32 logits under bf16
+        autocast, see ``project``)."""
         ids, mask = pad(prompts, self.tokenizer.pad_token_id, device, left=True)
         positions = (mask.cumsum(-1) - 1).clamp_min(0)  # as generate numbers left-padded rows
         head, none = head_of(model), NO_LOGITS.to(device)  # the next token from fp32 logits (``project``)
         out, hidden = run_keeping_last_hidden(model, input_ids=ids, attention_mask=mask, position_ids=positions,
                                               use_cache=True, logits_to_keep=none)
-        cache, token = out.past_key_values, self.next_token(project(head, hidden[:, -1]))
-        position = positions[:, -1:] + 1
-        alive, new = list(range(len(prompts))), [[] for _ in prompts]
+        cache, last = out.past_key_values, hidden[:, -1]
+        if repeats > 1:
+            cache.batch_repeat_interleave(repeats)
+            mask, positions, last = (t.repeat_interleave(repeats, dim=0) for t in (mask, positions, last))
+        token, position = self.next_token(project(head, last)), positions[:, -1:] + 1
+        alive, new = list(range(len(mask))), [[] for _ in range(len(mask))]
         while True:
             for row, t in zip(alive, token.tolist(), strict=True):
                 new[row].append(t)
@@ -184,8 +193,7 @@ class GenerateReadout:
         """``sampling.samples`` continuations of each row's prompt (the prompt repeated in the batch)."""
         n = self.sampling.samples
         rows = range(len(batch["prompt_ids"]))
-        gens = self.generate(model, *(None if batch.get(k) is None else repeat(batch[k], n)
-                                      for k in ("prompt_ids", "task_id", "images")))
+        gens = self.generate(model, batch["prompt_ids"], batch.get("task_id"), batch.get("images"), repeats=n)
         return [gens[i * n:(i + 1) * n] for i in rows]
 
     def chosen(self, answers: list[str]) -> int:
