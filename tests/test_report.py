@@ -714,3 +714,18 @@ def test_dashboard_renders_in_headless_chromium(runs, tmp_path):
     assert pixels.std() > 0.05  # not blank
     saturated = pixels.max(axis=-1) - pixels.min(axis=-1) > 0.3
     assert saturated.sum() > 200  # coloured pixels: the figures' markers and lines were painted
+
+
+def test_a_cost_column_is_one_declaration(tmp_path, monkeypatch):
+    """report/columns.py: an entry in COST_COLUMNS is read from the records, aggregated and shown."""
+    from promptlab.report import columns, records, tables
+
+    extra = columns.CostColumn("model_load_seconds", "max", "Load time", columns.fmt_seconds, compact="Load")
+    monkeypatch.setattr(columns, "COST_COLUMNS", (*columns.COST_COLUMNS, extra))
+    for seed, seconds in ((0, 12.0), (1, 30.0)):
+        write_run(tmp_path, f"pt{seed}", "prompt_tuning", seed, 0.7,
+                  costs={"trainable_params": 640, "model_load_seconds": seconds})
+    summary = tables.summarize(records.load_runs(tmp_path))
+    assert summary["model_load_seconds_max"].iloc[0] == 30.0
+    assert tables.display_table(summary)["Load time"].iloc[0] == "30 s"
+    assert tables.display_table(summary, compact=True)["Load"].iloc[0] == "30 s"
