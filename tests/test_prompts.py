@@ -8,7 +8,7 @@ import pytest
 from conftest import compose_config, data_cfg, task_spec
 
 from promptlab.errors import ConfigError
-from promptlab.methods import build_method
+from promptlab.methods import DemoWork, build_method
 from promptlab.prompts import Encoder, build_messages, encode_answer, encode_prompt, render, template_fields
 from promptlab.tasks import TaskSpec
 
@@ -178,7 +178,7 @@ def test_no_chat_template_gives_lm_evaluation_harness_token_ids(tmp_path, shots)
     task = load_task(spec, cfg.paths.data_root)
     method = build_method(cfg.method)
     demos = task.train[:shots]
-    encoder = method.encoder(backbone, spec, method.demos(None, backbone.tokenizer, spec, demos, None))
+    encoder = method.encoder(backbone, spec, method.demos(None, backbone.tokenizer, spec, demos, None, DemoWork()))
     fewshot = "".join(LM_EVAL_SST2.replace("{{sentence}}", d["sentence"]) + " " + spec.choices[d["label"]] + "\n\n"
                       for d in demos)
     for row in task.eval:

@@ -7,6 +7,7 @@ reads the answer. Adding a method of an existing type is one YAML; a new type is
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
@@ -37,6 +38,22 @@ def register(type_name: str):
     return deco
 
 
+@dataclass
+class DemoWork:
+    """What writing and choosing a run's demonstrations cost, and what it keeps between a search's candidates:
+    the method adds to it (``Method.demos``), the run records ``costs()``."""
+
+    generated_tokens: int = 0  # reasoning a model wrote for its demonstrations (Auto-CoT)
+    generation_seconds: float = 0.0
+    selection_seconds: float = 0.0  # nearest-neighbour demonstrations: embedding the pool and the queries
+    embeddings: dict = field(default_factory=dict)  # text -> its embedding, computed once per run
+
+    def costs(self) -> dict[str, float]:
+        return {"demo_generated_tokens": self.generated_tokens,
+                "demo_generation_seconds": round(self.generation_seconds, 3),
+                "demo_selection_seconds": round(self.selection_seconds, 3)}
+
+
 def is_number(value) -> bool:
     """A finite int or float (not a bool; ``inf`` and ``nan``, which YAML reads from ``.inf``/``inf``, are not)."""
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
@@ -50,8 +67,9 @@ class Method:
     model_kinds: ClassVar[tuple[str, ...]] = ("lm", "vlm")  # the ``model.kind``s it works with
     generates_on_choice: ClassVar[bool] = False  # whether it generates text on choice tasks too (reasoning)
 
-    def __init__(self, cfg: DictConfig):
+    def __init__(self, cfg: DictConfig, num_tasks: int = 1):
         self.cfg = cfg
+        self.num_tasks = num_tasks  # the tasks one trained state serves (a mixture's seen tasks)
 
     @property
     def num_demos(self) -> int:
@@ -139,14 +157,11 @@ class Method:
 
         return sample_demos(pool, task, self.num_demos, seed)
 
-    def demos(self, model: torch.nn.Module, tokenizer, task: TaskSpec, rows: list[dict], readout) -> list[tuple[Content, str]]:
-        """All demonstrations, once the model is loaded (a method may have the model write part of them)."""
+    def demos(self, model: torch.nn.Module, tokenizer, task: TaskSpec, rows: list[dict], readout,
+              work: DemoWork) -> list[tuple[Content, str]]:
+        """All demonstrations, once the model is loaded (a method may have the model write part of them, or pick
+        them per query; what that costs goes to ``work``)."""
         return [self.demo(task, r) for r in rows]
-
-    @property
-    def demo_costs(self) -> dict[str, float]:
-        """What writing the demonstrations cost (generated tokens and seconds; zero when nothing was written)."""
-        return {"demo_generated_tokens": 0, "demo_generation_seconds": 0.0, "demo_selection_seconds": 0.0}
 
     def encoder(self, backbone, task: TaskSpec, demos) -> Encoder:
         """What turns the task's rows into model inputs; a vision-language model's prompts (with images or not) go
@@ -213,14 +228,14 @@ class TrainedMethod(Method):
         return Optim(float(c.lr), float(c.weight_decay), float(c.warmup_ratio), int(c.max_steps))
 
 
-def build_method(cfg: DictConfig) -> Method:
+def build_method(cfg: DictConfig, num_tasks: int = 1) -> Method:
     from promptlab.methods import clip, cot, full_finetune, peft_adapter, prompting  # noqa: F401  (registration)
 
     kind = cfg.get("type")
     if kind not in REGISTRY:
         raise ConfigError(f"method {cfg.get('name')!r} has type {kind!r}, which is not registered",
                           f"use method.type= one of {', '.join(sorted(REGISTRY))}")
-    return REGISTRY[kind](cfg)
+    return REGISTRY[kind](cfg, num_tasks)
 
 
 def count_parameters(model) -> tuple[int, int]:

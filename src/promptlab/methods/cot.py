@@ -41,21 +41,17 @@ class ChainOfThought(Method):
     def demo(self, task, row: dict) -> tuple[str, str]:
         return render(task.prompt_template, row), f"{self.cfg.trigger} {task.target_of(row)}"
 
-    def demos(self, model, tokenizer, task, rows, readout) -> list[tuple[str, str]]:
+    def demos(self, model, tokenizer, task, rows, readout, work) -> list[tuple[str, str]]:
         if task.output_type == "generate" or not rows:
-            return super().demos(model, tokenizer, task, rows, readout)
+            return super().demos(model, tokenizer, task, rows, readout, work)
         c = self.cfg
         encoder = Encoder(tokenizer, task, (), self.assistant_prefix)  # the zero-shot CoT prompt of each demo
         writer = GenerateReadout(tokenizer, c.max_new_tokens, list(c.until))  # greedy, even when answers sample
         written = writer.generate(model, [encoder.prompt_ids(r) for r in rows])
-        self._demo_costs = {"demo_generated_tokens": writer.generated_tokens,
-                            "demo_generation_seconds": round(writer.generation_seconds, 3)}
+        work.generated_tokens += writer.generated_tokens
+        work.generation_seconds += writer.generation_seconds
         return [(render(task.prompt_template, r), f"{c.trigger} {g.text} {c.answer_cue} {task.target_of(r)}.")
                 for r, g in zip(rows, written, strict=True)]
-
-    @property
-    def demo_costs(self) -> dict[str, float]:
-        return {**super().demo_costs, **getattr(self, "_demo_costs", {})}
 
     def readout(self, tokenizer, task, seed: int = 0):
         if task.output_type == "generate":

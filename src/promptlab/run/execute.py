@@ -62,7 +62,7 @@ def build_module(p: Plan, backbone: Backbone, model: torch.nn.Module) -> tuple[P
     tok = backbone.tokenizer
     # a mixture trains every task as text-to-text (its answer text's loss); each task is read its own way later
     readout = GenerateReadout(tok, 1) if p.mixture else p.method.readout(tok, p.spec, p.settings.seed)
-    demos = p.method.demos(model, tok, p.spec, p.demos, readout)
+    demos = p.method.demos(model, tok, p.spec, p.demos, readout, p.demo_work)
     return PromptModule(model, readout, p.method.optim()), p.method.encoder(backbone, p.spec, demos)
 
 
@@ -295,12 +295,12 @@ def run_search(p: Plan, module: PromptModule, trainer: L.Trainer, encoder: Encod
         proposer, load_seconds = (other.model.eval(), other.tokenizer), other.load_seconds
     costs: dict[str, float] = {}
     made: list[Encoder] = []
-    factory = search.encoder_factory(p.spec, p.method, module, tokenizer, costs, made)
+    factory = search.encoder_factory(p.spec, p.method, module, tokenizer, p.demo_work, costs, made)
     s = search.Search(p.spec, p.task, p.search, p.settings.calibration, p.settings.seed, p.settings.eval_batch_size,
                       p.pool, demo_draws(p), factory, costs)
     ev = search.run_search(s, module, trainer, proposer)
     encoder.truncated += sum(e.truncated for e in made)
-    ev.extra_costs.update({k: round(v, 3) for k, v in costs.items()})  # demonstrations written, all candidates
+    ev.extra_costs.update(p.demo_work.costs())  # demonstrations written and chosen: the run's and every candidate's
     if load_seconds:
         ev.extra_costs["search_proposer_load_seconds"] = round(load_seconds, 3)
         ev.extra_costs["search_seconds"] = round(ev.extra_costs["search_seconds"] + load_seconds, 3)
@@ -370,7 +370,7 @@ def run_costs(p: Plan, module: PromptModule, encoder: Encoder, trainer: L.Traine
         "train_examples_seen": module.examples_seen,
         "train_tokens_seen": module.tokens_seen,
         "train_examples_per_second": module.examples_seen / train_seconds if train_seconds else None,
-        **p.method.demo_costs,
+        **p.demo_work.costs(),
         **dict.fromkeys(search.COST_KEYS, 0), "dev_eval_seconds": 0.0,
         "dev_check_seconds": ((p.tuning or {}).get("dev_checks") or {}).get("seconds", 0.0),
         **ev.costs(),  # after: a prompt search's costs include every candidate's demonstrations

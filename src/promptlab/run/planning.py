@@ -12,7 +12,7 @@ from promptlab import tuning
 from promptlab.config import CONFIG_DIR, Settings, check_added_keys
 from promptlab.errors import ConfigError
 from promptlab.evaluation.calibration import METHODS as CALIBRATIONS
-from promptlab.methods import Method, build_method
+from promptlab.methods import DemoWork, Method, build_method
 from promptlab.models import check_model
 from promptlab.search import SearchSpec
 from promptlab.tasks import Task, TaskSpec, load_task, training_subset
@@ -38,6 +38,7 @@ class Plan:
     budgets: dict[str, list[dict]] = field(default_factory=dict)  # a mixture's training rows per seen task
     dev_every: int | None = None  # a trained run's dev checks during training (tuning.BestOnDev)
     tuning: dict | None = None  # the trial's point of its method's space, and the dev evaluations it makes
+    demo_work: DemoWork = field(default_factory=DemoWork)  # what the demonstrations cost once the model writes them
 
 
 class OccupiedRunDir(ConfigError):
@@ -95,14 +96,13 @@ def hydra_job() -> int | None:
 def plan_mixture(cfg: DictConfig, settings: Settings) -> Plan:
     """A run on an instruction-tuning mixture: every task checked and loaded, each seen task's budget drawn."""
     mixture = Mixture.from_config(cfg.mixture)
-    method = build_method(cfg.method)
+    method = build_method(cfg.method, num_tasks=len(mixture.train_tasks))  # multitask prompt tuning: a task id each
     if cfg.method.get("dev_every_n_steps") is not None:
         raise ConfigError(f"method.dev_every_n_steps with mixture={mixture.name}: dev checks during training are "
                           "for single tasks for now", "use method.dev_every_n_steps=null")
     if method.num_demos or cfg.get("search") is not None or settings.calibration:
         raise ConfigError(f"mixture={mixture.name} evaluates every task zero-shot, uncalibrated, with its default "
                           "template", "use a zero-shot or trained method without search=... and calibration=[]")
-    method.num_tasks = len(mixture.train_tasks)  # multitask prompt tuning: one task id per seen task
     for spec in mixture.specs.values():
         method.validate(spec)
         method.check_model(cfg.model.get("kind", "lm"), spec)
