@@ -19,7 +19,7 @@ from promptlab.errors import ConfigError
 from promptlab.evaluation.filters import ListFilter, build_filters, build_list_filters
 from promptlab.module import Optim
 from promptlab.prompts import Content, Encoder, render_content
-from promptlab.readout import ChoiceReadout, GenerateReadout
+from promptlab.readout import ChoiceReadout, GenerateReadout, Readout
 from promptlab.readout.generate import Sampling
 from promptlab.readout.model import base_model
 from promptlab.schema import MethodInfo
@@ -169,7 +169,7 @@ class Method:
         images = ImageBlocks(backbone.processor) if backbone.kind == "vlm" else None
         return Encoder(backbone.tokenizer, task, demos, self.assistant_prefix, images=images)
 
-    def readout(self, tokenizer, task: TaskSpec, seed: int = 0):
+    def readout(self, tokenizer, task: TaskSpec, seed: int = 0) -> Readout:
         """How answers are read; ``seed``: the run's, for sampled generations."""
         if task.output_type == "choice":
             return ChoiceReadout(tokenizer.pad_token_id)
