@@ -9,22 +9,33 @@ from __future__ import annotations
 
 import os
 import tempfile
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from promptlab.errors import ConfigError
 
 # The configs ship inside the package (a wheel carries them); Hydra reads them as pkg://promptlab.conf.
 CONFIG_DIR = Path(__file__).resolve().parent / "conf"
 CONFIG_MODULE = "pkg://promptlab.conf"
+# ${uid:} in run directory names: unique even when jobs start in the same second.
+OmegaConf.register_new_resolver("uid", lambda: uuid.uuid4().hex[:6], use_cache=True, replace=True)
 WANDB_ENV_MODES = ("online", "offline", "shared", "disabled", "dryrun", "run")  # wandb's Settings.mode
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 OBJECTIVES = ("dev", "eval")
 MAX_SEED = 2**32 - 1  # Lightning's seed_everything silently replaces larger seeds with a random one
+
+
+_ABSENT = object()
+
+
+def has_key(cfg: DictConfig, key: str) -> bool:
+    """Whether the dotted ``key`` exists in ``cfg`` (a key set to null exists)."""
+    return OmegaConf.select(cfg, key, default=_ABSENT) is not _ABSENT
 
 
 def is_whole(value: Any, low: int | None = None) -> bool:
@@ -218,6 +229,12 @@ def config_keys(node: Any, prefix: str = "") -> set[str]:
             keys.add(f"{prefix}{k}")
             keys |= config_keys(v, f"{prefix}{k}.")
     return keys
+
+
+def group_options(group: str) -> list[str]:
+    """The options of a config group (``method`` -> zero_shot, lora, ...); ``_name.yaml`` files are defaults the
+    options share (``method/_trained.yaml``), not options."""
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml") if not p.stem.startswith("_"))
 
 
 def known_keys(config_dir: Path) -> set[str]:

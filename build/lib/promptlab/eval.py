@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from promptlab.config import config_keys, nearest_key
+from promptlab.config import config_keys, has_key, nearest_key
 from promptlab.errors import ConfigError
-from promptlab.evaluation.metrics import get_metric
-from promptlab.tasks.sampling import component_seeds
-from promptlab.tracking import PeakMemory, RunRecord, new_run_id
+from promptlab.tracking import RunRecord, new_run_id
 
 USAGE = "promptlab-eval run=<run directory> [data=<task>] [key=value ...]"
 
@@ -57,9 +56,9 @@ def group_config(group: str, name: str) -> DictConfig:
     """The config group ``group``'s option ``name`` (``conf/<group>/<name>.yaml``), composed by Hydra."""
     from hydra import compose, initialize_config_dir
 
-    from promptlab.config import CONFIG_DIR
+    from promptlab.config import CONFIG_DIR, group_options
 
-    options = sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+    options = group_options(group)
     if name not in options:
         raise ConfigError(f"{group}={name} is not one of conf/{group}/", f"use one of {', '.join(options)}")
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
@@ -83,7 +82,7 @@ def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
                 if key == "data":
                     cfg.mixture = None
             continue
-        if not key.startswith("+") and OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
+        if not key.startswith("+") and not has_key(cfg, key):
             near = nearest_key(key, config_keys(OmegaConf.to_container(cfg)))
             raise ConfigError(f"{key} is not a key of the run's config",
                               f"did you mean {near}=...?" if near else "use a key of the run's config.yaml")
@@ -96,68 +95,57 @@ ALLOW_OTHER_MODEL = "allow_other_model=true"
 IDENTITY = ("source", "init_seed", "commit", "revision", "weights_sha256")  # what tells two backbones' weights apart
 
 
-def check_same_model(model_id: dict, src_record: dict, allow_other: bool) -> None:
-    """A ConfigError when the backbone loaded is not the one the run trained on (its soft prompt or adapter would
-    be read by other weights), unless ``allow_other_model=true`` (recorded)."""
-    trained = (src_record.get("provenance") or {}).get("model") or {}
-    differ = [k for k in IDENTITY if (k in trained or k in model_id) and trained.get(k) != model_id.get(k)]
-    if differ and not allow_other:
-        shown = "; ".join(f"{k}: {trained.get(k)!r} then, {model_id.get(k)!r} now" for k in differ)
-        raise ConfigError(f"the backbone loaded is not the one the run trained on ({shown})",
-                          f"evaluate with the run's own model config, or add {ALLOW_OTHER_MODEL} to evaluate it on "
-                          "this one anyway (the record says so)")
+@dataclass
+class Saved:
+    """A completed training run whose saved state a new run evaluates (``run.execute(saved=...)``)."""
+
+    source: Path
+    record: dict
+    allow_other_model: bool = False
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.source / (self.record.get("checkpoint") or "checkpoint")
+
+    def check_model(self, model_id: dict) -> None:
+        """A ConfigError when the backbone loaded is not the one the run trained on (its soft prompt or adapter
+        would be read by other weights), unless ``allow_other_model=true`` (recorded)."""
+        trained = (self.record.get("provenance") or {}).get("model") or {}
+        differ = [k for k in IDENTITY if (k in trained or k in model_id) and trained.get(k) != model_id.get(k)]
+        if differ and not self.allow_other_model:
+            shown = "; ".join(f"{k}: {trained.get(k)!r} then, {model_id.get(k)!r} now" for k in differ)
+            raise ConfigError(f"the backbone loaded is not the one the run trained on ({shown})",
+                              f"evaluate with the run's own model config, or add {ALLOW_OTHER_MODEL} to evaluate it "
+                              "on this one anyway (the record says so)")
 
 
-def run_eval(source: Path, overrides: list[str]) -> tuple[dict, Path]:
-    """Evaluate the saved run ``source`` under ``overrides``; returns the new record and its directory."""
-    from promptlab.models import fingerprint, load_backbone
-    from promptlab.train import (
-        build_module,
-        evaluate_plan,
-        make_trainer,
-        plan,
-        quiet_third_party_noise,
-        result_fields,
-        write_predictions,
-    )
-
-    cfg, src_record = source_config(source)
+def allow_other_model(overrides: list[str]) -> bool:
+    """The ``allow_other_model=true|false`` flag among the overrides (the last one counts)."""
     flags = [o.partition("=")[2] for o in overrides if o.partition("=")[0] == "allow_other_model"]
     bad = [v for v in flags if v not in ("true", "false")]
     if bad:
         raise ConfigError(f"allow_other_model={bad[0]} is not true or false", f"write {ALLOW_OTHER_MODEL}")
-    allow_other = bool(flags) and flags[-1] == "true"
+    return bool(flags) and flags[-1] == "true"
+
+
+def run_eval(source: Path, overrides: list[str]) -> tuple[dict, Path]:
+    """Evaluate the saved run ``source`` under ``overrides`` through the run pipeline (``run.execute``, which
+    loads its state instead of training); returns the new record and its directory."""
+    from promptlab.run.execute import execute
+    from promptlab.run.planning import plan
+
+    cfg, src_record = source_config(source)
+    saved = Saved(source, src_record, allow_other_model(overrides))
     cfg = apply_overrides(cfg, [o for o in overrides if o.partition("=")[0] != "allow_other_model"])
     p = plan(cfg)  # every check before the model loads; demos are redrawn exactly as in training
-    checkpoint = source / (src_record.get("checkpoint") or "checkpoint")
-    if p.method.trains and not checkpoint.is_dir():
+    if p.method.trains and not saved.checkpoint.is_dir():
         raise ConfigError(f"{source} has no checkpoint/ to evaluate", "re-run the training (its checkpoint is missing)")
     out = source / "evals" / f"{datetime.now():%Y%m%d-%H%M%S-%f}_{p.spec.name}_{cfg.data.eval_split}"
     record = RunRecord(out, cfg, new_run_id(cfg.method.name, cfg.data.name, cfg.seed), kind="eval")
-    record.data["source_run"] = str(source)
-    quiet_third_party_noise()
-    memory = PeakMemory()
-    memory.reset()
+    record.update(source_run=str(source))
     record.start_heartbeat()
     try:
-        task = p.mixture or p.spec  # a mixture run evaluated again: every task of it
-        record.describe(p.method.info(), task, p.mixture is not None or get_metric(p.spec.primary_metric).higher_is_better)
-        record.provenance(seeds=component_seeds(p.settings.seed), data=p.task.sources)
-        backbone = load_backbone(cfg.model, cfg.paths.cache_dir)
-        model_id = fingerprint(cfg.model, backbone)
-        check_same_model(model_id, src_record, allow_other)
-        record.data["allow_other_model"] = allow_other
-        record.provenance(model=model_id, precision=p.settings.precision)
-        model = p.method.load(backbone, checkpoint) if p.method.trains else p.method.prepare(backbone, p.spec)
-        module, encoder = build_module(p, backbone, model)
-        ev = evaluate_plan(p, module, encoder, make_trainer(cfg, p.settings, out, [], False))
-        write_predictions(out, ev)
-        costs = {**ev.costs(), "peak_rss_mb": round(memory.peak_rss_mb(), 1), "truncated_prompts": encoder.truncated}
-        record.complete(ev.metrics, costs, num_demos=p.method.num_demos, checkpoint=None, **result_fields(p, ev))
-        return record.data, out
-    except BaseException as err:
-        record.fail(err)
-        raise
+        return execute(cfg, out, record, None, saved, p), out
     finally:
         record.close()
 

@@ -10,6 +10,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import lightning as L
 import numpy as np
@@ -18,6 +19,9 @@ from transformers import get_linear_schedule_with_warmup
 
 from promptlab.errors import Diverged
 from promptlab.precision import bf16_linear_weights
+
+if TYPE_CHECKING:
+    from promptlab.readout import Readout, TrainingReadout
 
 
 @dataclass
@@ -35,7 +39,7 @@ class PromptModule(L.LightningModule):
 
     strict_loading = False  # checkpoints leave out the frozen weights; on_load_checkpoint checks the rest
 
-    def __init__(self, model: torch.nn.Module, readout, optim: Optim | None = None):
+    def __init__(self, model: torch.nn.Module, readout: Readout | TrainingReadout, optim: Optim | None = None):
         super().__init__()
         self.model, self.readout, self.optim = model, readout, optim or Optim()
         self.examples_seen = 0

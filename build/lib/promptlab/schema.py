@@ -12,7 +12,7 @@ Conventions, in one place:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Any, Literal
 
@@ -66,12 +66,12 @@ class RunResult:
     status: Status
     kind: Kind
     method: str
-    method_info: MethodInfo
+    method_info: MethodInfo | None  # None until the method is validated
     model: str
     dataset: str
     output_type: OutputType | Literal["mixture"]
     primary_metric: str
-    higher_is_better: bool
+    higher_is_better: bool | None  # None until the task is validated
     chance: float | None
     seed: int
     k_shot: int | None
@@ -120,9 +120,20 @@ class RunResult:
     # tuning (promptlab.tuning): the trial's index, point and space; the dev evaluations the run made and the
     # experiment's budget; a trained run's dev checks (step, dev metrics, score) and the step chosen on dev
     tuning: dict[str, Any] | None = None
+    allow_other_model: bool | None = None  # kind == "eval": another backbone's weights evaluated on purpose
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+RESULT_FIELDS = frozenset(f.name for f in fields(RunResult))
+
+
+def check_fields(names: Any) -> None:
+    """A record is written only with ``RunResult``'s fields: a new one is declared there first."""
+    unknown = sorted(set(names) - RESULT_FIELDS)
+    if unknown:
+        raise TypeError(f"not fields of schema.RunResult: {unknown}")
 
 
 # Cost keys a record may carry (all optional; a method that does not train has zeros, not gaps).

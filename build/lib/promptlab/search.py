@@ -40,6 +40,7 @@ from promptlab.tasks import Task, TaskSpec, sample_demos
 if TYPE_CHECKING:
     import lightning as L
 
+    from promptlab.methods import DemoWork
     from promptlab.module import PromptModule
 
 # What a search costs (``schema.COST_KEYS``); zero for a run that searched nothing.
@@ -370,16 +371,17 @@ def final_metrics(spec: TaskSpec, chosen: dict[str, list[Candidate]], ev: dict[s
     return metrics, rows
 
 
-def encoder_factory(spec: TaskSpec, method, module: PromptModule, tokenizer, costs: dict[str, float],
-                    made: list[Encoder]) -> Callable[[str, list[dict]], Encoder]:
+def encoder_factory(spec: TaskSpec, method, module: PromptModule, tokenizer, work: DemoWork,
+                    costs: dict[str, float], made: list[Encoder]) -> Callable[[str, list[dict]], Encoder]:
     """(template, demonstration rows) -> the Encoder of a candidate: the method's demonstrations and query in
-    that template (what writing the demonstrations costs, e.g. few-shot CoT's reasoning, is added up in
-    ``costs``; every encoder is kept in ``made``, whose truncated prompts the run counts)."""
+    that template (the run's ``work`` meters writing and choosing them; the tokens the candidates' demonstrations
+    wrote, e.g. few-shot CoT's reasoning, also go to ``costs``, the search's own; every encoder is kept in
+    ``made``, whose truncated prompts the run counts)."""
     def encoder_for(template: str, demos: list[dict]) -> Encoder:
         task = replace(spec, templates=[template], template=0)
-        shown = method.demos(module.model, tokenizer, task, demos, module.readout)
-        for key in ("demo_generated_tokens", "demo_generation_seconds"):  # per call (few-shot CoT writes them)
-            costs[key] = costs.get(key, 0) + method.demo_costs.get(key, 0)
+        before = work.generated_tokens
+        shown = method.demos(module.model, tokenizer, task, demos, module.readout, work)
+        costs["demo_generated_tokens"] = costs.get("demo_generated_tokens", 0) + work.generated_tokens - before
         made.append(Encoder(tokenizer, task, shown, method.assistant_prefix))
         return made[-1]
 

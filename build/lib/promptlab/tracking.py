@@ -25,11 +25,19 @@ from typing import Any
 from urllib.parse import urlparse
 
 import torch
+from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 
 from promptlab import signals
 from promptlab.errors import Diverged
-from promptlab.schema import HEARTBEAT_SECONDS, NON_SEMANTIC_KEYS, SCHEMA_VERSION, Machine, MethodInfo
+from promptlab.schema import (
+    HEARTBEAT_SECONDS,
+    NON_SEMANTIC_KEYS,
+    Machine,
+    MethodInfo,
+    RunResult,
+    check_fields,
+)
 
 log = logging.getLogger("promptlab")
 
@@ -268,40 +276,18 @@ class RunRecord:
         if cfg.get("mixture") is not None:  # instruction tuning: many tasks, each evaluated with its own template
             data = {"name": _value(cfg.mixture, "name"), "output_type": "mixture", "primary_metric": "seen_mean",
                     "eval_split": "per task"}
-        self.data: dict[str, Any] = {
-            "schema_version": SCHEMA_VERSION,
-            "run_id": run_id,
-            "status": "running",
-            "kind": kind,
-            "method": _value(method, "name"),
-            "method_info": None,
-            "model": _value(cfg.get("model") or {}, "name"),
-            "dataset": _value(data, "name"),
-            "output_type": _value(data, "output_type"),
-            "primary_metric": _value(data, "primary_metric"),
-            "higher_is_better": None,
-            "chance": None,
-            "seed": _int_or_none(_value(cfg, "seed")),
-            "k_shot": _int_or_none(_value(data, "k_shot")),
-            "train_size": _int_or_none(_value(data, "train_size")),
-            "template_id": _int_or_none(_value(data, "template")),
-            "num_demos": _int_or_none(_value(method, "num_demos")) or 0,
-            "eval_split": _value(data, "eval_split"),
-            "config_hash": digest,
-            "git_commit": git_commit(Path(__file__).parent),
-            "git_dirty": git_dirty(Path(__file__).parent),
-            "versions": versions(),
-            "machine": machine_info(),
-            "started_at": _now(),
-            "pid": os.getpid(),
-            "host": platform.node(),
-            "heartbeat_at": _now(),
-            "resumes": resumes or [],
-            "selection": None,  # a prompt search's candidates and choices, once made
-            "mixture": None,  # instruction tuning: seen and held-out tasks (metrics: <task>/<metric>)
-            "metrics": {},
-            "costs": {},
-        }
+        self.data: dict[str, Any] = RunResult(
+            run_id=run_id, status="running", kind=kind, method=_value(method, "name"), method_info=None,
+            model=_value(cfg.get("model") or {}, "name"), dataset=_value(data, "name"),
+            output_type=_value(data, "output_type"), primary_metric=_value(data, "primary_metric"),
+            higher_is_better=None, chance=None, seed=_int_or_none(_value(cfg, "seed")),
+            k_shot=_int_or_none(_value(data, "k_shot")), train_size=_int_or_none(_value(data, "train_size")),
+            template_id=_int_or_none(_value(data, "template")),
+            num_demos=_int_or_none(_value(method, "num_demos")) or 0, eval_split=_value(data, "eval_split"),
+            config_hash=digest, git_commit=git_commit(Path(__file__).parent), versions=versions(),
+            machine=machine_info(), started_at=_now(), git_dirty=git_dirty(Path(__file__).parent),
+            pid=os.getpid(), host=platform.node(), heartbeat_at=_now(), resumes=resumes or [],
+        ).to_dict()
         self.write()
 
     @property
@@ -344,6 +330,7 @@ class RunRecord:
     def update(self, **fields: Any) -> None:
         """Top-level fields known before the run ends (e.g. a trial's tuning), so a failed or diverged record
         has them too."""
+        check_fields(fields)
         with self._lock:
             self.data.update(fields)
             self.write()
@@ -363,6 +350,7 @@ class RunRecord:
 
     def _finish(self, status: str, **fields: Any) -> None:
         """The last write; later calls change nothing (a signal after completion must not undo it)."""
+        check_fields(fields)
         with signals.deferred(), self._lock:
             if self._done:
                 return
@@ -413,26 +401,22 @@ def read_record(run_dir: str | os.PathLike) -> dict | None:
 @contextmanager
 def run_lock(run_dir: str | os.PathLike) -> Iterator[bool]:
     """Hold an exclusive lock on ``<run_dir>/.lock`` for the block; yields False when another live process
-    holds it (two sweeps in one directory must not both run a member). The OS drops the lock when its
-    holder dies, so a crashed run never leaves the directory locked. Where flock does not exist, yields True.
-    """
-    try:
-        import fcntl
-    except ImportError:  # Windows
-        yield True
-        return
+    holds it (two sweeps in one directory must not both run a member). filelock's OS lock (flock; msvcrt on
+    Windows): the OS drops it when its holder dies, so a crashed run never leaves the directory locked; never
+    its soft (file-exists) fallback, which a crash would leave behind. The file stays (removing it would race
+    with a new holder)."""
     path = Path(run_dir) / ".lock"
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+    lock = FileLock(path, mode=FILE_MODE, fallback_to_soft=False, preserve_lock_file=True)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
+        lock.acquire(timeout=0)
+    except Timeout:
+        yield False
+        return
+    try:
         yield True
     finally:
-        os.close(fd)  # closing releases the lock; the file stays (removing it would race with a new holder)
+        lock.release()
 
 
 def wandb_mode(requested: str) -> str:

@@ -33,7 +33,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from promptlab.config import is_whole
+from promptlab.config import has_key, is_whole
 from promptlab.errors import ConfigError
 
 log = logging.getLogger("promptlab")
@@ -60,7 +60,7 @@ def points(cfg: DictConfig) -> list[dict[str, Any]]:
         if not isinstance(options, list) or not options:
             raise ConfigError(f"method.space.{key}={options!r} has no values to try",
                               f"give a list of at least one value, e.g. method.space.{key}=[...]")
-        if OmegaConf.select(cfg, absolute_key(str(key)), default="__missing__") == "__missing__":
+        if not has_key(cfg, absolute_key(str(key))):
             raise ConfigError(f"method.space.{key}: the config has no key {absolute_key(str(key))} to tune",
                               "name a key the config has (a method's own, e.g. lr, or data.template)")
         keys.append(absolute_key(str(key)))
@@ -97,7 +97,7 @@ def tune_keys(cfg: DictConfig) -> list[str]:
     if not OmegaConf.is_list(keys) and not isinstance(keys, list):
         raise ConfigError(f"tune_keys={keys!r} is not a list of config keys", "use e.g. tune_keys=[method.lr]")
     for key in keys:
-        if not isinstance(key, str) or OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
+        if not isinstance(key, str) or not has_key(cfg, key):
             raise ConfigError(f"tune_keys names {key!r}, which is not a key of the config",
                               "name the keys the sweep varies, e.g. tune_keys=[method.lr]")
     return list(keys)

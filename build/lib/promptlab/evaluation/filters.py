@@ -8,17 +8,23 @@ A task lists them in order, e.g. for GSM8K::
 
 ``build_filters`` checks the whole list (``ConfigError`` before any model loads) and returns one function
 ``apply(text, choices) -> text``; ``choices`` are the example's answer texts on choice tasks, else None.
+
+Filters map a list of answers to a list (lm-eval's filters): a text filter maps each answer, a list filter
+(``majority_vote``, ``take_first``) combines several answers to one example, e.g. sampled reasoning paths
+(self-consistency: a method's ``filters: [{type: majority_vote}]``, ``build_list_filters``).
 """
 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from promptlab.errors import ConfigError
 
 Filter = Callable[[str, Sequence[str] | None], str]
+ListFilter = Callable[[list[str], Sequence[str] | None], list[str]]
 
 # A number: optional sign (not a hyphen inside a word, e.g. "5-3"), digits with optional thousands
 # separators, optional decimals.
@@ -80,10 +86,25 @@ def map_choice(text: str, choices: Sequence[str] | None = None) -> str:
     return answer
 
 
+def majority_vote(answers: list[str], choices: Sequence[str] | None = None) -> list[str]:
+    """The most common answer (Wang et al. 2022's self-consistency); a tie goes to the answer that came first,
+    as lm-eval's ``majority_vote`` (``Counter.most_common``) does."""
+    if not answers:
+        return []
+    counts = Counter(answers)
+    return [max(counts, key=lambda a: (counts[a], -answers.index(a)))]
+
+
+def take_first(answers: list[str], choices: Sequence[str] | None = None) -> list[str]:
+    """The first answer only (greedy decoding's, or the first sample's)."""
+    return answers[:1]
+
+
+_LIST = {"majority_vote": majority_vote, "take_first": take_first}
 _SIMPLE = {"last_number": last_number, "first_line": first_line, "strip": strip, "lowercase": lowercase,
            "map_choice": map_choice}
 _REGEX_KEYS = {"type", "pattern", "group", "fallback", "select"}
-TYPES = ("regex", *_SIMPLE)
+TYPES = ("regex", *_SIMPLE, *_LIST)
 
 
 def _build_regex(spec: Mapping[str, Any], where: str) -> Filter:
@@ -112,7 +133,7 @@ def _build_regex(spec: Mapping[str, Any], where: str) -> Filter:
     return _regex(compiled, group, fallback, select)
 
 
-def _build_one(spec: Any, where: str) -> Filter:
+def _build_one(spec: Any, where: str) -> ListFilter:
     if not isinstance(spec, Mapping) or "type" not in spec:
         raise ConfigError(f"{where}: {spec!r} is not a filter",
                           f"write each filter as {{type: ...}}, type one of {', '.join(TYPES)}")
@@ -124,20 +145,33 @@ def _build_one(spec: Any, where: str) -> Filter:
     if unknown:
         raise ConfigError(f"{where}: a {kind} filter has unknown key(s) {unknown}",
                           f"remove them; a {kind} filter takes: {', '.join(sorted(allowed))}")
-    return _build_regex(spec, where) if kind == "regex" else _SIMPLE[kind]
+    if kind in _LIST:
+        return _LIST[kind]
+    one = _build_regex(spec, where) if kind == "regex" else _SIMPLE[kind]
+    return lambda answers, choices=None: [one(a, choices) for a in answers]
 
 
-def build_filters(specs: Sequence[Mapping[str, Any]] | None, where: str = "filters") -> Filter:
-    """One function applying ``specs`` in order; an empty list is the identity. Every mistake (unknown
-    type or key, missing or broken pattern, bad group) raises ``ConfigError`` here, not mid-run."""
+def build_list_filters(specs: Sequence[Mapping[str, Any]] | None, where: str = "filters") -> ListFilter:
+    """One function applying ``specs`` in order to a list of answers; an empty list is the identity. Every
+    mistake (unknown type or key, missing or broken pattern, bad group) raises ``ConfigError`` here, not mid-run."""
     if specs is not None and (isinstance(specs, (str, Mapping)) or not isinstance(specs, Sequence)):
         raise ConfigError(f"{where} is {specs!r}, not a list of filters",
                           f"write {where}: [{{type: strip}}, ...]")
     steps = [_build_one(spec, f"{where}[{i}]") for i, spec in enumerate(specs or [])]
 
-    def apply(text: str, choices: Sequence[str] | None = None) -> str:
+    def apply(answers: list[str], choices: Sequence[str] | None = None) -> list[str]:
         for step in steps:
-            text = step(text, choices)
-        return text
+            answers = step(answers, choices)
+        return answers
+
+    return apply
+
+
+def build_filters(specs: Sequence[Mapping[str, Any]] | None, where: str = "filters") -> Filter:
+    """``build_list_filters`` for one answer: ``apply(text, choices) -> text``."""
+    chain = build_list_filters(specs, where)
+
+    def apply(text: str, choices: Sequence[str] | None = None) -> str:
+        return next(iter(chain([text], choices)), "")
 
     return apply

@@ -7,6 +7,7 @@ reads the answer. Adding a method of an existing type is one YAML; a new type is
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
@@ -15,9 +16,11 @@ from omegaconf import DictConfig
 
 from promptlab.config import is_whole
 from promptlab.errors import ConfigError
+from promptlab.evaluation.filters import ListFilter, build_filters, build_list_filters
 from promptlab.module import Optim
 from promptlab.prompts import Content, Encoder, render_content
-from promptlab.readout import ChoiceReadout, GenerateReadout
+from promptlab.readout import ChoiceReadout, GenerateReadout, Readout
+from promptlab.readout.generate import Sampling
 from promptlab.readout.model import base_model
 from promptlab.schema import MethodInfo
 from promptlab.tasks import TaskSpec
@@ -35,6 +38,22 @@ def register(type_name: str):
     return deco
 
 
+@dataclass
+class DemoWork:
+    """What writing and choosing a run's demonstrations cost, and what it keeps between a search's candidates:
+    the method adds to it (``Method.demos``), the run records ``costs()``."""
+
+    generated_tokens: int = 0  # reasoning a model wrote for its demonstrations (Auto-CoT)
+    generation_seconds: float = 0.0
+    selection_seconds: float = 0.0  # nearest-neighbour demonstrations: embedding the pool and the queries
+    embeddings: dict = field(default_factory=dict)  # text -> its embedding, computed once per run
+
+    def costs(self) -> dict[str, float]:
+        return {"demo_generated_tokens": self.generated_tokens,
+                "demo_generation_seconds": round(self.generation_seconds, 3),
+                "demo_selection_seconds": round(self.selection_seconds, 3)}
+
+
 def is_number(value) -> bool:
     """A finite int or float (not a bool; ``inf`` and ``nan``, which YAML reads from ``.inf``/``inf``, are not)."""
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
@@ -46,9 +65,11 @@ class Method:
     type: ClassVar[str]
     trains: ClassVar[bool] = False
     model_kinds: ClassVar[tuple[str, ...]] = ("lm", "vlm")  # the ``model.kind``s it works with
+    generates_on_choice: ClassVar[bool] = False  # whether it generates text on choice tasks too (reasoning)
 
-    def __init__(self, cfg: DictConfig):
+    def __init__(self, cfg: DictConfig, num_tasks: int = 1):
         self.cfg = cfg
+        self.num_tasks = num_tasks  # the tasks one trained state serves (a mixture's seen tasks)
 
     @property
     def num_demos(self) -> int:
@@ -67,6 +88,46 @@ class Method:
         """Knobs that do not fit (alone or with the task): ConfigError, before any model loads."""
         if not is_whole(self.num_demos, 0):
             raise ConfigError(f"method.num_demos={self.num_demos!r} is not a whole number >= 0", "use e.g. 4")
+        shots = self.cfg.get("shots")
+        if shots == "zero" and self.num_demos:
+            raise ConfigError(f"{self.cfg.name} is zero-shot (method.shots=zero) and method.num_demos="
+                              f"{self.num_demos}", "drop method.num_demos, or use the few-shot method (few_shot, "
+                              "few_shot_cot) for demonstrations")
+        if shots == "few" and self.num_demos < 1:
+            raise ConfigError(f"{self.cfg.name} is few-shot (method.shots=few) and method.num_demos="
+                              f"{self.num_demos}", "set method.num_demos=4, or use the zero-shot method")
+        self.check_sampling(task)
+
+    def check_sampling(self, task: TaskSpec) -> None:
+        """``method.sampling`` ({samples, temperature}) and ``method.filters`` (how the samples' answers combine)."""
+        spec = self.cfg.get("sampling") or {}
+        unknown = sorted(set(spec) - {"samples", "temperature"})
+        if unknown:
+            raise ConfigError(f"method.sampling has unknown key(s) {unknown}", "it takes samples and temperature")
+        n, t = spec.get("samples", 1), spec.get("temperature", 0.0)
+        if not is_whole(n, 1):
+            raise ConfigError(f"method.sampling.samples={n!r} is not a whole number >= 1", "use e.g. 8")
+        if not (is_number(t) and t >= 0):
+            raise ConfigError(f"method.sampling.temperature={t!r} is not a number >= 0", "use e.g. 0.7 (0: greedy)")
+        if n > 1 and t == 0:
+            raise ConfigError(f"method.sampling.samples={n} at temperature 0: greedy samples are all the same",
+                              "set method.sampling.temperature=0.7, or samples=1")
+        filters = self.cfg.get("filters")
+        build_list_filters(filters, "method.filters")
+        if n > 1 and not filters:
+            raise ConfigError(f"method.sampling.samples={n} and no method.filters to combine the samples' answers",
+                              "add filters: [{type: majority_vote}] (self-consistency) or [{type: take_first}]")
+        if spec and task.output_type == "choice" and not self.generates_on_choice:
+            raise ConfigError(f"method.sampling on a choice task: {self.cfg.name} rank-scores the answers, it "
+                              "generates nothing", "drop method.sampling, or use a chain-of-thought method")
+
+    def sampling(self, seed: int) -> Sampling:
+        spec = self.cfg.get("sampling") or {}
+        return Sampling(int(spec.get("samples", 1)), float(spec.get("temperature", 0.0)), seed)
+
+    def combine(self) -> ListFilter | None:
+        """The method's list filters over each example's sampled answers (None: one answer per example)."""
+        return build_list_filters(self.cfg.filters, "method.filters") if self.cfg.get("filters") else None
 
     def check_model(self, kind: str, task: TaskSpec) -> None:
         """The model's kind fits this method and the task: ConfigError otherwise (before the model loads)."""
@@ -96,14 +157,11 @@ class Method:
 
         return sample_demos(pool, task, self.num_demos, seed)
 
-    def demos(self, model: torch.nn.Module, tokenizer, task: TaskSpec, rows: list[dict], readout) -> list[tuple[Content, str]]:
-        """All demonstrations, once the model is loaded (a method may have the model write part of them)."""
+    def demos(self, model: torch.nn.Module, tokenizer, task: TaskSpec, rows: list[dict], readout,
+              work: DemoWork) -> list[tuple[Content, str]]:
+        """All demonstrations, once the model is loaded (a method may have the model write part of them, or pick
+        them per query; what that costs goes to ``work``)."""
         return [self.demo(task, r) for r in rows]
-
-    @property
-    def demo_costs(self) -> dict[str, float]:
-        """What writing the demonstrations cost (generated tokens and seconds; zero when nothing was written)."""
-        return {"demo_generated_tokens": 0, "demo_generation_seconds": 0.0, "demo_selection_seconds": 0.0}
 
     def encoder(self, backbone, task: TaskSpec, demos) -> Encoder:
         """What turns the task's rows into model inputs; a vision-language model's prompts (with images or not) go
@@ -111,10 +169,12 @@ class Method:
         images = ImageBlocks(backbone.processor) if backbone.kind == "vlm" else None
         return Encoder(backbone.tokenizer, task, demos, self.assistant_prefix, images=images)
 
-    def readout(self, tokenizer, task: TaskSpec):
+    def readout(self, tokenizer, task: TaskSpec, seed: int = 0) -> Readout:
+        """How answers are read; ``seed``: the run's, for sampled generations."""
         if task.output_type == "choice":
             return ChoiceReadout(tokenizer.pad_token_id)
-        return GenerateReadout(tokenizer, task.generation.max_new_tokens, task.generation.until)
+        return GenerateReadout(tokenizer, task.generation.max_new_tokens, task.generation.until, self.sampling(seed),
+                               self.combine(), build_filters(task.filters, "data.filters"))
 
     def optim(self) -> Optim:
         return Optim()
@@ -168,14 +228,14 @@ class TrainedMethod(Method):
         return Optim(float(c.lr), float(c.weight_decay), float(c.warmup_ratio), int(c.max_steps))
 
 
-def build_method(cfg: DictConfig) -> Method:
+def build_method(cfg: DictConfig, num_tasks: int = 1) -> Method:
     from promptlab.methods import clip, cot, full_finetune, peft_adapter, prompting  # noqa: F401  (registration)
 
     kind = cfg.get("type")
     if kind not in REGISTRY:
         raise ConfigError(f"method {cfg.get('name')!r} has type {kind!r}, which is not registered",
                           f"use method.type= one of {', '.join(sorted(REGISTRY))}")
-    return REGISTRY[kind](cfg)
+    return REGISTRY[kind](cfg, num_tasks)
 
 
 def count_parameters(model) -> tuple[int, int]:

@@ -178,7 +178,7 @@ class ClipMethod(Method):
     def encoder(self, backbone, task: TaskSpec, demos) -> ClipEncoder:
         return ClipEncoder(backbone, task)
 
-    def readout(self, tokenizer, task: TaskSpec) -> ClipReadout:
+    def readout(self, tokenizer, task: TaskSpec, seed: int = 0) -> ClipReadout:
         return ClipReadout()
 
     def checkpoint_activations(self, model: nn.Module) -> None:

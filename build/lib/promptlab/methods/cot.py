@@ -20,6 +20,8 @@ from promptlab.readout import ChoiceReadout, CoTChoiceReadout, GenerateReadout
 
 @register("cot")
 class ChainOfThought(Method):
+    generates_on_choice = True
+
     @property
     def assistant_prefix(self) -> str:
         return self.cfg.trigger
@@ -39,24 +41,21 @@ class ChainOfThought(Method):
     def demo(self, task, row: dict) -> tuple[str, str]:
         return render(task.prompt_template, row), f"{self.cfg.trigger} {task.target_of(row)}"
 
-    def demos(self, model, tokenizer, task, rows, readout) -> list[tuple[str, str]]:
+    def demos(self, model, tokenizer, task, rows, readout, work) -> list[tuple[str, str]]:
         if task.output_type == "generate" or not rows:
-            return super().demos(model, tokenizer, task, rows, readout)
+            return super().demos(model, tokenizer, task, rows, readout, work)
         c = self.cfg
         encoder = Encoder(tokenizer, task, (), self.assistant_prefix)  # the zero-shot CoT prompt of each demo
-        before = readout.gen.generated_tokens, readout.gen.generation_seconds
-        written = readout.gen.generate(model, [encoder.prompt_ids(r) for r in rows])
-        self._demo_costs = {"demo_generated_tokens": readout.gen.generated_tokens - before[0],
-                            "demo_generation_seconds": round(readout.gen.generation_seconds - before[1], 3)}
+        writer = GenerateReadout(tokenizer, c.max_new_tokens, list(c.until))  # greedy, even when answers sample
+        written = writer.generate(model, [encoder.prompt_ids(r) for r in rows])
+        work.generated_tokens += writer.generated_tokens
+        work.generation_seconds += writer.generation_seconds
         return [(render(task.prompt_template, r), f"{c.trigger} {g.text} {c.answer_cue} {task.target_of(r)}.")
                 for r, g in zip(rows, written, strict=True)]
 
-    @property
-    def demo_costs(self) -> dict[str, float]:
-        return {**super().demo_costs, **getattr(self, "_demo_costs", {})}
-
-    def readout(self, tokenizer, task):
+    def readout(self, tokenizer, task, seed: int = 0):
         if task.output_type == "generate":
-            return super().readout(tokenizer, task)
-        gen = GenerateReadout(tokenizer, self.cfg.max_new_tokens, list(self.cfg.until))
+            return super().readout(tokenizer, task, seed)
+        gen = GenerateReadout(tokenizer, self.cfg.max_new_tokens, list(self.cfg.until), self.sampling(seed),
+                              self.combine())
         return CoTChoiceReadout(gen, ChoiceReadout(tokenizer.pad_token_id), self.cfg.answer_cue)

@@ -99,8 +99,6 @@ class PeftMethod(TrainedMethod):
     """A PEFT adapter on a frozen backbone; ``num_tasks`` is how many tasks one adapter serves (multitask
     prompt tuning trains on a mixture of that many tasks; 1 otherwise)."""
 
-    num_tasks: int = 1
-
     def fields(self) -> dict:
         block = self.cfg.get("peft")
         if not isinstance(block, DictConfig) or "_target_" not in block:

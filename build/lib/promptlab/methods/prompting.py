@@ -16,7 +16,7 @@ import time
 import torch
 
 from promptlab.errors import ConfigError
-from promptlab.methods import Method, register
+from promptlab.methods import DemoWork, Method, register
 from promptlab.prompts import plain_ids, render
 
 SELECTIONS = ("random", "knn")
@@ -30,10 +30,6 @@ class Prompting(Method):
 
     def validate(self, task) -> None:
         super().validate(task)
-        if self.cfg.name == "few_shot" and self.num_demos < 1:
-            raise ConfigError(f"few_shot needs method.num_demos >= 1 (got {self.num_demos})", "set method.num_demos=4")
-        if self.cfg.name == "zero_shot" and self.num_demos:
-            raise ConfigError("zero_shot takes no demonstrations", "use method=few_shot for method.num_demos > 0")
         if self.selection not in SELECTIONS:
             raise ConfigError(f"method.demo_selection={self.selection!r} is unknown",
                               f"use one of {', '.join(SELECTIONS)}")
@@ -51,40 +47,35 @@ class Prompting(Method):
                               f"{len(pool)} examples", "lower method.num_demos or raise data.k_shot / data.train_size")
         return pool
 
-    def demos(self, model, tokenizer, task, rows, readout):
+    def demos(self, model, tokenizer, task, rows, readout, work):
         if self.selection != "knn" or not rows:
-            return super().demos(model, tokenizer, task, rows, readout)
-        return NearestDemos(self, model, tokenizer, task, rows)
-
-    @property
-    def demo_costs(self) -> dict[str, float]:
-        return {**super().demo_costs, "demo_selection_seconds": round(getattr(self, "_selection_seconds", 0.0), 3)}
+            return super().demos(model, tokenizer, task, rows, readout, work)
+        return NearestDemos(self, model, tokenizer, task, rows, work)
 
 
 class NearestDemos:
     """row -> its ``num_demos`` nearest training examples as (question, answer) turns (KATE)."""
 
-    def __init__(self, method: Prompting, model, tokenizer, task, pool: list[dict]):
-        self.method, self.model, self.tokenizer, self.task = method, model, tokenizer, task
+    def __init__(self, method: Prompting, model, tokenizer, task, pool: list[dict], work: DemoWork):
+        self.method, self.model, self.tokenizer, self.task, self.work = method, model, tokenizer, task, work
         self.turns = [method.demo(task, r) for r in pool]  # in this task's template (prompt search varies it)
         self.keys = torch.stack([self.embed(r) for r in pool])
 
     @torch.no_grad()
     def embed(self, row) -> torch.Tensor:
-        """The unit-length mean of the last hidden states over the row's inputs (no template, no chat); kept on the
-        method, so a prompt search's candidates do not embed the same text again."""
+        """The unit-length mean of the last hidden states over the row's inputs (no template, no chat); kept in the
+        run's ``DemoWork``, so a prompt search's candidates do not embed the same text again."""
         from promptlab.readout.model import final_hidden_states, head_of
 
         text = render(self.task.inputs_template, row)
-        cache = self.method.__dict__.setdefault("_embeddings", {})
+        cache = self.work.embeddings
         if text not in cache:
             start = time.perf_counter()
             ids = torch.tensor([plain_ids(self.tokenizer, text) or [self.tokenizer.eos_token_id]],
                                device=head_of(self.model).weight.device)
             hidden = final_hidden_states(self.model, ids, torch.ones_like(ids))[0].float().mean(0)
             cache[text] = hidden / hidden.norm().clamp_min(1e-12)
-            self.method._selection_seconds = getattr(self.method, "_selection_seconds", 0.0) + (
-                time.perf_counter() - start)
+            self.work.selection_seconds += time.perf_counter() - start
         return cache[text]
 
     def __call__(self, row) -> list[tuple[str, str]]:

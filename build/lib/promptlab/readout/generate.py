@@ -1,10 +1,12 @@
-"""Generation: greedy decoding with the KV cache (``model.generate``, which also serves PEFT-wrapped models),
-and the training loss of generation tasks: cross-entropy over the target's tokens only."""
+"""Generation: greedy decoding or sampling with the KV cache (``model.generate``, which also serves PEFT-wrapped
+models), several samples per example combined by list filters (self-consistency: a majority vote over the
+sampled reasoning paths' answers), and the training loss of generation tasks: cross-entropy over the
+target's tokens only."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +24,25 @@ from promptlab.readout.model import (
     task_inputs,
 )
 from promptlab.vision import pixel_inputs
+
+
+def repeat(values: Sequence, n: int) -> list:
+    """Each value ``n`` times in a row: a batch's column for ``n`` samples per example."""
+    return [v for v in values for _ in range(n)]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How each example is decoded: ``samples`` continuations at ``temperature`` (0: greedy, one sample), from
+    the full softmax (no top-k or top-p), drawn from a generator seeded with ``seed`` at every evaluation pass."""
+
+    samples: int = 1
+    temperature: float = 0.0
+    seed: int = 0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
 
 
 @dataclass
@@ -46,18 +67,36 @@ class StopOnGeneratedText(StoppingCriteria):
 
 
 class GenerateReadout:
-    """Batched greedy decoding (left padding) with stop strings; counts tokens and seconds as costs."""
+    """Batched decoding (left padding) with stop strings; counts tokens and seconds as costs.
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_new_tokens: int, until: Sequence[str] = ()):
-        self.tokenizer, self.until = tokenizer, list(until)
+    With ``sampling.samples`` > 1 each example is decoded that many times and ``combine`` (the method's list
+    filters over the answers ``answer_of`` reads from each sample, e.g. a majority vote) picks the answer; the
+    row keeps every sample (``generations``) and, as ``generation``, the first sample giving that answer."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_new_tokens: int, until: Sequence[str] = (),
+                 sampling: Sampling = Sampling(), combine: Callable[[list[str], None], list[str]] | None = None,
+                 answer_of: Callable[[str, None], str] | None = None):
+        self.tokenizer, self.until, self.sampling = tokenizer, list(until), sampling
+        self.combine, self.answer_of = combine, answer_of
+        sample = ({"do_sample": False} if sampling.greedy else
+                  {"do_sample": True, "temperature": sampling.temperature, "top_k": 0, "top_p": 1.0})
         self.config = GenerationConfig(
-            max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+            max_new_tokens=max_new_tokens, num_beams=1,
+            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **sample,
         )
         self.generated_tokens, self.generation_seconds = 0, 0.0
+        self.new_pass()
 
     def new_pass(self) -> None:
-        """Nothing is kept between evaluation passes."""
+        """Every evaluation pass samples from the same seeded stream (dev and eval each reproducible alone)."""
+        self.rng = torch.Generator().manual_seed(self.sampling.seed)
+
+    def next_token(self, logits: torch.Tensor) -> torch.Tensor:
+        """The argmax, or a draw from softmax(logits / temperature) with this pass's generator."""
+        if self.sampling.greedy:
+            return logits.argmax(-1)
+        probs = torch.softmax(logits.float().cpu() / self.sampling.temperature, dim=-1)
+        return torch.multinomial(probs, 1, generator=self.rng)[:, 0].to(logits.device)
 
     def loss(self, model: torch.nn.Module, batch: dict) -> torch.Tensor:
         """Mean cross-entropy of the target tokens given the prompt (prompt tokens are not predicted)."""
@@ -76,38 +115,49 @@ class GenerateReadout:
 
     @torch.no_grad()
     def generate(self, model: torch.nn.Module, prompts: Sequence[Sequence[int]],
-                 task_ids: Sequence[int] | None = None, images: Sequence[Sequence[dict]] | None = None) -> list[Generated]:
-        """Each prompt's continuation; ``images``: each row's pixel inputs, for a vision-language model."""
+                 task_ids: Sequence[int] | None = None, images: Sequence[Sequence[dict]] | None = None,
+                 repeats: int = 1) -> list[Generated]:
+        """Each prompt's continuation (``repeats`` of them, one after another, for sampling); ``images``: each
+        row's pixel inputs, for a vision-language model."""
         device = head_of(model).weight.device
         start = time.perf_counter()
         if plain_forward(model) and not images:  # a transformers forward: decoded here, finished rows dropped
-            new = self.greedy(model, prompts, device)
+            new = self.greedy(model, prompts, device, repeats)
         else:  # virtual tokens, per-row adapters or images: the model's (or its wrapper's) own generate
+            prompts, task_ids, images = (None if v is None else repeat(v, repeats) for v in (prompts, task_ids, images))
             ids, mask = pad(prompts, self.tokenizer.pad_token_id, device, left=True)
             stop = StoppingCriteriaList([StopOnGeneratedText(self.tokenizer, ids.shape[1], self.until)] if self.until
                                         else [])
-            out = model.generate(input_ids=ids, attention_mask=mask, generation_config=self.config,
-                                 stopping_criteria=stop, **task_inputs(model, task_ids, device),
-                                 **pixel_inputs(images, device))
+            with torch.random.fork_rng(devices=[]):  # generate() samples from the global generator: seed a copy
+                torch.manual_seed(int(torch.randint(2**62, (1,), generator=self.rng)))
+                out = model.generate(input_ids=ids, attention_mask=mask, generation_config=self.config,
+                                     stopping_criteria=stop, **task_inputs(model, task_ids, device),
+                                     **pixel_inputs(images, device))
             new = [row.tolist() for row in out[:, ids.shape[1]:]]
         self.generation_seconds += time.perf_counter() - start
         results = [self._decode(row) for row in new]
         self.generated_tokens += sum(r.num_tokens for r in results)
         return results
 
-    def greedy(self, model: torch.nn.Module, prompts: Sequence[Sequence[int]], device: torch.device) -> list[list[int]]:
-        """Greedy decoding with the KV cache, token for token what ``model.generate`` gives in fp32, minus the work
+    def greedy(self, model: torch.nn.Module, prompts: Sequence[Sequence[int]], device: torch.device,
+               repeats: int = 1) -> list[list[int]]:
+        """Decoding with the KV cache (greedy: token for token what ``model.generate`` gives in fp32), minus the work
         on finished rows: a row that wrote EOS or a stop string leaves the batch (and the cache) at once, where
-        ``generate`` keeps computing it, padded, until the last row ends. Written here for that reason (and to
-        take each next token from fp32 logits under bf16 autocast, see ``project``)."""
+        ``generate`` keeps computing it, padded, until the last row ends. ``repeats`` samples of a prompt share its
+        prefill: each prompt is read once and its key/value cache repeated (``generate`` reads it once per
+        sample). Written here for these reasons (and to take each next token from fp32 logits under bf16
+        autocast, see ``project``)."""
         ids, mask = pad(prompts, self.tokenizer.pad_token_id, device, left=True)
         positions = (mask.cumsum(-1) - 1).clamp_min(0)  # as generate numbers left-padded rows
         head, none = head_of(model), NO_LOGITS.to(device)  # the next token from fp32 logits (``project``)
         out, hidden = run_keeping_last_hidden(model, input_ids=ids, attention_mask=mask, position_ids=positions,
                                               use_cache=True, logits_to_keep=none)
-        cache, token = out.past_key_values, project(head, hidden[:, -1]).argmax(-1)
-        position = positions[:, -1:] + 1
-        alive, new = list(range(len(prompts))), [[] for _ in prompts]
+        cache, last = out.past_key_values, hidden[:, -1]
+        if repeats > 1:
+            cache.batch_repeat_interleave(repeats)
+            mask, positions, last = (t.repeat_interleave(repeats, dim=0) for t in (mask, positions, last))
+        token, position = self.next_token(project(head, last)), positions[:, -1:] + 1
+        alive, new = list(range(len(mask))), [[] for _ in range(len(mask))]
         while True:
             for row, t in zip(alive, token.tolist(), strict=True):
                 new[row].append(t)
@@ -123,7 +173,7 @@ class GenerateReadout:
             _, hidden = run_keeping_last_hidden(model, input_ids=token[:, None], attention_mask=mask,
                                                 position_ids=position, past_key_values=cache, use_cache=True,
                                                 logits_to_keep=none)
-            token, position = project(head, hidden[:, -1]).argmax(-1), position + 1
+            token, position = self.next_token(project(head, hidden[:, -1])), position + 1
 
     def _finished(self, new: list[int]) -> bool:
         if new[-1] == self.tokenizer.eos_token_id or len(new) >= self.config.max_new_tokens:
@@ -139,7 +189,26 @@ class GenerateReadout:
         cut = min((text.find(s) for s in self.until if s in text), default=len(text))
         return Generated(text[:cut].strip(), n)
 
+    def samples(self, model: torch.nn.Module, batch: dict) -> list[list[Generated]]:
+        """``sampling.samples`` continuations of each row's prompt (the prompt repeated in the batch)."""
+        n = self.sampling.samples
+        rows = range(len(batch["prompt_ids"]))
+        gens = self.generate(model, batch["prompt_ids"], batch.get("task_id"), batch.get("images"), repeats=n)
+        return [gens[i * n:(i + 1) * n] for i in rows]
+
+    def chosen(self, answers: list[str]) -> int:
+        """Which sample stands for the row: the first whose answer is the combined answer (0 without samples)."""
+        if self.combine is None or len(answers) == 1:
+            return 0
+        combined = self.combine(answers, None)
+        return answers.index(combined[0]) if combined and combined[0] in answers else 0
+
     def predict(self, model: torch.nn.Module, batch: dict) -> list[dict]:
-        gens = self.generate(model, batch["prompt_ids"], batch.get("task_id"), batch.get("images"))
-        return [{"idx": int(i), "generation": g.text, "references": refs, "generated_tokens": g.num_tokens}
-                for i, g, refs in zip(batch["idx"], gens, batch["references"], strict=True)]
+        out = []
+        for i, refs, gens in zip(batch["idx"], batch["references"], self.samples(model, batch), strict=True):
+            texts = [g.text for g in gens]
+            pick = self.chosen([self.answer_of(t, None) for t in texts] if self.answer_of else texts)
+            row = {"idx": int(i), "generation": texts[pick], "references": refs,
+                   "generated_tokens": sum(g.num_tokens for g in gens)}
+            out.append(row if len(gens) == 1 else {**row, "generations": texts})
+        return out

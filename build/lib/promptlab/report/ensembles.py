@@ -75,7 +75,7 @@ def seed_ensembles(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def display_ensembles(rows: pd.DataFrame) -> pd.DataFrame:
-    from promptlab.report.tables import fmt_bytes, fmt_seconds
+    from promptlab.report.columns import fmt_bytes, fmt_seconds
 
     pct = lambda v: f"{v:.1f}"  # noqa: E731
     return pd.DataFrame({

@@ -15,10 +15,10 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 
+from promptlab.report.columns import fmt_count
 from promptlab.report.configs import natural_key
 from promptlab.report.records import latest_completed
 from promptlab.report.tables import (
-    fmt_count,
     headline,
     machine_note,
     metric_name,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from promptlab.report.tables import fmt_count, fmt_pct, fmt_seconds
+from promptlab.report.columns import fmt_count, fmt_pct, fmt_seconds
 
 NOTE = ("Zero-shot on every task with its default template, after training on the seen tasks' mixture (an "
         "untrained row: the backbone itself). Each task's primary metric ×100, mean ± std over seeds; the means "

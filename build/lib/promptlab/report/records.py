@@ -21,6 +21,7 @@ import pandas as pd
 
 from promptlab.evaluation.readouts import ORDER as READOUTS
 from promptlab.evaluation.readouts import metric_key
+from promptlab.report.columns import COST_KEYS
 from promptlab.report.configs import config_columns, config_variants, read_config
 from promptlab.schema import primary_metric, record_problem
 
@@ -49,21 +50,17 @@ COLUMNS = [
     "eval_split", "seed", "k_shot", "train_size", "template_id", "num_demos", "budget", "budget_kind",
     "budget_value", "metric", "score", "dev_score", "readout", *READOUT_COLUMNS, "higher_is_better", "chance",
     "accuracy", "macro_f1", *TUNING, "objective", "quantization", "precision", "diverged_at_step",
-    "dev_eval_seconds", "dev_check_seconds",
-    "trainable_params", "total_params", "trainable_fraction", "stored_params", "optimizer_state_bytes",
-    "train_seconds", "train_examples_per_second", "search_seconds", "search_tokens_scored", "search_generated_tokens",
-    "eval_seconds", "eval_examples", "generation_seconds", "generated_tokens_per_second", "peak_rss_mb",
-    "peak_rss_reset_per_run", "peak_gpu_mb", "checkpoint_bytes", "num_train_examples", "machine",
+    "dev_eval_seconds", "dev_check_seconds", *COST_KEYS,  # the declared cost columns (report/columns.py)
+    "total_params", "search_seconds", "search_tokens_scored", "search_generated_tokens",
+    "eval_seconds", "eval_examples", "peak_rss_mb", "peak_rss_reset_per_run", "num_train_examples", "machine",
     "load_start", "load_end", "error", "started_at", "finished_at", "run_dir", "source", "group_key",
     "config_label", "config_diff", "config", "selection",
 ]
 NUMERIC = ["score", "dev_score", *READOUT_COLUMNS, "trial", "n_points", "dev_evaluations", "dev_budget",
-           "chosen_step", "diverged_at_step", "dev_eval_seconds", "dev_check_seconds", "chance", "accuracy", "macro_f1", "trainable_params", "total_params",
-           "trainable_fraction", "stored_params", "optimizer_state_bytes", "train_seconds", "train_examples_per_second", "search_seconds",
-           "search_tokens_scored", "search_generated_tokens", "eval_seconds",
-           "eval_examples", "generation_seconds", "generated_tokens_per_second", "peak_rss_mb", "peak_gpu_mb",
-           "checkpoint_bytes", "k_shot", "train_size", "budget_value", "num_train_examples", "load_start",
-           "load_end"]
+           "chosen_step", "diverged_at_step", "dev_eval_seconds", "dev_check_seconds", "chance", "accuracy", "macro_f1",
+           *COST_KEYS, "total_params", "search_seconds", "search_tokens_scored", "search_generated_tokens",
+           "eval_seconds", "eval_examples", "peak_rss_mb", "k_shot", "train_size", "budget_value",
+           "num_train_examples", "load_start", "load_end"]
 NESTED = ("metrics", "costs", "versions", "traceback", "method_info", "machine", "selection", "dev_metrics",
           "headline", "tuning", "provenance", "train_idx", "splits", "resumes")
 

@@ -11,6 +11,19 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
+from promptlab.report.columns import (
+    cost_columns,
+    cost_summary,
+    fmt_bytes,
+    fmt_ci,
+    fmt_count,
+    fmt_fraction,
+    fmt_megabytes,
+    fmt_pct,
+    fmt_seconds,
+    generates,
+)
+from promptlab.report.columns import missing as _missing
 from promptlab.report.configs import natural_key
 from promptlab.report.intervals import hierarchical_interval, seed_table
 from promptlab.report.records import (
@@ -113,17 +126,10 @@ def _group_row(key: tuple, runs: pd.DataFrame, ok: pd.DataFrame) -> dict:
         "eval_objective": bool((ok["objective"] == "eval").any()),
         "quantization": "; ".join(sorted(ok["quantization"].dropna().unique())) or None,
         "precision": "; ".join(sorted(ok["precision"].dropna().unique())) or None,
-        "trainable_params": ok["trainable_params"].median(), "total_params": ok["total_params"].median(),
-        "trainable_fraction": ok["trainable_fraction"].median(),
-        "stored_params": ok["stored_params"].median(), "optimizer_state_bytes_max": ok["optimizer_state_bytes"].max(),
-        "train_seconds_mean": ok["train_seconds"].mean(),
+        **cost_summary(ok), "total_params": ok["total_params"].median(),
         "search_seconds_mean": ok["search_seconds"].mean(),
         "search_tokens_mean": (ok["search_tokens_scored"] + ok["search_generated_tokens"].fillna(0)).mean(),
-        "train_examples_per_second_mean": ok["train_examples_per_second"].mean(),
-        "generation_seconds_mean": ok["generation_seconds"].mean(),
-        "generated_tokens_per_second_mean": ok["generated_tokens_per_second"].mean(),
-        "peak_rss_mb_max": ok["peak_rss_mb"].max(), "peak_gpu_mb_max": ok["peak_gpu_mb"].max(),
-        "checkpoint_bytes_mean": ok["checkpoint_bytes"].mean(), "eval_examples": ok["eval_examples"].median(),
+        "peak_rss_mb_max": ok["peak_rss_mb"].max(), "eval_examples": ok["eval_examples"].median(),
         "peak_rss_upper_bound": bool((ok["peak_rss_reset_per_run"] == False).any()),  # noqa: E712
         "machine": "; ".join(sorted(ok["machine"].dropna().unique())) or None,
         "load_min": loads.min().min(), "load_max": loads.max().max(),
@@ -225,59 +231,6 @@ def timing_note(rows: pd.DataFrame) -> str:
     return f"Timings measured on {note}." if note else ""
 
 
-# --- human units ------------------------------------------------------------------------------------------
-
-def _missing(x) -> bool:
-    return x is None or (isinstance(x, float | np.floating) and math.isnan(x))
-
-
-def fmt_count(n) -> str:
-    if _missing(n):
-        return "—"
-    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if abs(n) >= div:
-            return f"{n / div:.3g}{unit}" if n / div < 100 else f"{n / div:.0f}{unit}"
-    return f"{n:.0f}"
-
-
-def fmt_bytes(b) -> str:
-    if _missing(b):
-        return "—"
-    for div, unit in ((2**30, "GB"), (2**20, "MB"), (2**10, "KB")):
-        if b >= div:
-            return f"{b / div:.3g} {unit}" if b / div < 100 else f"{b / div:.0f} {unit}"
-    return f"{b:.0f} B"
-
-
-def fmt_seconds(s) -> str:
-    if _missing(s):
-        return "—"
-    if s < 60:
-        return f"{s:.2g} s" if s < 10 else f"{s:.0f} s"
-    return f"{s / 60:.1f} min" if s < 3600 else f"{s / 3600:.1f} h"
-
-
-def fmt_ci(mean, low, high) -> str:
-    """"82.1 [79.0, 85.2]": a mean and its 95% interval, x100 already."""
-    if _missing(mean):
-        return "—"
-    return f"{mean:.1f}" if _missing(low) else f"{mean:.1f} [{low:.1f}, {high:.1f}]"
-
-
-def fmt_pct(mean, std) -> str:
-    if _missing(mean):
-        return "—"
-    return f"{mean:.1f}" if _missing(std) else f"{mean:.1f} ± {std:.1f}"
-
-
-def fmt_fraction(f) -> str:
-    return "—" if _missing(f) else f"{100 * f:.3g}%"
-
-
-def fmt_rate(r) -> str:
-    return "—" if _missing(r) else f"{r:.3g}"
-
-
 def _not_completed(r) -> str:
     parts = [(r["n_failed"], "failed"), (r["n_diverged"], "diverged"), (r["n_running"], "running/crashed"),
              (r["n_other"], "other")]
@@ -308,11 +261,6 @@ def _searches(summary: pd.DataFrame) -> bool:
     return bool((summary["search_seconds_mean"].fillna(0) > 0).any())
 
 
-def _generates(summary: pd.DataFrame) -> bool:
-    """Whether any row generated text (choice runs record 0 generation seconds, not a gap)."""
-    return bool((summary["generation_seconds_mean"].fillna(0) > 0).any())
-
-
 def display_table(summary: pd.DataFrame, compact: bool = False) -> pd.DataFrame:
     """Summary rows of one dataset as strings with readable headers (compact: the stdout/README columns)."""
     cols: dict[str, pd.Series | list] = {"Method": method_labels(summary)}
@@ -335,16 +283,7 @@ def display_table(summary: pd.DataFrame, compact: bool = False) -> pd.DataFrame:
         cols["Dev evals"] = summary["dev_evaluations"].map(lambda v: "—" if _missing(v) else f"{v:.0f}")
     if not compact and _show_f1(summary):
         cols["Macro-F1 (%)"] = [fmt_pct(r["macro_f1_mean"], r["macro_f1_std"]) for r in rows]
-    cols["Trainable params"] = summary["trainable_params"].map(fmt_count)
-    if not compact:
-        cols["Trainable share"] = summary["trainable_fraction"].map(fmt_fraction)
-        if _has(summary, "stored_params"):  # what is kept per task can be far less than what trains (P-tuning)
-            cols["Stored params / task"] = summary["stored_params"].map(fmt_count)
-        if _has(summary, "optimizer_state_bytes_max"):
-            cols["Optimiser state"] = summary["optimizer_state_bytes_max"].map(fmt_bytes)
-    cols["Train time"] = summary["train_seconds_mean"].map(fmt_seconds)
-    if not compact:
-        cols["Train ex/s"] = summary["train_examples_per_second_mean"].map(fmt_rate)
+    cols.update(cost_columns(summary, compact, "training"))  # report/columns.py: the declared costs
     if _tunes(summary):  # every trial's training and dev scoring: what choosing the row's settings cost
         cols["Tuning time"] = summary["tuning_seconds_mean"].map(fmt_seconds)
         if not compact:
@@ -353,14 +292,10 @@ def display_table(summary: pd.DataFrame, compact: bool = False) -> pd.DataFrame:
         cols["Search time"] = summary["search_seconds_mean"].map(fmt_seconds)
         if not compact:
             cols["Search tokens"] = summary["search_tokens_mean"].map(fmt_count)
-    if _generates(summary):
-        cols["Gen tok/s"] = summary["generated_tokens_per_second_mean"].map(fmt_rate)
-        cols["Gen time"] = summary["generation_seconds_mean"].map(fmt_seconds)
+    cols.update(cost_columns(summary, compact, "inference"))
     mark = summary["peak_rss_upper_bound"].map(lambda b: "*" if b else "")
-    cols["Peak memory" if compact else "Peak RAM"] = summary["peak_rss_mb_max"].map(lambda m: fmt_bytes(m * 2**20)) + mark
-    if _has(summary, "peak_gpu_mb_max"):
-        cols["Peak GPU"] = summary["peak_gpu_mb_max"].map(lambda m: fmt_bytes(m * 2**20))
-    cols["Checkpoint" if compact else "Checkpoint / task"] = summary["checkpoint_bytes_mean"].map(fmt_bytes)
+    cols["Peak memory" if compact else "Peak RAM"] = summary["peak_rss_mb_max"].map(fmt_megabytes) + mark
+    cols.update(cost_columns(summary, compact, "memory"))
     not_done = [_not_completed(r) for r in rows]
     if not compact or any(x != "—" for x in not_done):
         cols["Not completed"] = not_done
@@ -442,7 +377,7 @@ def caption(summary: pd.DataFrame, compact: bool = False) -> str:
         notes.append("Costs: mean over completed runs (peak memory: maximum); sizes in binary units (1 KB = 1024 B). "
                      "Stored params / task: the tensors a task's checkpoint holds; optimiser state: AdamW's moments "
                      "at the end of training.")
-        if _generates(summary):
+        if generates(summary):
             notes.append("Gen tok/s, Gen time: generated tokens per second and seconds spent generating "
                          "(evaluation).")
         if _searches(summary):
