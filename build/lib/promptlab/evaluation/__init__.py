@@ -1,1 +1,0 @@
-"""Evaluation: the metric registry, answer filters, and ``evaluate()``."""

@@ -1,7 +1,0 @@
-"""Tasks: the spec (one YAML each), loading and checking rows, and drawing budgets and demonstrations."""
-
-from promptlab.tasks.loading import Task, load_task
-from promptlab.tasks.sampling import sample_demos, training_subset
-from promptlab.tasks.spec import Generation, TaskSpec
-
-__all__ = ["Generation", "Task", "TaskSpec", "load_task", "sample_demos", "training_subset"]
