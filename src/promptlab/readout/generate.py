@@ -190,7 +190,7 @@ class GenerateReadout:
         return Generated(text[:cut].strip(), n)
 
     def samples(self, model: torch.nn.Module, batch: dict) -> list[list[Generated]]:
-        """``sampling.samples`` continuations of each row's prompt (the prompt repeated in the batch)."""
+        """``sampling.samples`` continuations of each row's prompt, the samples of a row one after another."""
         n = self.sampling.samples
         rows = range(len(batch["prompt_ids"]))
         gens = self.generate(model, batch["prompt_ids"], batch.get("task_id"), batch.get("images"), repeats=n)
@@ -207,7 +207,8 @@ class GenerateReadout:
         out = []
         for i, refs, gens in zip(batch["idx"], batch["references"], self.samples(model, batch), strict=True):
             texts = [g.text for g in gens]
-            pick = self.chosen([self.answer_of(t, None) for t in texts] if self.answer_of else texts)
+            answers = texts if len(texts) == 1 or not self.answer_of else [self.answer_of(t, None) for t in texts]
+            pick = self.chosen(answers)  # one sample (greedy): 0, nothing filtered twice
             row = {"idx": int(i), "generation": texts[pick], "references": refs,
                    "generated_tokens": sum(g.num_tokens for g in gens)}
             out.append(row if len(gens) == 1 else {**row, "generations": texts})

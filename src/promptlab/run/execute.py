@@ -159,9 +159,10 @@ def execute(cfg: DictConfig, run_dir: Path, record: RunRecord, point: resume.Res
             p.method.checkpoint_activations(model)
         module, encoder = build_module(p, backbone, model)
         loggers = make_loggers(cfg, run_dir, record.data["run_id"], mode=wandb) if record.primary and not saved else []
-        saver = resume.ResumeCheckpoint(resume.checkpoint_path(run_dir), p.settings.checkpoint_every_n_steps,
-                                        p.settings.checkpoint_every_minutes,
-                                        on_start=(lambda step: record.resumed(step, point)) if point else None)
+        if not saved:  # an evaluation of a saved run has nothing to resume (nor its record the resume costs)
+            saver = resume.ResumeCheckpoint(resume.checkpoint_path(run_dir), p.settings.checkpoint_every_n_steps,
+                                            p.settings.checkpoint_every_minutes,
+                                            on_start=(lambda step: record.resumed(step, point)) if point else None)
         best = dev_checker(p, module, encoder) if p.dev_every and trains else None
         callbacks = [saver, *([best] if best else [])] if trains else []
         trainer = make_trainer(cfg, p.settings, run_dir, loggers, trains, callbacks, p.dev_every if trains else None)
@@ -182,7 +183,8 @@ def execute(cfg: DictConfig, run_dir: Path, record: RunRecord, point: resume.Res
         record.phase = "writing the results"
         if record.primary:
             write_predictions(run_dir, ev)
-        costs.update(run_costs(p, module, encoder, trainer, ev, memory, train_seconds, checkpoint), **saver.costs())
+        costs.update(run_costs(p, module, encoder, trainer, ev, memory, train_seconds, checkpoint),
+                     **(saver.costs() if saver else {}))
         for lg in loggers:
             lg.log_metrics({f"eval/{k}": v for k, v in ev.metrics.items()}, step=trainer.global_step)
             lg.save()  # the CSV logger only writes on save()
