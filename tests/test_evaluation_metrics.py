@@ -154,6 +154,19 @@ def test_register_metric_adds_a_metric(monkeypatch):
         metrics.register_metric("other", output_types=("ranking",))
 
 
+def test_a_registered_metric_carries_how_reports_show_it(monkeypatch):
+    """A new metric is one registration: the report's headers, notes and corpus handling read it from there."""
+    from promptlab.report.tables import is_corpus, metric_label, metric_name
+
+    monkeypatch.setattr(metrics, "_REGISTRY", dict(metrics._REGISTRY))
+    metrics.register_metric("ter_like", display="TER-like", unit="", corpus=True)(lambda p, r, **c: (0.0, []))
+    assert (metric_name("ter_like"), metric_label("ter_like"), is_corpus("ter_like")) == ("TER-like", "TER-like", True)
+    assert metric_label("accuracy") == "Accuracy (%)" and metric_label("rougeL") == "ROUGE-L"
+    assert not is_corpus("accuracy") and is_corpus("bleu")
+    assert metric_label("evaluate:sacrebleu") == "sacrebleu (×100)"  # a Hub metric: its id, x100
+    assert metric_label("gone_metric") == "gone_metric (×100)"  # a record's metric this version does not know
+
+
 # ---- check_metric errors --------------------------------------------------------------------------------
 
 

@@ -37,18 +37,32 @@ Result = tuple[float, list[float]]
 
 @dataclass(frozen=True)
 class Metric:
+    """A metric and how a report shows it: ``display`` its name in tables and plots, ``unit`` what the x100 value
+    is ("%": a proportion of examples; "": a score conventionally quoted 0-100, ROUGE-L; "×100": anything else),
+    ``corpus`` whether the aggregate is a corpus score (chrF, BLEU) rather than the mean of the per-example ones."""
+
     name: str
     higher_is_better: bool
     output_types: tuple[str, ...]
     compute: Callable[..., Result]
+    display: str = ""
+    unit: str = "×100"
+    corpus: bool = False
+
+    @property
+    def label(self) -> str:
+        """Header / axis label: "Accuracy (%)", "ROUGE-L", "sacrebleu (×100)"."""
+        return f"{self.display} ({self.unit})" if self.unit else self.display
 
 
 _REGISTRY: dict[str, Metric] = {}
 
 
-def register_metric(name: str, *, higher_is_better: bool = True,
-                    output_types: tuple[str, ...] = ("generate",)) -> Callable[[Callable], Callable]:
-    """Register ``fn(preds, refs, **context) -> (aggregate, per_example)`` under ``name``."""
+def register_metric(name: str, *, higher_is_better: bool = True, output_types: tuple[str, ...] = ("generate",),
+                    display: str | None = None, unit: str = "×100",
+                    corpus: bool = False) -> Callable[[Callable], Callable]:
+    """Register ``fn(preds, refs, **context) -> (aggregate, per_example)`` under ``name``, with how reports show
+    it (``Metric``: display name, unit, corpus-level)."""
     bad = [t for t in output_types if t not in OUTPUT_TYPES]
     if bad or not output_types:
         raise ValueError(f"metric {name!r}: output_types {output_types!r} must be a non-empty subset of "
@@ -57,7 +71,7 @@ def register_metric(name: str, *, higher_is_better: bool = True,
         raise ValueError(f"metric {name!r} is already registered or reserved")
 
     def decorator(fn: Callable[..., Result]) -> Callable[..., Result]:
-        _REGISTRY[name] = Metric(name, higher_is_better, tuple(output_types), fn)
+        _REGISTRY[name] = Metric(name, higher_is_better, tuple(output_types), fn, display or name, unit, corpus)
         return fn
 
     return decorator
@@ -94,7 +108,7 @@ def get_metric(name: str) -> Metric:
     """The registered metric, or an ``evaluate:`` metric (loaded on first compute; higher is better)."""
     if isinstance(name, str) and name.startswith(EVALUATE_PREFIX):
         _parse_evaluate(name)
-        return Metric(name, True, OUTPUT_TYPES, partial(_evaluate_compute, name))
+        return Metric(name, True, OUTPUT_TYPES, partial(_evaluate_compute, name), name.removeprefix(EVALUATE_PREFIX))
     if name not in _REGISTRY:
         check_metric(name, OUTPUT_TYPES[0])  # raises the unknown-metric error, with the known names
     return _REGISTRY[name]
@@ -120,14 +134,14 @@ def compute_metrics(names: Sequence[str], preds: Sequence, refs: Sequence,
 # ---- choice tasks -------------------------------------------------------------------------------------
 
 
-@register_metric("accuracy", output_types=("choice",))
+@register_metric("accuracy", output_types=("choice",), display="Accuracy", unit="%")
 def accuracy(preds: list[int], refs: list[int], **context: Any) -> Result:
     """Fraction of predicted indices equal to the gold index."""
     correct = [float(int(p) == int(r)) for p, r in zip(preds, refs, strict=True)]
     return sum(correct) / len(correct), correct
 
 
-@register_metric("macro_f1", output_types=("choice",))
+@register_metric("macro_f1", output_types=("choice",), display="Macro-F1", unit="%")
 def macro_f1(preds: list[int], refs: list[int], num_classes: int | None = None, **context: Any) -> Result:
     """Unweighted mean of per-class F1 over the classes that occur in ``refs`` or ``preds`` (as sklearn's
     default ``labels``). Per-example values are 0/1 correctness: macro-F1 does not decompose over examples,
@@ -169,7 +183,7 @@ def _as_refs(refs: Any) -> list[str]:
     return out
 
 
-@register_metric("exact_match")
+@register_metric("exact_match", display="Exact match", unit="%")
 def exact_match(preds: list[str], refs: list, **context: Any) -> Result:
     """1 when the normalised prediction equals any normalised reference (see ``normalize_answer``)."""
     scores = [float(normalize_answer(p) in {normalize_answer(r) for r in _as_refs(rs)})
@@ -196,7 +210,7 @@ def _rouge(rouge_type: str, preds: list[str], refs: list, **context: Any) -> Res
 
 
 for _rouge_type in ("rouge1", "rouge2", "rougeL"):
-    register_metric(_rouge_type)(partial(_rouge, _rouge_type))
+    register_metric(_rouge_type, display=f"ROUGE-{_rouge_type[5:]}", unit="")(partial(_rouge, _rouge_type))
 del _rouge_type
 
 
@@ -224,7 +238,7 @@ def _sacrebleu(corpus_metric, sentence_metric, preds: list[str], refs: list) -> 
     return corpus, sentences
 
 
-@register_metric("chrf")
+@register_metric("chrf", display="chrF", unit="", corpus=True)
 def chrf(preds: list[str], refs: list, **context: Any) -> Result:
     """chrF / 100: corpus score over all references; per example, ``sentence_chrf``."""
     from sacrebleu.metrics import CHRF
@@ -232,7 +246,7 @@ def chrf(preds: list[str], refs: list, **context: Any) -> Result:
     return _sacrebleu(CHRF(), CHRF(), preds, refs)
 
 
-@register_metric("bleu")
+@register_metric("bleu", display="BLEU", unit="", corpus=True)
 def bleu(preds: list[str], refs: list, **context: Any) -> Result:
     """BLEU / 100: corpus score over all references; per example, ``sentence_bleu`` (effective order)."""
     from sacrebleu.metrics import BLEU

@@ -15,8 +15,8 @@ from scipy import stats
 from promptlab.report.intervals import hierarchical_interval, seed_table
 from promptlab.report.records import latest_completed
 from promptlab.report.tables import (
-    CORPUS_METRICS,
     headline,
+    is_corpus,
     metric_name,
     point_labels,
     same_group,
@@ -83,7 +83,7 @@ def significance(df: pd.DataFrame, n_resamples: int = 2000, seed: int = 0) -> pd
         score_b = runs[j].loc[seeds, "score"].to_numpy(float) * 100
         diffs, notes = _differences(runs[i], runs[j], seeds)
         ci = hierarchical_interval(diffs, n_resamples, seed)
-        if ra["metric"] in CORPUS_METRICS and diffs.size:  # centred on the corpus scores' difference
+        if is_corpus(ra["metric"]) and diffs.size:  # centred on the corpus scores' difference
             shift = (score_a.mean() - score_b.mean()) / 100 - ci.mean
             ci = type(ci)(ci.mean + shift, ci.low + shift, ci.high + shift, ci.seeds, ci.examples)
         t, p, note = paired_ttest(score_a, score_b)
@@ -112,7 +112,7 @@ CORPUS_NOTE = ("{names} are corpus-level metrics: their Δ and CI are over sente
 def significance_note(n_resamples: int, seed: int, metrics=()) -> str:
     """The significance caption; it says when a corpus-level metric (chrF, BLEU) was compared per sentence."""
     note = SIGNIFICANCE_NOTE.format(n=n_resamples, seed=seed)
-    corpus = sorted({metric_name(m) for m in metrics if m in CORPUS_METRICS})
+    corpus = sorted({metric_name(m) for m in metrics if is_corpus(m)})
     return f"{note} {CORPUS_NOTE.format(names=' and '.join(corpus))}" if corpus else note
 
 

@@ -11,6 +11,8 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
+from promptlab.errors import ConfigError
+from promptlab.evaluation.metrics import Metric, get_metric
 from promptlab.report.columns import (
     cost_columns,
     cost_summary,
@@ -35,13 +37,9 @@ from promptlab.report.records import (
     latest_completed,
 )
 
-METRIC_NAMES = {"accuracy": "Accuracy", "macro_f1": "Macro-F1", "exact_match": "Exact match",
-                "rougeL": "ROUGE-L", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "chrf": "chrF", "bleu": "BLEU"}
-PERCENT_METRICS = {"accuracy", "macro_f1", "exact_match"}  # proportions of examples: shown in %
 CI_NOTE = ("mean over seeds [95% interval: a two-level bootstrap over seeds and evaluation examples with a "
            "Student-t quantile, report/intervals.py]; with one seed the interval is over examples only")
 STD_NOTE = "mean ± sample standard deviation (ddof=1) over seeds; no ± with a single seed"
-CORPUS_METRICS = {"chrf", "bleu"}  # computed over the corpus; their per-example scores are sentence-level
 # Table columns that are shown only when they vary within a method, with their headers.
 VARIANTS = {"model": "Model", "kind": "Kind", "eval_split": "Split", "budget": "Budget", "num_demos": "Demos",
             "template_id": "Template"}
@@ -52,16 +50,28 @@ REPEATS_NOTE = ("Runs: completed runs, counting exact repeats (same config and s
                 "latest run of each seed.")
 
 
+def metric_info(metric: str) -> Metric:
+    """How the registry shows ``metric``; a name it does not know (a record from another version) is shown as
+    itself, x100."""
+    try:
+        return get_metric(metric)
+    except ConfigError:
+        return Metric(str(metric), True, (), lambda *a, **k: (0.0, []), str(metric))
+
+
 def metric_name(metric: str) -> str:
     """"ROUGE-L" for rougeL; the id for ``evaluate:<id>``."""
-    return METRIC_NAMES.get(metric, str(metric).removeprefix("evaluate:"))
+    return metric_info(metric).display
 
 
 def metric_label(metric: str) -> str:
     """Header / axis label of a metric shown x100: "Accuracy (%)", "ROUGE-L", "sacrebleu (×100)"."""
-    if metric in PERCENT_METRICS:
-        return f"{metric_name(metric)} (%)"
-    return metric_name(metric) if metric in METRIC_NAMES else f"{metric_name(metric)} (×100)"
+    return metric_info(metric).label
+
+
+def is_corpus(metric: str) -> bool:
+    """Whether the metric's aggregate is a corpus score (chrF, BLEU), not the mean of its per-example scores."""
+    return metric_info(metric).corpus
 
 
 def value_label(metrics: Iterable) -> str:
@@ -86,7 +96,7 @@ def _interval(ok: pd.DataFrame, name: str, readout: str | None) -> dict[str, flo
         return {f"{name}_low": np.nan, f"{name}_high": np.nan, f"{name}_examples": 0, f"{name}_partial": False}
     ci = hierarchical_interval(table, bounds=(0.0, 1.0))
     column = "score" if readout is None else f"score_{readout}"
-    centre = ok[column].mean() if ok["metric"].iloc[0] in CORPUS_METRICS else ci.mean
+    centre = ok[column].mean() if is_corpus(ok["metric"].iloc[0]) else ci.mean
     return {f"{name}_low": 100 * (centre - ci.mean + ci.low), f"{name}_high": 100 * (centre - ci.mean + ci.high),
             f"{name}_examples": shared, f"{name}_partial": any(n != shared for n in each)}
 
@@ -342,7 +352,7 @@ def qualitative_table(summary: pd.DataFrame) -> pd.DataFrame:
 def _values_note(summary: pd.DataFrame, with_f1: bool, spread: str = CI_NOTE) -> str:
     metrics = list(dict.fromkeys(summary["metric"].dropna()))
     names = [metric_name(m) for m in metrics] + (["macro-F1"] if with_f1 else [])
-    unit = "in %" if set(metrics) <= PERCENT_METRICS else "×100"
+    unit = "in %" if all(metric_info(m).unit == "%" for m in metrics) else "×100"
     return f"{' and '.join(names)} {unit}: {spread}."
 
 
