@@ -280,6 +280,9 @@ def bad_values(env: dict, work: Path) -> list[Case]:
     # a zero-shot method given demonstrations (ran Auto-CoT demos recorded as zero-shot); sampling mistakes
     named += [("zero_shot_cot", "method.num_demos=2"), ("self_consistency", "method.sampling.temperature=0"),
               ("self_consistency", "method.filters=[]")]
+    # the typed method and model schemas: a key another method type reads, a bool that is no bool, a dtype
+    named += [("lora", "+method.trigger=Think."), ("lora", "method.gradient_checkpointing=maybe"),
+              ("zero_shot", "model.dtype=float33")]
     for name, override in [(None, o) for o in plain] + named:
         extra = ["logger.wandb.mode=bogus"] if override == "logger=wandb" else []
         method = f"method={name or ('prompt_tuning' if override.startswith('method.') else 'zero_shot')}"

@@ -80,6 +80,50 @@ def test_every_registered_type_has_a_method_config():
     assert types == set(REGISTRY)
 
 
+@pytest.mark.parametrize(("overrides", "match"), [
+    # a key another method type reads: the schema of this type does not declare it
+    (["method=lora", "+method.trigger=Think."], "method.trigger is not a key of a peft method"),
+    (["method=zero_shot_cot", "+method.sampling.top_p=0.9"], "method.sampling.top_p is not a key"),
+    (["method=lora", "method.gradient_checkpointing=maybe"], "is not true or false"),  # a bool is a bool
+    (["method=lora", "method.max_steps=1.5"], "method.max_steps=1.5 is not a whole number >= 1"),
+    (["method=lora", "method.lr=inf"], "method.lr=inf is not a number > 0"),
+    (["method=lora", "method.warmup_ratio=1"], r"is not a number in \[0, 1\)"),
+    (["method=few_shot", "method.demo_selection=similar"], "is not one of random, knn"),
+    (["method=coop", "method.n_ctx=100", "method.context=''"], "is not a whole number in 0..64"),
+    (["method=zero_shot_cot", "method.trigger=' '"], "is not non-empty text"),
+])
+def test_method_schemas_refuse_wrong_types_ranges_and_keys(overrides, match):
+    cfg = compose_config(overrides)
+    with pytest.raises(ConfigError, match=match) as err:
+        build_method(cfg.method).validate(TaskSpec.from_config(cfg.data))
+    assert err.value.fix  # and says what to write instead
+
+
+def test_a_near_miss_key_is_named():
+    cfg = compose_config(["method=lora", "+method.warmup=0.1"])
+    with pytest.raises(ConfigError, match="did you mean method.warmup_ratio"):
+        build_method(cfg.method).validate(TaskSpec.from_config(cfg.data))
+
+
+@pytest.mark.parametrize("model", config_names("model"))
+def test_every_model_config_fits_the_model_schema(model):
+    from promptlab.models import ModelConfig
+
+    ModelConfig.model_validate(OmegaConf.to_container(compose_config([f"model={model}"]).model, resolve=True))
+
+
+@pytest.mark.parametrize(("overrides", "match"), [
+    (["model=tiny_random", "+model.hiden_size=8"], "did you mean model.hidden_size"),
+    (["model=tiny_random", "model.num_layers=0"], "model.num_layers=0 is not a whole number >= 1, or null"),
+    (["model.dtype=float33"], "model.dtype='float33' is not one of float32, bfloat16, float16"),
+])
+def test_model_schema_refuses_bad_keys_before_loading(overrides, match):
+    from promptlab.models import check_model
+
+    with pytest.raises(ConfigError, match=match):
+        check_model(compose_config(overrides).model)
+
+
 def test_unregistered_method_type_is_a_config_error():
     cfg = compose_config(["method.type=nope"]).method
     with pytest.raises(ConfigError, match="not registered"):

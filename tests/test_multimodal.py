@@ -174,7 +174,7 @@ def test_coop_beats_chance_on_the_colour_task(tmp_path, run_dir):
     ("vlm", "zero_shot", ["data.image_column=picture"], "does not show the image"),
     ("vlm", "zero_shot", ["search=templates"], "not supported for image tasks"),
     ("vlm", "zero_shot_cot", [], "not supported yet"),
-    ("vlm", "zero_shot", ["model.kind=banana"], "unknown model.kind"),
+    ("vlm", "zero_shot", ["model.kind=banana"], "model.kind=.banana. is not one of lm, vlm, clip"),
 ])
 def test_bad_multimodal_configs_are_one_message_before_the_model_loads(image_root, kind, method, extra, match):
     overrides = [o for o in extra if not o.startswith("data=")]
@@ -322,7 +322,7 @@ def test_images_are_cached_by_content_not_by_file_name(tmp_path, image_root):
     (["method.n_ctx=true", "method.context=''"], "a whole number in 0..64"),
     (["method.n_ctx=100", "method.context=''"], "a whole number in 0..64"),
     (["method.n_ctx=2.5", "method.context=''"], "a whole number in 0..64"),
-    (["method.context=5"], "must be text"),
+    (["method.context=5"], "method.context=5 is not text"),
     (["method.context=''"], "one of them"),
     (["method.n_ctx=4"], "one of them"),
     (["data.clip_templates=['a {label} {shape}']"], "only placeholder"),

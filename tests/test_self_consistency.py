@@ -89,7 +89,7 @@ def test_self_consistency_on_a_choice_task_votes_over_scored_paths(make_cfg, run
     ("self_consistency", ["method.sampling.temperature=0"], "greedy samples are all the same"),
     ("self_consistency", ["method.sampling.samples=0"], "not a whole number >= 1"),
     ("self_consistency", ["method.sampling.temperature=hot"], "not a number >= 0"),
-    ("self_consistency", ["+method.sampling.top_k=5"], "unknown key"),
+    ("self_consistency", ["+method.sampling.top_k=5"], "method.sampling.top_k is not a key"),
     ("self_consistency", ["method.filters=[]"], "no method.filters"),
     ("self_consistency", ["method.filters=[{type:vote}]"], "unknown filter type"),
     ("few_shot", ["+method.sampling.samples=2", "+method.sampling.temperature=0.7",

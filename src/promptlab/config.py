@@ -7,15 +7,21 @@ with one cause and one fix. Task and method knobs are checked by ``TaskSpec`` an
 
 from __future__ import annotations
 
+import difflib
+import json
 import os
 import tempfile
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 from omegaconf import DictConfig, OmegaConf
+from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
 
 from promptlab.errors import ConfigError
 
@@ -270,8 +276,6 @@ def nearest_key(key: str, known: Iterable[str]) -> str | None:
     """The key a mistyped or misplaced dotted ``key`` most likely meant: one with the same last part under the same
     parent (``method.num_virtual_tokens`` -> ``method.peft.num_virtual_tokens``), else the closest-spelled sibling
     (``evalbatchsize`` -> ``eval_batch_size``); None when nothing is close."""
-    import difflib
-
     parent, _, leaf = key.rpartition(".")
     same_leaf = sorted(k for k in known if k.startswith(parent) and k.rpartition(".")[2] == leaf)
     if same_leaf:
@@ -279,3 +283,96 @@ def nearest_key(key: str, known: Iterable[str]) -> str | None:
     siblings = {k.rpartition(".")[2]: k for k in known if k.rpartition(".")[0] == parent}
     close = difflib.get_close_matches(leaf, list(siblings), n=1)
     return siblings[close[0]] if close else None
+
+
+# ---- typed config groups ---------------------------------------------------------------------------------
+# A group's schema is a pydantic model (``Schema``): strict types (a bool is a bool, "abc" is no number), ranges
+# and no key it does not declare. ``check_typed`` turns pydantic's first error into a ConfigError naming the key,
+# what it takes and an example, before any model loads.
+
+
+class Schema(BaseModel):
+    """Base of every typed config group: strict, closed (unknown keys are errors), finite numbers only."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)
+
+
+def describe(info: FieldInfo) -> str:
+    """What a field takes, in words: "a whole number >= 1", "a number in [0, 1)", "true or false", "one of a, b"."""
+    annotation, optional = info.annotation, False
+    if get_origin(annotation) in (Union, UnionType) and type(None) in get_args(annotation):
+        optional = True
+        annotation = next(a for a in get_args(annotation) if a is not type(None))
+    bounds = {type(m).__name__: getattr(m, type(m).__name__.lower()) for m in info.metadata
+              if type(m).__name__ in ("Ge", "Gt", "Le", "Lt")}  # annotated_types' bounds, as Field(ge=...) sets
+    if annotation is bool:
+        text = "true or false"
+    elif get_origin(annotation) is Literal:
+        text = "one of " + ", ".join(str(a) for a in get_args(annotation))
+    elif annotation in (int, float):
+        text = "a whole number" if annotation is int else "a number"
+        low = ("[", bounds["Ge"]) if "Ge" in bounds else ("(", bounds["Gt"]) if "Gt" in bounds else None
+        high = ("]", bounds["Le"]) if "Le" in bounds else (")", bounds["Lt"]) if "Lt" in bounds else None
+        if low and high and annotation is int:
+            text += f" in {low[1] + (low[0] == '(')}..{high[1] - (high[0] == ')')}"
+        elif low and high:
+            text += f" in {low[0]}{low[1]}, {high[1]}{high[0]}"
+        elif low:
+            text += f" {'>=' if low[0] == '[' else '>'} {low[1]}"
+    elif annotation is str:
+        text = "non-empty text" if info.metadata else "text"
+    elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        text = "a mapping with keys " + ", ".join(annotation.model_fields)
+    elif get_origin(annotation) is list or annotation is list:
+        text = "a list"
+    else:
+        text = "a mapping"
+    return f"{text}, or null" if optional else text
+
+
+def _field(schema: type[BaseModel], loc: Sequence) -> FieldInfo | None:
+    """The field a pydantic error location points at (through nested schemas)."""
+    info = None
+    for part in loc:
+        fields = getattr(schema, "model_fields", {})
+        if part not in fields:
+            return None
+        info = fields[part]
+        schema = next((a for a in (info.annotation, *get_args(info.annotation))
+                       if isinstance(a, type) and issubclass(a, BaseModel)), None)
+    return info
+
+
+def check_typed(schema: type[BaseModel], node: Any, where: str, what: str) -> BaseModel:
+    """``node`` (a config group, e.g. ``cfg.method``) as ``schema``; else a ConfigError for its first mistake:
+    an unknown key (with the nearest declared one), a missing one, or a value of the wrong type or range (with
+    what the key takes and an example). ``where`` is the group's prefix ("method"), ``what`` names it in
+    messages ("a peft method")."""
+    data = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    try:
+        return schema.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        parent = _field(schema, first["loc"][:-1]) if len(first["loc"]) > 1 else None
+        if first["type"] == "extra_forbidden":
+            owner = schema if parent is None else next(
+                a for a in (parent.annotation, *get_args(parent.annotation)) if isinstance(a, type))
+            prefix = ".".join([where, *map(str, first["loc"][:-1])])
+            near = difflib.get_close_matches(str(first["loc"][-1]), list(owner.model_fields), n=1)
+            raise ConfigError(f"{where}.{key} is not a key of {what}, so nothing would read it",
+                              f"did you mean {prefix}.{near[0]}?" if near else
+                              f"{prefix} takes: {', '.join(owner.model_fields)}") from None
+        info = _field(schema, first["loc"])
+        if first["type"] == "missing":
+            raise ConfigError(f"{what} needs {where}.{key}", f"add {where}.{key}: "
+                              f"{describe(info) if info else 'a value'} to its YAML") from None
+        takes = describe(info) if info else first["msg"].lower()
+        example = info.examples[0] if info and info.examples else info.default if info else None
+        if info is not None and info.annotation is bool:
+            fix = f"use {where}.{key}=true or {where}.{key}=false"
+        elif example not in (None, PydanticUndefined):
+            fix = f"use e.g. {where}.{key}={json.dumps(example) if isinstance(example, str) else example}"
+        else:
+            fix = f"give {takes}"
+        raise ConfigError(f"{where}.{key}={first['input']!r} is not {takes}", fix) from None

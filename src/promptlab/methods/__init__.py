@@ -1,20 +1,21 @@
 """Methods: a method is a YAML (``conf/method/``) naming a registered implementation (``type``) plus its
-knobs, display name and what it modifies. An implementation says whether it trains, how it wraps the
-backbone, what it stores per task, how demonstrations and the answer prefix look, and which readout
-reads the answer. Adding a method of an existing type is one YAML; a new type is one class + @register.
+knobs, display name and what it modifies. An implementation declares its keys (``Config``, a typed schema:
+types, ranges, no unknown key), says whether it trains, how it wraps the backbone, what it stores per task,
+how demonstrations and the answer prefix look, and which readout reads the answer. Adding a method of an
+existing type is one YAML; a new type is one class (with its ``Config``) + @register.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from omegaconf import DictConfig
+from pydantic import Field
 
-from promptlab.config import is_whole
+from promptlab.config import Schema, check_typed
 from promptlab.errors import ConfigError
 from promptlab.evaluation.filters import ListFilter, build_filters, build_list_filters
 from promptlab.module import Optim
@@ -54,15 +55,48 @@ class DemoWork:
                 "demo_selection_seconds": round(self.selection_seconds, 3)}
 
 
-def is_number(value) -> bool:
-    """A finite int or float (not a bool; ``inf`` and ``nan``, which YAML reads from ``.inf``/``inf``, are not)."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+class SamplingConfig(Schema):
+    """``method.sampling``: several generations per example (self-consistency)."""
+
+    samples: int = Field(1, ge=1, examples=[8])  # generations per example
+    temperature: float = Field(0.0, ge=0, examples=[0.7])  # 0: greedy
+
+
+class MethodConfig(Schema):
+    """The keys every method's YAML may set (``conf/method/*.yaml``)."""
+
+    name: str
+    type: str
+    display_name: str | None = None
+    modifies: str | None = None
+    shots: Literal["zero", "few"] | None = None  # zero: demonstrations refused; few: at least one
+    num_demos: int = Field(0, ge=0, examples=[4])
+    sampling: SamplingConfig | None = None
+    filters: list[dict[str, Any]] | None = None  # list filters over each example's sampled answers
+    # A sweep over method families sets one training budget for all of them (experiment/demo.yaml); a method that
+    # does not train leaves these alone.
+    max_steps: int | None = Field(None, ge=1, examples=[100])
+    dev_every_n_steps: int | None = Field(None, ge=1, examples=[20])
+    batch_size: int | None = Field(None, ge=1, examples=[8])
+
+
+class TrainedConfig(MethodConfig):
+    """A trained method's schedule (``method/_trained.yaml``) and tuning space."""
+
+    lr: float = Field(gt=0, examples=[0.03])
+    weight_decay: float = Field(0.0, ge=0, examples=[0.01])
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, examples=[0.1])
+    max_steps: int = Field(ge=1, examples=[100])
+    batch_size: int = Field(8, ge=1, examples=[8])
+    gradient_checkpointing: bool = False
+    space: dict[str, list[Any]] | None = None  # checked by promptlab.tuning
 
 
 class Method:
     """Base: a frozen backbone read with the task's own readout; nothing stored per task."""
 
     type: ClassVar[str]
+    Config: ClassVar[type[MethodConfig]] = MethodConfig  # the keys its YAML may set, typed
     trains: ClassVar[bool] = False
     model_kinds: ClassVar[tuple[str, ...]] = ("lm", "vlm")  # the ``model.kind``s it works with
     generates_on_choice: ClassVar[bool] = False  # whether it generates text on choice tasks too (reasoning)
@@ -85,9 +119,9 @@ class Method:
         return MethodInfo(c.name, self.type, c.get("display_name") or c.name, c.get("modifies") or "—", self.trains)
 
     def validate(self, task: TaskSpec) -> None:
-        """Knobs that do not fit (alone or with the task): ConfigError, before any model loads."""
-        if not is_whole(self.num_demos, 0):
-            raise ConfigError(f"method.num_demos={self.num_demos!r} is not a whole number >= 0", "use e.g. 4")
+        """Knobs that do not fit (alone or with the task): ConfigError, before any model loads. Types, ranges and
+        unknown keys are the ``Config`` schema's; the rules here relate keys to each other and to the task."""
+        check_typed(self.Config, self.cfg, "method", f"a {self.type} method ({self.cfg.get('name')})")
         shots = self.cfg.get("shots")
         if shots == "zero" and self.num_demos:
             raise ConfigError(f"{self.cfg.name} is zero-shot (method.shots=zero) and method.num_demos="
@@ -101,14 +135,7 @@ class Method:
     def check_sampling(self, task: TaskSpec) -> None:
         """``method.sampling`` ({samples, temperature}) and ``method.filters`` (how the samples' answers combine)."""
         spec = self.cfg.get("sampling") or {}
-        unknown = sorted(set(spec) - {"samples", "temperature"})
-        if unknown:
-            raise ConfigError(f"method.sampling has unknown key(s) {unknown}", "it takes samples and temperature")
         n, t = spec.get("samples", 1), spec.get("temperature", 0.0)
-        if not is_whole(n, 1):
-            raise ConfigError(f"method.sampling.samples={n!r} is not a whole number >= 1", "use e.g. 8")
-        if not (is_number(t) and t >= 0):
-            raise ConfigError(f"method.sampling.temperature={t!r} is not a number >= 0", "use e.g. 0.7 (0: greedy)")
         if n > 1 and t == 0:
             raise ConfigError(f"method.sampling.samples={n} at temperature 0: greedy samples are all the same",
                               "set method.sampling.temperature=0.7, or samples=1")
@@ -194,23 +221,12 @@ class TrainedMethod(Method):
     """A method with an optimiser: its YAML carries lr, weight_decay, warmup_ratio, max_steps, batch_size."""
 
     trains = True
+    Config = TrainedConfig
 
     def validate(self, task: TaskSpec) -> None:
         super().validate(task)
-        c = self.cfg
         if self.num_demos:
-            raise ConfigError(f"{c.name} trains without demonstrations", "set method.num_demos=0")
-        checks = [
-            ("lr", is_number(c.lr) and c.lr > 0, "a positive number, e.g. 0.03"),
-            ("weight_decay", is_number(c.weight_decay) and c.weight_decay >= 0, "a number >= 0"),
-            ("warmup_ratio", is_number(c.warmup_ratio) and 0 <= c.warmup_ratio < 1, "a number in [0, 1)"),
-            ("max_steps", is_whole(c.max_steps, 1), "a whole number >= 1, e.g. 100"),
-            ("batch_size", is_whole(c.batch_size, 1), "a whole number >= 1, e.g. 8"),
-            ("gradient_checkpointing", isinstance(self.gradient_checkpointing, bool), "true or false"),
-        ]
-        for key, ok, fix in checks:
-            if not ok:
-                raise ConfigError(f"method.{key}={c[key]!r} is not valid for {c.name}", f"use {fix}")
+            raise ConfigError(f"{self.cfg.name} trains without demonstrations", "set method.num_demos=0")
 
     @property
     def gradient_checkpointing(self) -> bool:

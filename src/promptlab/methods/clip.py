@@ -20,12 +20,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from promptlab.config import is_whole
 from promptlab.errors import ConfigError
-from promptlab.methods import Method, TrainedMethod, register
+from promptlab.methods import Method, TrainedConfig, TrainedMethod, register
 from promptlab.readout.model import pad
 from promptlab.tasks import TaskSpec
 from promptlab.vision import open_image
@@ -217,15 +217,19 @@ class TrainedClip(ClipMethod, TrainedMethod):
         raise NotImplementedError
 
 
+class CoOpConfig(TrainedConfig):
+    context: str = Field("", examples=["a photo of a"])  # initialised from these words' embeddings; '' for random
+    n_ctx: int = Field(0, ge=0, le=MAX_CONTEXT, examples=[16])  # with context '': this many random vectors
+
+
 @register("coop")
 class CoOp(TrainedClip):
+    Config = CoOpConfig
+
     def validate(self, task: TaskSpec) -> None:
         super().validate(task)
         context, n_ctx = self.cfg.get("context", ""), self.cfg.get("n_ctx", 0)
         fix = "set method.context='a photo of a' (initialised from those words) or method.context='' method.n_ctx=16"
-        if not isinstance(context, str) or not is_whole(n_ctx, 0) or n_ctx > MAX_CONTEXT:
-            raise ConfigError(f"coop: method.context={context!r} must be text and method.n_ctx={n_ctx!r} a whole "
-                              f"number in 0..{MAX_CONTEXT}", fix)
         if bool(context) == bool(n_ctx):  # the words set the count; without words, the count is needed
             raise ConfigError(f"coop takes its context from words or a count, one of them: method.context={context!r}, "
                               f"method.n_ctx={n_ctx}", fix)

@@ -11,16 +11,25 @@ reasoning is followed by an answer cue and the choices are rank-scored there (``
 
 from __future__ import annotations
 
-from promptlab.config import is_whole
+from pydantic import Field
+
 from promptlab.errors import ConfigError
-from promptlab.methods import Method, register
+from promptlab.methods import Method, MethodConfig, register
 from promptlab.prompts import Encoder, render
 from promptlab.readout import ChoiceReadout, CoTChoiceReadout, GenerateReadout
+
+
+class CoTConfig(MethodConfig):
+    trigger: str = Field(pattern=r"\S", examples=["Let's think step by step."])  # what the answer starts with
+    answer_cue: str = "Therefore, the answer is"  # choice tasks: the choices are scored after it
+    max_new_tokens: int = Field(128, ge=1, examples=[128])  # choice tasks: reasoning length
+    until: list[str] = []  # choice tasks: extra stop strings for the reasoning
 
 
 @register("cot")
 class ChainOfThought(Method):
     generates_on_choice = True
+    Config = CoTConfig
 
     @property
     def assistant_prefix(self) -> str:
@@ -29,11 +38,6 @@ class ChainOfThought(Method):
     def validate(self, task) -> None:
         super().validate(task)
         c = self.cfg
-        if not isinstance(c.trigger, str) or not c.trigger.strip():
-            raise ConfigError(f"method.trigger={c.trigger!r} is empty", "use e.g. \"Let's think step by step.\"")
-        if not is_whole(c.max_new_tokens, 1):
-            raise ConfigError(f"method.max_new_tokens={c.max_new_tokens!r} is not a whole number >= 1",
-                              "use e.g. method.max_new_tokens=128 (reasoning length on choice tasks)")
         if task.image_column:
             raise ConfigError(f"{c.name} on an image task ({task.name}) is not supported yet",
                               "use zero_shot or few_shot for image tasks")

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from promptlab.config import is_whole
 from promptlab.errors import ConfigError
-from promptlab.methods import TrainedMethod, register
+from promptlab.methods import TrainedConfig, TrainedMethod, register
 
 MAX_VIRTUAL_TOKENS = 1024
 TEXT_INIT = "TEXT"  # PromptTuningInit.TEXT, for prompt tuning and multitask prompt tuning
@@ -94,10 +94,16 @@ def config_class(target: Any) -> type:
     return cls
 
 
+class PeftMethodConfig(TrainedConfig):
+    peft: dict[str, Any]  # the PEFT config: _target_ (its class) and that class's fields, checked against them
+
+
 @register("peft")
 class PeftMethod(TrainedMethod):
     """A PEFT adapter on a frozen backbone; ``num_tasks`` is how many tasks one adapter serves (multitask
     prompt tuning trains on a mixture of that many tasks; 1 otherwise)."""
+
+    Config = PeftMethodConfig
 
     def fields(self) -> dict:
         block = self.cfg.get("peft")

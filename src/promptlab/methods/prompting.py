@@ -12,27 +12,26 @@ Demonstrations are chosen by ``demo_selection``:
 from __future__ import annotations
 
 import time
+from typing import Literal
 
 import torch
 
 from promptlab.errors import ConfigError
-from promptlab.methods import DemoWork, Method, register
+from promptlab.methods import DemoWork, Method, MethodConfig, register
 from promptlab.prompts import plain_ids, render
 
-SELECTIONS = ("random", "knn")
+
+class PromptingConfig(MethodConfig):
+    demo_selection: Literal["random", "knn"] = "random"  # one seeded draw, or each query's nearest neighbours
 
 
 @register("prompting")
 class Prompting(Method):
+    Config = PromptingConfig
+
     @property
     def selection(self) -> str:
         return self.cfg.get("demo_selection", "random")
-
-    def validate(self, task) -> None:
-        super().validate(task)
-        if self.selection not in SELECTIONS:
-            raise ConfigError(f"method.demo_selection={self.selection!r} is unknown",
-                              f"use one of {', '.join(SELECTIONS)}")
 
     @property
     def draws_demos(self) -> bool:
