@@ -26,7 +26,7 @@ from promptlab import search
 from promptlab.errors import ConfigError
 from promptlab.evaluation.ensemble import combine
 from promptlab.run import plan, run
-from promptlab.search import SearchSpec
+from promptlab.search import SearchSpec, compiler
 from promptlab.tasks import load_task
 from promptlab.tasks.loading import input_text
 from promptlab.tasks.spec import TaskSpec
@@ -128,8 +128,8 @@ def test_search_chooses_the_best_dev_candidate_for_each_readout(cfg_of, tmp_path
 def test_search_never_reads_eval(cfg_of, root, tmp_path, monkeypatch):
     """The choice is the same whatever the eval labels say, and dev is scored before eval is touched."""
     calls = []
-    real = search.score_all
-    monkeypatch.setattr(search, "score_all", lambda m, t, b, enc, rows, cf: (calls.append(rows), real(m, t, b, enc,
+    real = compiler.score_all
+    monkeypatch.setattr(compiler, "score_all", lambda m, t, b, enc, rows, cf: (calls.append(rows), real(m, t, b, enc,
                                                                                                       rows, cf))[1])
     first = run(cfg_of("search=templates"), tmp_path / "a")
     dev_ids = {r["idx"] for r in plan(cfg_of("search=templates")).task.dev}
@@ -263,7 +263,7 @@ def test_knn_demos_are_the_nearest_training_examples(cfg_of, tmp_path):
     (["search=templates", "data.dev_size=20", "data.k_shot=3"], "few_shot", "dev"),
     (["search=templates", "+data.dev_split=train"], "zero_shot", "dev_split=train is also the training split"),
     (["search=templates", "data.eval_split=dev"], "zero_shot", "would report on the examples every choice"),
-    (["search=ensemble", "search.ensemble=0"], "zero_shot", "at least one prompt"),
+    (["search=ensemble", "search.ensemble=0"], "zero_shot", "search.ensemble=0 is not a whole number >= 1"),
     (["search=ensemble", "search.ensemble=9"], "zero_shot", "only 5 candidates"),
     (["search=templates", "search.combine=max"], "zero_shot", "search.combine"),
     (["search=templates", "search.demo_draws=3"], "zero_shot", "demo_draws"),

@@ -299,17 +299,22 @@ class Schema(BaseModel):
 
 def describe(info: FieldInfo) -> str:
     """What a field takes, in words: "a whole number >= 1", "a number in [0, 1)", "true or false", "one of a, b"."""
-    annotation, optional = info.annotation, False
-    if get_origin(annotation) in (Union, UnionType) and type(None) in get_args(annotation):
-        optional = True
-        annotation = next(a for a in get_args(annotation) if a is not type(None))
-    bounds = {type(m).__name__: getattr(m, type(m).__name__.lower()) for m in info.metadata
+    return _describe(info.annotation, info.metadata)
+
+
+def _describe(annotation: Any, metadata: Sequence = ()) -> str:
+    if get_origin(annotation) in (Union, UnionType):
+        members = [a for a in get_args(annotation) if a is not type(None)]
+        text = " or ".join(_describe(a, metadata) for a in members)
+        return f"{text}, or null" if type(None) in get_args(annotation) else text
+    bounds = {type(m).__name__: getattr(m, type(m).__name__.lower()) for m in metadata
               if type(m).__name__ in ("Ge", "Gt", "Le", "Lt")}  # annotated_types' bounds, as Field(ge=...) sets
     if annotation is bool:
-        text = "true or false"
-    elif get_origin(annotation) is Literal:
-        text = "one of " + ", ".join(str(a) for a in get_args(annotation))
-    elif annotation in (int, float):
+        return "true or false"
+    if get_origin(annotation) is Literal:
+        values = [str(a) for a in get_args(annotation)]
+        return values[0] if len(values) == 1 else "one of " + ", ".join(values)
+    if annotation in (int, float):
         text = "a whole number" if annotation is int else "a number"
         low = ("[", bounds["Ge"]) if "Ge" in bounds else ("(", bounds["Gt"]) if "Gt" in bounds else None
         high = ("]", bounds["Le"]) if "Le" in bounds else (")", bounds["Lt"]) if "Lt" in bounds else None
@@ -319,15 +324,15 @@ def describe(info: FieldInfo) -> str:
             text += f" in {low[0]}{low[1]}, {high[1]}{high[0]}"
         elif low:
             text += f" {'>=' if low[0] == '[' else '>'} {low[1]}"
-    elif annotation is str:
-        text = "non-empty text" if info.metadata else "text"
-    elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        text = "a mapping with keys " + ", ".join(annotation.model_fields)
-    elif get_origin(annotation) is list or annotation is list:
-        text = "a list"
-    else:
-        text = "a mapping"
-    return f"{text}, or null" if optional else text
+        return text
+    if annotation is str:
+        return "non-empty text" if metadata else "text"
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return "a mapping with keys " + ", ".join(annotation.model_fields)
+    if get_origin(annotation) is list or annotation is list:
+        inner = get_args(annotation)
+        return {int: "a list of whole numbers", str: "a list of strings"}.get(inner[0] if inner else None, "a list")
+    return "a mapping"
 
 
 def _field(schema: type[BaseModel], loc: Sequence) -> FieldInfo | None:
@@ -343,6 +348,23 @@ def _field(schema: type[BaseModel], loc: Sequence) -> FieldInfo | None:
     return info
 
 
+def _field_path(schema: type[BaseModel], loc: Sequence) -> tuple:
+    """The leading parts of a pydantic error location that name fields (a union's member tags, "list[int]", and
+    list positions are no keys)."""
+    path: list = []
+    for part in loc:
+        if not isinstance(part, str) or _field(schema, [*path, part]) is None:
+            break
+        path.append(part)
+    return tuple(path)
+
+
+def _value_at(data: Any, path: Sequence) -> Any:
+    for part in path:
+        data = data.get(part) if isinstance(data, dict) else None
+    return data
+
+
 def check_typed(schema: type[BaseModel], node: Any, where: str, what: str) -> BaseModel:
     """``node`` (a config group, e.g. ``cfg.method``) as ``schema``; else a ConfigError for its first mistake:
     an unknown key (with the nearest declared one), a missing one, or a value of the wrong type or range (with
@@ -353,6 +375,9 @@ def check_typed(schema: type[BaseModel], node: Any, where: str, what: str) -> Ba
         return schema.model_validate(data)
     except ValidationError as err:
         first = err.errors()[0]
+        if first["type"] != "extra_forbidden":  # an extra key's location is already the keys to it
+            first["loc"] = _field_path(schema, first["loc"])
+            first["input"] = _value_at(data, first["loc"])
         key = ".".join(str(p) for p in first["loc"])
         parent = _field(schema, first["loc"][:-1]) if len(first["loc"]) > 1 else None
         if first["type"] == "extra_forbidden":
