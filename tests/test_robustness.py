@@ -362,7 +362,7 @@ def test_full_disk_is_one_message_not_a_traceback(monkeypatch, capsys, data_root
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(promptlab.tracking, "_write_atomic", full)
+    monkeypatch.setattr(promptlab.tracking.files, "_write_atomic", full)
     code, err = cli(monkeypatch, capsys, f"paths.data_root={data_root}", "data.dev_size=8", f"hydra.run.dir={tmp_path / 'r'}")
     assert code == 1
     assert "promptlab: error: No space left on device" in err and "fix: free space" in err

@@ -180,7 +180,7 @@ def test_write_atomic_cleans_up_when_the_write_fails(tmp_path, monkeypatch):
     def broken_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr("promptlab.tracking.os.replace", broken_replace)
+    monkeypatch.setattr("promptlab.tracking.files.os.replace", broken_replace)
     with pytest.raises(OSError, match="disk full"):
         write_json_atomic(path, {"n": 2})
     assert json.loads(path.read_text()) == {"n": 1}
