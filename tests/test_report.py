@@ -673,7 +673,7 @@ def test_wandb_runs_become_rows(runs, monkeypatch):
 def test_dashboard_is_self_contained(runs, tmp_path):
     write_report(runs, tmp_path / "out")
     html = (tmp_path / "out" / "index.html").read_text()
-    assert "<table>" in html and html.count('<img src="data:image/png;base64,') >= 2
+    assert "<table id=" in html and html.count('<img src="data:image/png;base64,') >= 2
     assert not re.search(r"""(src|href)=["']?(https?:|//|file:)""", html)
     assert "<link" not in html and "<script" not in html
 

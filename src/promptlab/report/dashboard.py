@@ -1,29 +1,12 @@
-"""A single self-contained HTML page: tables as HTML, figures as base64 data URIs, inline CSS, no scripts
-and no external resources, so it opens from disk (or an e-mail attachment) without a server."""
+"""A single self-contained HTML page (``templates/dashboard.html``): tables as HTML, figures as base64 data URIs,
+inline CSS, no scripts and no external resources, so it opens from disk (or an e-mail attachment) without a
+server."""
 
 from __future__ import annotations
 
 import base64
 import html
 from pathlib import Path
-
-CSS = """
-body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #222;
-       max-width: 1440px; margin: 24px auto; padding: 0 16px; }
-h1 { font-size: 24px; margin-bottom: 4px; } h2 { margin-top: 36px; border-bottom: 1px solid #ddd; }
-h3 { margin-top: 24px; font-size: 16px; }
-.meta, caption, figcaption, .note { color: #555; font-size: 12.5px; }
-table { border-collapse: collapse; margin: 8px 0 4px; font-variant-numeric: tabular-nums; }
-caption { caption-side: bottom; text-align: left; padding-top: 6px; max-width: 900px; }
-th, td { padding: 3px 8px; text-align: right; border-bottom: 1px solid #e5e5e5; white-space: nowrap; }
-th.l, td.l { text-align: left; }
-thead th { border-bottom: 2px solid #444; } tbody tr:nth-child(even) { background: #f7f7f7; }
-.figs { display: flex; flex-direction: column; gap: 24px; }  /* one figure per row */
-.scroll { overflow-x: auto; } figure { margin: 0; }
-figure img { display: block; max-width: 100%; min-width: min(720px, 100%); height: auto;
-             border: 1px solid #eee; }
-.warn { color: #a33; }
-"""
 
 
 def img_tag(png: str | Path, alt: str) -> str:
@@ -39,12 +22,12 @@ def figure(png: str | Path, caption: str) -> str:
 
 
 def page(title: str, meta: str, body: list[str]) -> str:
-    return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{html.escape(title)}</title>"
-        f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1><p class=\"meta\">{html.escape(meta)}</p>\n"
-        + "\n".join(body) + "\n</body></html>\n"
-    )
+    """The page from ``templates/dashboard.html`` (Jinja2, autoescaped: the title and meta line are text; the body's
+    parts are the report's own HTML)."""
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    env = Environment(loader=PackageLoader("promptlab.report", "templates"), autoescape=select_autoescape(["html"]))
+    return env.get_template("dashboard.html").render(title=title, meta=meta, body=body)
 
 
 def scroll(table_html: str) -> str:

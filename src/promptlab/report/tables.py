@@ -3,6 +3,7 @@ booktabs LaTeX (pandas Styler) and HTML. Metric values are fractions in the reco
 
 from __future__ import annotations
 
+import hashlib
 import html
 import math
 import re
@@ -456,10 +457,17 @@ def to_latex(table: pd.DataFrame, caption_text: str = "", label: str = "") -> st
 
 
 def to_html(table: pd.DataFrame, caption_text: str = "") -> str:
-    cap = f"<caption>{html.escape(caption_text)}</caption>" if caption_text else ""
+    """An HTML table from pandas' Styler: cells and headers escaped, text columns left-aligned (class ``l``), the
+    caption below it; its id is the table's content hash, so a report is the same file for the same runs."""
+    table = table.reset_index(drop=True)
     left = [a == "left" for a in _align(table)]
-    cls = lambda i: ' class="l"' if left[i] else ""  # noqa: E731
-    head = "".join(f"<th{cls(i)}>{html.escape(str(c))}</th>" for i, c in enumerate(table.columns))
-    body = "".join("<tr>" + "".join(f"<td{cls(i)}>{html.escape(str(v))}</td>" for i, v in enumerate(row)) + "</tr>"
-                   for row in table.itertuples(index=False))
-    return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    classes = pd.DataFrame([["l" if x else "" for x in left]] * len(table), columns=table.columns)
+    styler = (table.astype(str).style.hide(axis="index")
+              .format(escape="html").format_index(escape="html", axis=1)
+              .set_td_classes(classes)
+              .set_table_styles([{"selector": f"th.col{i}", "props": "text-align: left;"}
+                                 for i, x in enumerate(left) if x]))
+    if caption_text:
+        styler = styler.set_caption(html.escape(caption_text))
+    uid = hashlib.sha1(f"{caption_text}\n{table.to_csv(index=False)}".encode()).hexdigest()[:10]
+    return styler.to_html(table_uuid=uid, cell_ids=False)
