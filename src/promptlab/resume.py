@@ -6,6 +6,12 @@ gives (the trainable weights, optimiser, scheduler, step, data position and rand
                                  run completes (the trained weights are then in <run_dir>/checkpoint/)
 
 What a checkpoint holds beyond Lightning's own is ``PromptModule.on_save_checkpoint``'s business.
+
+Hand-written rather than Lightning's ``ModelCheckpoint``: its step and time triggers are mutually exclusive
+(``every_n_train_steps`` / ``train_time_interval``), while a run here may save on both (every 10 minutes by
+default, and every N steps when asked), and a SIGINT/SIGTERM must save at the end of the step it arrived in and
+then stop the run, which ``ModelCheckpoint`` does not do. The save itself is Lightning's
+(``trainer.save_checkpoint``).
 """
 
 from __future__ import annotations
