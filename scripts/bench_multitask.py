@@ -117,7 +117,7 @@ def child(job: dict) -> dict:
     from transformers import AutoModelForCausalLM
 
     from promptlab.models import load_backbone
-    from promptlab.serving import MultiTaskModel
+    from promptlab.models.serving import MultiTaskModel
 
     torch.set_num_threads(1)
     rss, seconds, keep = [rss_mb()], [], []
@@ -231,7 +231,7 @@ def bench_method(method: str, runs: list[Run], args, full_bytes: int, env: dict)
     from peft import PeftModel
 
     from promptlab.models import load_backbone
-    from promptlab.serving import MultiTaskModel
+    from promptlab.models.serving import MultiTaskModel
     from promptlab.tracking import dir_bytes
 
     cfg = runs[0].cfg

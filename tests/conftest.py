@@ -55,8 +55,12 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 import promptlab.config  # noqa: E402  (also registers the ${uid:} resolver)
-from promptlab import precision  # noqa: E402
-from promptlab.models import Backbone, load_backbone, tiny_tokenizer  # noqa: E402
+from promptlab.models import (  # noqa: E402
+    Backbone,
+    load_backbone,
+    precision,  # noqa: E402
+    tiny_tokenizer,
+)
 from promptlab.tasks import TaskSpec  # noqa: E402
 
 # Short sentences made of words the tiny BPE knows, so prompts stay a few dozen tokens long.

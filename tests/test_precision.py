@@ -7,9 +7,9 @@ import logging
 import pytest
 import torch
 
-from promptlab import precision
 from promptlab.errors import ConfigError
-from promptlab.precision import cpu_flags  # the real one: conftest makes the module's say "no bf16"
+from promptlab.models import precision
+from promptlab.models.precision import cpu_flags  # the real one: conftest makes the module's say "no bf16"
 
 ZEN3 = {"fpu", "avx2", "avx512f"}  # AVX-512 without the BF16 extension
 ZEN4 = ZEN3 | {"avx512_bf16"}

@@ -17,10 +17,10 @@ from promptlab.data import eval_items
 from promptlab.errors import ConfigError
 from promptlab.methods import build_method
 from promptlab.models import load_backbone
+from promptlab.models.serving import MultiTaskModel
 from promptlab.prompts import Encoder
 from promptlab.readout import ChoiceReadout, GenerateReadout
 from promptlab.readout.model import pad
-from promptlab.serving import MultiTaskModel
 from promptlab.tasks import TaskSpec, load_task
 
 TASKS = ("sst2", "rte")

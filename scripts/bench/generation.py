@@ -26,7 +26,7 @@ from common import Phase, parser, plan, setup, write
 import promptlab.readout.generate as G
 import promptlab.run.execute as T
 from promptlab.data import collate, eval_items
-from promptlab.precision import bf16_linear_weights, resolve
+from promptlab.models.precision import bf16_linear_weights, resolve
 
 VARIANTS = ("plain", "promptlab_off", "promptlab")
 

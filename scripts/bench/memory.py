@@ -19,7 +19,7 @@ import torch
 from common import parser, plan, setup, write
 
 import promptlab.run.execute as T
-from promptlab.precision import resolve
+from promptlab.models.precision import resolve
 from promptlab.prompts import encode_answer
 from promptlab.tracking import PeakMemory
 

@@ -27,9 +27,9 @@ from promptlab.config import CONFIG_DIR
 from promptlab.data import collate
 from promptlab.methods import build_method, count_parameters
 from promptlab.models import Backbone, load_backbone
-from promptlab.precision import bf16_linear_weights, resolve
+from promptlab.models.precision import bf16_linear_weights, resolve
+from promptlab.models.tiny_multimodal import clip, clip_tokenizer, idefics3
 from promptlab.tasks import TaskSpec, load_task
-from promptlab.tiny_multimodal import clip, clip_tokenizer, idefics3
 from promptlab.tracking import dir_bytes, stored_parameters
 
 VLM_METHODS = ("zero_shot", "few_shot", "prompt_tuning", "lora", "full_finetune")

@@ -17,7 +17,7 @@ from common import parser, plan, release_memory, setup, write
 
 import promptlab.run.execute as T
 from promptlab.data import PromptDataModule, collate, eval_items
-from promptlab.precision import bf16_linear_weights, cpu_has_bf16
+from promptlab.models.precision import bf16_linear_weights, cpu_has_bf16
 
 
 def build(args, *overrides: str):

@@ -28,7 +28,7 @@ from common import Phase, naive_loss, parser, plan, setup, write
 
 import promptlab.run.execute as T
 from promptlab.data import PromptDataModule, collate
-from promptlab.precision import bf16_linear_weights, resolve
+from promptlab.models.precision import bf16_linear_weights, resolve
 
 METHODS = ("prompt_tuning", "lora", "full_finetune")
 VARIANTS = ("plain", "promptlab_off", "promptlab", "promptlab_step_by_hand")

@@ -95,7 +95,7 @@ class Settings:
     eval_limit: int | None
     calibration: tuple[str, ...] = ()
     bucket_by_length: bool = True  # training batches of similar lengths (data.LengthBuckets)
-    precision: str = "32-true"  # trainer.precision resolved for this machine (promptlab.precision)
+    precision: str = "32-true"  # trainer.precision resolved for this machine (promptlab.models.precision)
     select_readout: bool = True  # the headline readout is the one best on dev (else the task's data.readout)
     objective: str = "dev"  # the split a sweeper optimises (train.objective_value): dev; eval only when allowed
 
@@ -131,7 +131,7 @@ class Settings:
 
 
 def _precision(trainer: DictConfig | None) -> str:
-    from promptlab import precision  # imports torch: not needed by the other checks
+    from promptlab.models import precision  # imports torch: not needed by the other checks
 
     trainer = trainer or {}
     return precision.resolve(trainer.get("precision", precision.AUTO), str(trainer.get("accelerator", "cpu")))

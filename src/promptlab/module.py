@@ -18,7 +18,7 @@ import torch
 from transformers import get_linear_schedule_with_warmup
 
 from promptlab.errors import Diverged
-from promptlab.precision import bf16_linear_weights
+from promptlab.models.precision import bf16_linear_weights
 
 if TYPE_CHECKING:
     from promptlab.readout import Readout, TrainingReadout

@@ -2,7 +2,11 @@
 
 ``model.kind`` says what it is: ``lm`` (a causal LM), ``vlm`` (a vision-language model that writes text, e.g.
 SmolVLM) or ``clip`` (a contrastive image-text model, e.g. CLIP). Each loads with transformers' own classes
-and, for images, the model's own processor."""
+and, for images, the model's own processor.
+
+The package also holds what runs a loaded model: ``precision.py`` (``trainer.precision=auto``: bf16 where the
+hardware computes it), ``serving.py`` (many tasks' soft prompts or adapters on one frozen backbone) and
+``tiny_multimodal.py`` (the tiny random VLM and CLIP the tests build in code)."""
 
 from __future__ import annotations
 
@@ -139,7 +143,7 @@ def load_backbone(cfg: DictConfig, cache_dir: str | os.PathLike) -> Backbone:
 def _multimodal(cfg: DictConfig, kind: str, dtype: torch.dtype, cache_dir: Path, start: float) -> Backbone:
     """A vision-language or CLIP backbone with its processor: built in code (tiny_random) or from the Hub."""
     if cfg.source == "tiny_random":
-        from promptlab.tiny_multimodal import tiny_clip, tiny_vlm
+        from promptlab.models.tiny_multimodal import tiny_clip, tiny_vlm
 
         model, processor = (tiny_vlm if kind == "vlm" else tiny_clip)(cfg)
         path, from_cache = str(cache_dir / f"tiny_random_{kind}_processor"), False
