@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from promptlab.config import CONFIG_DIR, describe
+from promptlab.config import CONFIG_DIR, describe, nested_schema
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "reference" / "config.md"
 GROUPS = ("model", "data", "method", "search", "mixture", "trainer", "logger", "paths")  # what a run composes
@@ -83,9 +83,8 @@ def schema_fields(schema: type[BaseModel], prefix: str = "") -> dict[str, str]:
     out = {}
     for name, info in schema.model_fields.items():
         out[f"{prefix}{name}"] = describe(info)
-        nested = [a for a in (info.annotation, *getattr(info.annotation, "__args__", ()))
-                  if isinstance(a, type) and issubclass(a, BaseModel)]
-        for inner in nested:
+        inner = nested_schema(info)
+        if inner is not None:
             out |= schema_fields(inner, f"{prefix}{name}.")
     return out
 
@@ -106,13 +105,13 @@ def typed_keys(group: str) -> dict[str, str]:
         return {}
     import yaml
 
-    from promptlab.methods import REGISTRY, clip, cot, full_finetune, peft_adapter, prompting  # noqa: F401  (registration)
+    from promptlab.methods import registry
 
     shipped = sorted({(yaml.safe_load(p.read_text()) or {}).get("type") for p in (CONFIG_DIR / "method").glob("*.yaml")}
                      - {None})  # the types the shipped YAMLs use (a test may register others)
     takes: dict[str, list[str]] = defaultdict(list)
     for name in shipped:
-        for key, text in schema_fields(REGISTRY[name].Config).items():
+        for key, text in schema_fields(registry()[name].Config).items():
             if text not in takes[key]:
                 takes[key].append(text)
     return {k: "; ".join(v) for k, v in takes.items()}

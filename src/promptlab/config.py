@@ -335,16 +335,21 @@ def _describe(annotation: Any, metadata: Sequence = ()) -> str:
     return "a mapping"
 
 
-def _field(schema: type[BaseModel], loc: Sequence) -> FieldInfo | None:
+def nested_schema(info: FieldInfo) -> type[BaseModel] | None:
+    """The schema a field holds (``sampling: SamplingConfig | None`` -> SamplingConfig), or None."""
+    return next((a for a in (info.annotation, *get_args(info.annotation))
+                 if isinstance(a, type) and issubclass(a, BaseModel)), None)
+
+
+def _field(schema: type[BaseModel] | None, loc: Sequence) -> FieldInfo | None:
     """The field a pydantic error location points at (through nested schemas)."""
     info = None
     for part in loc:
-        fields = getattr(schema, "model_fields", {})
+        fields = schema.model_fields if schema is not None else {}
         if part not in fields:
             return None
         info = fields[part]
-        schema = next((a for a in (info.annotation, *get_args(info.annotation))
-                       if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        schema = nested_schema(info)
     return info
 
 
@@ -381,12 +386,11 @@ def check_typed(schema: type[BaseModel], node: Any, where: str, what: str) -> Ba
         key = ".".join(str(p) for p in first["loc"])
         parent = _field(schema, first["loc"][:-1]) if len(first["loc"]) > 1 else None
         if first["type"] == "extra_forbidden":
-            owner = schema if parent is None else next(
-                a for a in (parent.annotation, *get_args(parent.annotation)) if isinstance(a, type))
+            owner = schema if parent is None else nested_schema(parent)
             prefix = ".".join([where, *map(str, first["loc"][:-1])])
-            near = difflib.get_close_matches(str(first["loc"][-1]), list(owner.model_fields), n=1)
+            near = nearest_key(f"{where}.{key}", [f"{prefix}.{k}" for k in owner.model_fields])
             raise ConfigError(f"{where}.{key} is not a key of {what}, so nothing would read it",
-                              f"did you mean {prefix}.{near[0]}?" if near else
+                              f"did you mean {near}?" if near else
                               f"{prefix} takes: {', '.join(owner.model_fields)}") from None
         info = _field(schema, first["loc"])
         if first["type"] == "missing":

@@ -244,9 +244,15 @@ class TrainedMethod(Method):
         return Optim(float(c.lr), float(c.weight_decay), float(c.warmup_ratio), int(c.max_steps))
 
 
-def build_method(cfg: DictConfig, num_tasks: int = 1) -> Method:
+def registry() -> dict[str, type[Method]]:
+    """Every registered method type (importing the modules registers them)."""
     from promptlab.methods import clip, cot, full_finetune, peft_adapter, prompting  # noqa: F401  (registration)
 
+    return REGISTRY
+
+
+def build_method(cfg: DictConfig, num_tasks: int = 1) -> Method:
+    registry()
     kind = cfg.get("type")
     if kind not in REGISTRY:
         raise ConfigError(f"method {cfg.get('name')!r} has type {kind!r}, which is not registered",

@@ -141,11 +141,14 @@ def compile(program: Program, sources: list[Source], select: TopK, combine: str,
     start = time.perf_counter()
     cands: list[Candidate] = []
     costs: dict = {}
+    seen: set[str] = set()
     for source in sources:
         got = source(spec, train)
         costs |= got.costs
-        seen = {c.template for c in cands}
-        cands += [c for c in got.candidates if c.template not in seen]
+        for c in got.candidates:  # a repeated prompt (two identical proposals too) is scored once
+            if c.template not in seen:
+                cands.append(c)
+                seen.add(c.template)
     if len(program.demo_sets) > 1:
         cands = [replace(c, id=f"{c.id} · demos {d}", demos=d) for c in cands for d in range(len(program.demo_sets))]
     encoders = {c.id: program.encoder_for(c.template, program.demo_sets[c.demos]) for c in cands}
