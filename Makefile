@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Offline copies of SST-2 and RTE (JSONL); without them promptlab fetches the datasets from the Hub.
 export PROMPTLAB_DATA ?= $(abspath ../shared/data)
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint docs bench clean
 
 install: $(VENV)/.installed
 
@@ -30,6 +30,10 @@ test: install
 lint: install
 	$(BIN)/ruff check src tests scripts
 
+# The docs site (mkdocs.yml, docs/): strict, so a broken link, anchor or nav entry fails. Browse: $(BIN)/mkdocs serve
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -d site
+
 # Speed and memory against a plain PyTorch loop and with the speed-ups off; each prints and writes results/*.json.
 # Run on an idle machine: two jobs at once on 2 cores slow both 2-3x.
 BENCHES := training evaluation precision prefix_reuse generation memory
@@ -37,4 +41,4 @@ bench: install
 	for b in $(BENCHES); do $(BIN)/python scripts/bench/$$b.py || exit 1; done
 
 clean:
-	rm -rf runs multirun outputs results .pytest_cache
+	rm -rf runs multirun outputs results site .pytest_cache

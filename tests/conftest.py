@@ -162,6 +162,24 @@ def config_names(group: str) -> list[str]:
     return promptlab.config.group_options(group)
 
 
+def custom_csv(path: Path, n_per_class: int = 10) -> Path:
+    """A user's own file for ``data=custom``: columns id, review, sentiment (the labels as words)."""
+    lines = ["id,review,sentiment"]
+    for j, r in enumerate(sst2_rows(n_per_class)):
+        lines.append(f"{j},{r['sentence']},{('negative', 'positive')[r['label']]}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def data_overrides(dataset: str, folder: Path) -> list[str]:
+    """What a shipped data config needs to validate: ``data=custom`` reads the user's file (one is written to
+    ``folder/custom.csv``, so the task is still called custom); the others nothing."""
+    if dataset != "custom":
+        return []
+    return [f"data.path={custom_csv(folder / 'custom.csv')}", "data.text=review", "data.label=sentiment"]
+
+
 def data_cfg(dataset: str = "sst2", *overrides: str) -> DictConfig:
     """A composed ``data/`` config: ``data_cfg("sst2", "k_shot=3")`` (overrides are under ``data.``)."""
     return compose_config([f"data={dataset}", *(f"data.{o}" for o in overrides)]).data

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import TRAINED_METHODS, compose_config, config_names
+from conftest import TRAINED_METHODS, compose_config, config_names, data_overrides
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from hydra.types import RunMode
 from omegaconf import OmegaConf
@@ -30,7 +30,8 @@ def test_globs_find_the_shipped_configs():
 @pytest.mark.parametrize("dataset", DATASETS)
 @pytest.mark.parametrize("method", METHODS)
 def test_method_x_dataset_composes(method, dataset, tmp_path):
-    cfg = compose_config([f"method={method}", f"data={dataset}", f"paths.data_root={tmp_path}"])
+    cfg = compose_config([f"method={method}", f"data={dataset}", f"paths.data_root={tmp_path}",
+                          *data_overrides(dataset, tmp_path)])
     assert cfg.method.name == method
     assert cfg.data.name == dataset
     OmegaConf.to_container(cfg, resolve=True)  # everything resolves

@@ -17,6 +17,7 @@ from promptlab.methods.peft_adapter import PeftMethod
 from promptlab.models import load_backbone
 from promptlab.prompts import Encoder
 from promptlab.readout import ChoiceReadout
+from promptlab.schema import prompt_hash
 from promptlab.tasks import TaskSpec, load_task
 
 
@@ -48,9 +49,12 @@ def predictions_from_checkpoint(cfg, model, backbone) -> list[dict]:
     task = load_task(spec, cfg.paths.data_root, cfg.seed)
     tok = backbone.tokenizer
     readout = ChoiceReadout(tok.pad_token_id)
-    rows = []
+    rows, items = [], eval_items(Encoder(tok, spec), task.eval)
+    # the prompt the model read, as prompts.jsonl keys it: the SHA-256 of the decoded prompt tokens
+    hashes = {x["idx"]: prompt_hash(tok.decode(x["prompt_ids"], skip_special_tokens=False,
+                                               clean_up_tokenization_spaces=False)) for x in items}
     with torch.no_grad():
-        for batch in eval_loader(eval_items(Encoder(tok, spec), task.eval), cfg.eval_batch_size):
+        for batch in eval_loader(items, cfg.eval_batch_size):
             sums = readout.scores(model.eval(), batch["prompt_ids"], batch["choice_ids"]).float().cpu()
             for i, y, s, ids in zip(batch["idx"], batch["labels"], sums, batch["choice_ids"], strict=True):
                 pred, correct = int(s.argmax()), float(int(s.argmax()) == int(y))
@@ -63,7 +67,8 @@ def predictions_from_checkpoint(cfg, model, backbone) -> list[dict]:
                 rows.append({"idx": int(i), "label": int(y), "pred": pred,
                              "log_probs": [round(float(v), 5) for v in s.log_softmax(-1)], "answer_logprobs": logp,
                              **lengths, "pred_name": spec.class_names[pred],
-                             "scores": {"accuracy": correct, "macro_f1": correct}, "score": correct, **norms})
+                             "scores": {"accuracy": correct, "macro_f1": correct}, "score": correct, **norms,
+                             "prompt_hash": hashes[int(i)]})
     return sorted(rows, key=lambda r: r["idx"])
 
 

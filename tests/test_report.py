@@ -198,8 +198,8 @@ def test_load_runs_flattens_records_at_any_depth(runs):
     done = df[df["status"] == "completed"]
     assert (done["score"] == done["accuracy"]).all()
     assert (df.loc[df["method"] == "zero_shot", "budget"] == "—").all()  # trains nothing, no demos: no budget
-    assert (df.loc[df["method"] == "few_shot", "budget"] == "k=16").all()  # demos from the k-shot sample
-    assert (df.loc[df["method"] == "prompt_tuning", "budget"] == "k=16").all()
+    assert (df.loc[df["method"] == "few_shot", "budget"] == "16/class").all()  # demos drawn from the training sample
+    assert (df.loc[df["method"] == "prompt_tuning", "budget"] == "16/class").all()
     assert set(df["machine"]) == {f"{CPU} (2 cores)"}
 
 
@@ -244,7 +244,7 @@ def test_generation_dataset_next_to_a_choice_one(runs, tmp_path):
     add_generation_dataset(runs)
     summary = summarize(load_runs(runs))
     ft = row(summary, "full_finetune", dataset="samsum")  # ROUGE-L 0.4, 0.5
-    assert ft["metric"] == "rougeL" and ft["budget"] == "n=64"
+    assert ft["metric"] == "rougeL" and ft["budget"] == "64 total"
     assert (ft["score_mean"], ft["score_std"]) == (pytest.approx(45.0), pytest.approx(7.0710678))
     report = write_report(runs, tmp_path / "out")
     md = (tmp_path / "out" / "table.md").read_text()
@@ -389,7 +389,7 @@ def test_budget_curve_appears_with_two_budgets(runs, tmp_path):
     write_report(runs, tmp_path / "out")
     assert (tmp_path / "out" / "figures" / "sst2_budget.png").is_file()
     md = (tmp_path / "out" / "table.md").read_text()
-    assert "k=32" in md and "k=16" in md  # the budget column appears when a method ran several
+    assert "32/class" in md and "16/class" in md  # the budget column appears when a method ran several
 
 
 def test_rerun_of_a_seed_replaces_the_earlier_run(tmp_path):
@@ -420,9 +420,12 @@ def test_sweep_of_num_virtual_tokens_gives_a_row_per_value(tmp_path):
     sig = significance(df)
     assert [sig["method_a"].iloc[0], sig["method_b"].iloc[0]] == labels and sig["n_seeds"].iloc[0] == 2
     ax = plot_score_vs_params(df).axes[0]
-    assert set(labels) <= {t.get_text() for t in ax.get_legend().get_texts()}
+    # long labels: the legend says "Prompt tuning [a] (n=2)", a footnote under the figure maps [a] to its config
+    legend = {t.get_text() for t in ax.get_legend().get_texts()}
+    assert {"Prompt tuning [a] (n=2)", "Prompt tuning [b] (n=2)"} <= legend
+    assert "[a] num_virtual_tokens=5\n[b] num_virtual_tokens=20" in [t.get_text() for t in ax.figure.texts]
     markers = {c.get_label(): c.lines[0].get_marker() for c in ax.containers}  # one colour: a marker each
-    assert markers[labels[0]] != markers[labels[1]]
+    assert markers["Prompt tuning [a] (n=2)"] != markers["Prompt tuning [b] (n=2)"]
 
     report = write_report(tmp_path, tmp_path / "out")
     assert all(label in report.stdout for label in labels)
@@ -452,6 +455,10 @@ def test_runs_with_another_eval_limit_are_another_row(tmp_path):
     summary = summarize(df)
     assert list(summary["config_label"]) == ["eval_limit=16", "eval_limit=32"]
     assert list(summary["n_seeds"]) == [2, 2]
+    assert plot_prompt_sensitivity(df) is None  # one template ran: no prompt sensitivity to draw
+    for limit in (16, 32):
+        write_run(tmp_path, f"zs_{limit}_t1", "zero_shot", 0, 0.5, template=1, config=[f"data.eval_limit={limit}"])
+    df = load_runs(tmp_path)
     ticks = [t.get_text() for t in plot_prompt_sensitivity(df).axes[0].get_xticklabels()]
     assert "eval_limit=16" in ticks[0] and "eval_limit=32" in ticks[1]
 
@@ -729,3 +736,30 @@ def test_a_cost_column_is_one_declaration(tmp_path, monkeypatch):
     assert summary["model_load_seconds_max"].iloc[0] == 30.0
     assert tables.display_table(summary)["Load time"].iloc[0] == "30 s"
     assert tables.display_table(summary, compact=True)["Load"].iloc[0] == "30 s"
+
+
+def test_report_opens_with_a_verdict_and_a_break_even_table(runs, tmp_path):
+    report = write_report(runs, tmp_path / "out")
+    # the fixture's records carry no dev scores: the verdict says it chose on eval
+    assert "Verdict: Best on eval: Full fine-tuning, 92.0" in report.stdout
+    md = (tmp_path / "out" / "table.md").read_text()
+    assert "### Verdict" in md and "Total, 10M queries" in md
+    html = (tmp_path / "out" / "index.html").read_text()
+    assert html.index("<h2>Verdict</h2>") < html.index("<table id=")  # the dashboard opens with it
+    assert (tmp_path / "out" / "figures" / "sst2_break_even.png").exists()
+
+
+def test_loss_curves_from_the_csv_logs_of_trained_runs(runs, tmp_path):
+    from promptlab.report.figures import plot_loss_curves
+
+    assert plot_loss_curves(load_runs(runs)) is None  # no CSV logs: no figure
+    for run_dir in runs.rglob("*full_finetune_sst2_s*"):
+        if (run_dir / "predictions.jsonl").exists():  # a completed run: Lightning's CSVLogger layout
+            (run_dir / "csv").mkdir()
+            (run_dir / "csv" / "metrics.csv").write_text("epoch,step,train/loss,lr-AdamW\n,4,,1e-4\n0,4,0.9,\n0,9,0.5,\n")
+    fig = plot_loss_curves(load_runs(runs))
+    ax = fig.axes[0]
+    assert len(ax.lines) == 3 and list(ax.lines[0].get_ydata()) == [0.9, 0.5]  # one line per seed, NaN rows dropped
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["Full fine-tuning"]
+    report = write_report(runs, tmp_path / "out")
+    assert (tmp_path / "out" / "figures" / "sst2_loss.png") in report.files

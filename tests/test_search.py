@@ -4,6 +4,8 @@ tiny model: choices are made on dev only, the record says what was chosen, bad s
 from __future__ import annotations
 
 import json
+import logging
+import re
 import subprocess
 import sys
 
@@ -12,6 +14,7 @@ import pytest
 from conftest import (
     compose_config,
     config_names,
+    data_overrides,
     make_data_root,
     read_predictions,
     read_result,
@@ -174,6 +177,56 @@ def test_ensemble_combines_the_top_candidates(cfg_of, tmp_path):
     preds = read_predictions(tmp_path / "run")
     assert all(p["prompt"] == " + ".join(chosen) for p in preds)
     assert all(c["eval"] is not None for c in cands.values())  # eval_all: every candidate on eval too
+    # each row was read through both members' prompts: both are in prompts.jsonl, the first heads the row
+    prompts = {p["prompt_hash"]: p["text"] for p in map(json.loads, (tmp_path / "run" / "prompts.jsonl").open())}
+    for p in preds:
+        assert len(p["prompt_hashes"]) == 2 and p["prompt_hash"] == p["prompt_hashes"][0]
+        for member, h in zip(chosen, p["prompt_hashes"], strict=True):
+            assert reads(prompts[h], cands[member]["template"])
+        assert len(set(p["prompt_hashes"])) == 2
+
+
+def test_search_progress_says_which_prompt_it_scores(cfg_of, tmp_path, caplog, monkeypatch):
+    """In a log, a prompt search's prediction passes are labelled as the search ("search on dev: prompt 3/5"),
+    not as evaluation batches; its rows' prompts are the chosen candidate's."""
+    monkeypatch.setenv("PROMPTLAB_PROGRESS_EVERY", "0")
+    caplog.set_level(logging.INFO, logger="promptlab")
+    rec = run(cfg_of("search=templates"), tmp_path / "run")
+    lines = [r.getMessage() for r in caplog.records if " · batch " in r.getMessage()]
+    n = rec["costs"]["search_candidates"]
+    for k in range(1, n + 1):
+        assert any(line.startswith(f"search on dev: prompt {k}/{n} · batch ") for line in lines), k
+    assert any(line.startswith("eval of the chosen prompt") for line in lines)
+    assert not [line for line in lines if line.startswith("eval · batch")]  # every pass says what it is
+    (raw,) = rec["selection"]["chosen"]["raw"]
+    template = next(c["template"] for c in rec["selection"]["candidates"] if c["id"] == raw)
+    prompts = {p["prompt_hash"]: p["text"] for p in map(json.loads, (tmp_path / "run" / "prompts.jsonl").open())}
+    assert all(reads(prompts[p["prompt_hash"]], template) for p in read_predictions(tmp_path / "run"))
+
+
+def test_the_terminal_bar_shows_what_the_batch_is_for():
+    """In a terminal the prediction bar's description is the pass's label, not "Predicting DataLoader 0"."""
+    import io
+
+    from tqdm import tqdm
+
+    from promptlab.progress import StepBar, current_label, labelled
+
+    bar = StepBar()
+    bar._current_eval_dataloader_idx = 0  # the same dataloader: Lightning's own hook leaves the bar alone
+    bar.predict_progress_bar = tqdm(total=4, file=io.StringIO())
+    with labelled("search on dev"):
+        outer = current_label()
+        with labelled(lambda batch: f"{outer}: prompt {batch['idx'][0]}/3"):
+            bar.on_predict_batch_start(None, None, {"idx": [2, 2]}, 0)
+    assert bar.predict_progress_bar.desc.removesuffix(": ") == "search on dev: prompt 2/3"  # tqdm adds ": "
+    bar.on_predict_batch_start(None, None, {"idx": [0]}, 0)  # outside any label: evaluation
+    assert bar.predict_progress_bar.desc.removesuffix(": ") == "eval" == current_label()
+
+
+def reads(prompt: str, template: str) -> bool:
+    """Whether a rendered prompt holds every fixed part of ``template`` (the text around its {fields})."""
+    return all(part.strip() in prompt for part in re.split(r"\{[^{}]*\}", template) if part.strip())
 
 
 def test_instructions_are_candidates(cfg_of, tmp_path):
@@ -289,8 +342,8 @@ def test_an_ensemble_on_a_generation_task_is_refused():
 
 @pytest.mark.parametrize("option", config_names("search"))
 @pytest.mark.parametrize("dataset", config_names("data"))
-def test_every_search_option_composes_with_every_task(option, dataset):
-    cfg = compose_config([f"search={option}", f"data={dataset}"])
+def test_every_search_option_composes_with_every_task(option, dataset, tmp_path):
+    cfg = compose_config([f"search={option}", f"data={dataset}", *data_overrides(dataset, tmp_path)])
     spec = TaskSpec.from_config(cfg.data)
     if cfg.search.ensemble > 1 and (spec.output_type != "choice" or cfg.search.ensemble > len(spec.templates)):
         with pytest.raises(ConfigError):

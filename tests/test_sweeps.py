@@ -4,6 +4,7 @@ member does not stop the sweep, and all members of a sweep share one directory a
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ import pytest
 from conftest import compose_config, read_result, subprocess_env
 from omegaconf import OmegaConf
 
+from promptlab import sweep
 from promptlab.errors import ConfigError
 from promptlab.tasks import TaskSpec, load_task
 
@@ -92,6 +94,11 @@ def test_rerun_skips_completed_members_and_force_redoes(tmp_path, data_root):
     jobs = sorted((tmp_path / "sweep").glob("*_zero_shot_sst2_s*"))
     assert len(jobs) == 2
     ids = [read_result(j)["run_id"] for j in jobs]
+    out = first.stdout + first.stderr  # each member says which of how many it is, and ends with its summary
+    assert f"sweep member 1 of 2: seed=1 · run dir {jobs[0]}" in out
+    assert f"sweep member 2 of 2: seed=2 · run dir {jobs[1]}" in out
+    assert all(re.search(rf"sst2 · zero_shot · seed {s}: Accuracy\S* \d+\.\d% .* · run dir {j}", out)
+               for s, j in zip((1, 2), jobs, strict=True))
 
     again = _multirun(tmp_path, data_root, "seed=1,2")
     assert again.returncode == 0, again.stderr[-2000:]
@@ -125,3 +132,20 @@ def test_sweep_members_share_dir_and_wandb_group(tmp_path, data_root):
     assert len(jobs) == 2
     groups = {OmegaConf.load(j / "config.yaml").logger.wandb.group for j in jobs}
     assert groups == {"sweep"}  # the sweep directory's name
+
+
+def test_a_member_in_a_launchers_worker_counts_the_sweep_from_multirun_yaml(tmp_path, monkeypatch):
+    """A joblib or SLURM worker has no sweep state of its own: it counts the members from the multirun.yaml
+    Hydra wrote in the sweep directory (an experiment's sweeper params and the command line's sweeps)."""
+    monkeypatch.setattr(sweep, "STATE", sweep.SweepState())
+    OmegaConf.save(OmegaConf.create({"hydra": {
+        "sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
+                    "params": {"data": "sst2,rte"}},
+        "overrides": {"task": ["model=tiny_random", "seed=1,2,3", "logger=none"]}}}), tmp_path / "multirun.yaml")
+    member = OmegaConf.create({"job": {"num": 4}, "sweeper": {},
+                               "overrides": {"task": ["model=tiny_random", "seed=2", "logger=none", "data=rte"]}})
+    line = sweep.member_line(member, tmp_path, tmp_path / "4_zero_shot_rte_s2")
+    assert line == f"sweep member 5 of 6: seed=2 data=rte · run dir {tmp_path / '4_zero_shot_rte_s2'}"
+    # Optuna decides its trials as it goes: n_trials is the count
+    optuna = OmegaConf.create({"job": {"num": 0}, "sweeper": {"n_trials": 20}, "overrides": {"task": ["seed=0"]}})
+    assert sweep.member_line(optuna, tmp_path / "elsewhere", tmp_path / "m").startswith("sweep member 1 of 20 · ")

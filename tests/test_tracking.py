@@ -4,16 +4,29 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import subprocess
+import sys
 from dataclasses import asdict, fields
+from pathlib import Path
 
 import pytest
-from conftest import compose_config, read_predictions, read_result
+from conftest import compose_config, read_predictions, read_result, subprocess_env
 
 import promptlab.run
 import promptlab.run.execute
 import promptlab.run.planning
 from promptlab.methods import build_method
-from promptlab.schema import COST_KEYS, PREDICTION_KEYS, SCHEMA_VERSION, Machine, MethodInfo, RunResult
+from promptlab.schema import (
+    COST_KEYS,
+    PREDICTION_KEYS,
+    PROMPTS_FILE,
+    SCHEMA_VERSION,
+    Machine,
+    MethodInfo,
+    RunResult,
+    prompt_hash,
+)
 from promptlab.tasks import TaskSpec, load_task
 from promptlab.tracking import RunRecord, config_hash, write_json_atomic, write_jsonl_atomic
 
@@ -253,3 +266,76 @@ def test_config_hash_ignores_paths_and_logger(tmp_path):
     assert h != config_hash(compose_config([*base, "data=rte"]))
     assert h != config_hash(compose_config([*base, "data.k_shot=8"]))
     assert len(h) == 16 and int(h, 16) >= 0
+
+
+# ---- what a person reads: the rendered prompts beside the predictions, the run's last line, quiet logs -------
+
+
+def read_jsonl(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_prompts_jsonl_holds_every_prediction_prompt_once(make_cfg, run_dir):
+    """Each prediction row names the prompt the model read by its hash; prompts.jsonl holds each distinct one
+    once, as the text of the tokens the model read (chat template, demonstrations and the example)."""
+    cfg = make_cfg("method.num_demos=2", method="few_shot")
+    promptlab.run.run(cfg, run_dir)
+    prompts = read_jsonl(run_dir / PROMPTS_FILE)
+    by_hash = {p["prompt_hash"]: p for p in prompts}
+    assert len(by_hash) == len(prompts)  # each once
+    assert all(prompt_hash(p["text"]) == h and p["tokens"] > 0 for h, p in by_hash.items())
+    rows, dev_rows = read_predictions(run_dir), read_jsonl(run_dir / "dev_predictions.jsonl")
+    assert len(by_hash) == len({r["prompt_hash"] for r in rows + dev_rows})  # nothing else in it
+    spec = TaskSpec.from_config(cfg.data)
+    task = load_task(spec, cfg.paths.data_root)
+    for split, split_rows in ((task.eval, rows), ([*task.dev, *task.train], dev_rows)):
+        text = {r["idx"]: r["sentence"] for r in split}
+        for r in split_rows:
+            prompt = by_hash[r["prompt_hash"]]["text"]
+            assert text[r["idx"]] in prompt and "<|im_start|>assistant" in prompt  # the example, in the chat
+            assert prompt.count("<|im_start|>user") == 3  # two demonstrations, then the query
+    assert not list(run_dir.glob(".*.tmp"))
+
+
+def test_summary_line_shows_the_headline_as_the_report_does(tmp_path, monkeypatch):
+    from promptlab.evaluation.metrics import display_metric
+    from promptlab.run.summary import summary_line
+
+    monkeypatch.chdir(tmp_path)
+    record = {"status": "completed", "dataset": "sst2", "method": "lora", "seed": 0,
+              "headline": {"metric": "accuracy"}, "metrics": {"accuracy": 0.845}, "dev_metrics": {"accuracy": 0.87},
+              "costs": {"train_seconds": 102.0, "search_seconds": 0, "eval_seconds": 12.3}}
+    assert display_metric("accuracy").unit == "%"
+    assert summary_line(record, tmp_path / "runs" / "a") == (
+        f"sst2 · lora · seed 0: Accuracy 84.5% (dev 87.0%) · 1.7 min train · 12 s eval · run dir {Path('runs/a')}")
+    # the headline's readout; a metric the report does not show in % has no %; a run dir elsewhere is absolute
+    calibrated = {**record, "headline": {"metric": "accuracy@batch"}, "metrics": {"accuracy@batch": 0.5},
+                  "dev_metrics": {}}
+    assert "Accuracy@batch 50.0% · " in summary_line(calibrated, tmp_path / "r")
+    rouge = {**record, "headline": {"metric": "rougeL"}, "metrics": {"rougeL": 0.3125}, "dev_metrics": {}}
+    assert display_metric("rougeL").unit == "" and ": ROUGE-L 31.2 · " in summary_line(rouge, Path("/elsewhere/r"))
+    assert summary_line(rouge, Path("/elsewhere/r")).endswith("run dir /elsewhere/r")
+    diverged = {**record, "status": "diverged"}
+    assert summary_line(diverged, tmp_path / "r").startswith("sst2 · lora · seed 0: diverged · ")
+
+
+def test_a_run_ends_with_its_summary_and_logs_no_third_party_bars(tmp_path, data_root, tiny_backbone):
+    """promptlab-train's last line names the run dir and the headline in %; transformers' "Loading weights" bar
+    (a model loaded from a folder) and wandb's "anonymous setting" warning stay out of the log."""
+    model_dir = tmp_path / "tiny_hub"
+    tiny_backbone.model.save_pretrained(model_dir)
+    tiny_backbone.tokenizer.save_pretrained(model_dir)
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "promptlab.train", "model=hub", f"model.hub_id={model_dir}", "logger=wandb",
+           "method=zero_shot", f"paths.data_root={data_root}", "data.dev_size=8", "eval_batch_size=8",
+           f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run_dir}"]
+    proc = subprocess.run(cmd, env=subprocess_env(PROMPTLAB_PROGRESS_EVERY="0"), stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout + proc.stderr
+    last = [line for line in out.splitlines() if "[promptlab]" in line][-1]
+    assert re.search(r"sst2 · zero_shot · seed 0: Accuracy(@\w+)? \d+\.\d% \(dev \d+\.\d%\)", last), last
+    assert last.endswith(f"run dir {run_dir}")
+    assert "dev · batch 1/1" in out and "eval · batch 1/2" in out  # promptlab's own progress stays
+    assert "Loading weights" not in out and "it/s]" not in out
+    assert "anonymous setting" not in out

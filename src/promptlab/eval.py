@@ -164,9 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"promptlab-eval: error: {err.problem}\n  fix: {err.fix}", file=sys.stderr)
         return 2
-    metrics = ", ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items())
-    print(f"{result['method']} on {result['dataset']}/{result['eval_split']}: {metrics}\n"
-          f"record: {out / 'result.json'}")
+    from promptlab.run.summary import summary_line
+
+    print(f"{summary_line(result, out)} · split {result['eval_split']}")
     return 0
 
 

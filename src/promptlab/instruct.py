@@ -29,7 +29,7 @@ def evaluate_mixture(mixture: Mixture, method: Method, module: PromptModule, tok
     A model that needs each row's task id (multitask prompt tuning) has no prompt for a held-out task: those
     are skipped (``not_evaluated``)."""
     metrics, dev_metrics, rows, dev_rows = {}, {}, [], []
-    seconds, dev_seconds, tokens, gen_seconds = 0.0, 0.0, 0, 0.0
+    seconds, dev_seconds, tokens, gen_seconds, prompt_tokens = 0.0, 0.0, 0, 0.0, 0
     groups: dict[str, list[float]] = {SEEN_MEAN: [], HELDOUT_MEAN: []}
     needs_ids = takes_task_ids(module.model)
     for name, spec in mixture.specs.items():
@@ -49,13 +49,14 @@ def evaluate_mixture(mixture: Mixture, method: Method, module: PromptModule, tok
         groups[SEEN_MEAN if seen else HELDOUT_MEAN].append(ev.metrics[spec.primary_metric])
         rows += [{"task": name, **r} for r in ev.rows]
         seconds, tokens, gen_seconds = seconds + ev.seconds, tokens + ev.generated_tokens, gen_seconds + ev.generation_seconds
+        prompt_tokens += ev.prompt_tokens or 0
     for key, values in groups.items():
         if values:
             metrics[key] = sum(values) / len(values)
     seen_dev = [dev_metrics[f"{t}/{mixture.specs[t].primary_metric}"] for t in mixture.train_tasks]
     dev_metrics[SEEN_MEAN] = sum(seen_dev) / len(seen_dev)
     return Evaluation(metrics, rows, seconds, tokens, gen_seconds, dev_metrics=dev_metrics, dev_rows=dev_rows,
-                      extra_costs={"dev_eval_seconds": round(dev_seconds, 3)})
+                      extra_costs={"dev_eval_seconds": round(dev_seconds, 3)}, prompt_tokens=prompt_tokens)
 
 
 def not_evaluated(mixture: Mixture, metrics: dict[str, float]) -> list[str]:

@@ -1,7 +1,8 @@
 """Progress a person can read: in a terminal one tqdm bar over all optimiser steps (not Lightning's
 per-epoch "Epoch 12/-2" bar under max_steps) with the running-mean loss; in a log file, where a bar
 only renders at the end, a plain line every ``every`` seconds (``PROMPTLAB_PROGRESS_EVERY``, default 30) with
-step, mean loss, speed and ETA."""
+step, mean loss, speed and ETA. Prediction passes say what they are for (``labelled``): "dev", "eval", or a
+prompt search's "search on dev: prompt 3/10"."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
@@ -17,6 +21,33 @@ from lightning.pytorch.utilities import rank_zero_only
 from promptlab.errors import ConfigError
 
 log = logging.getLogger("promptlab")
+
+Label = str | Callable[[Any], str]  # a prediction pass's label, or a function of its batch giving one
+_LABELS: list[Label] = []
+
+
+@contextmanager
+def labelled(label: Label) -> Iterator[None]:
+    """Prediction passes inside the block are shown as ``label`` ("dev", "eval") instead of "eval"; a function
+    of the batch labels each batch (a prompt search: which candidate prompt the batch scores)."""
+    _LABELS.append(label)
+    try:
+        yield
+    finally:
+        _LABELS.pop()
+
+
+def current_label(default: str = "eval") -> str:
+    """The innermost fixed label (``default`` outside any): what a pass labelling its own batches builds on."""
+    return next((label for label in reversed(_LABELS) if isinstance(label, str)), default)
+
+
+def batch_label(batch: Any) -> str:
+    """What the innermost ``labelled`` block calls this batch ("eval" outside any)."""
+    if not _LABELS:
+        return "eval"
+    label = _LABELS[-1]
+    return label if isinstance(label, str) else label(batch)
 
 
 class StepBar(TQDMProgressBar):
@@ -37,6 +68,18 @@ class StepBar(TQDMProgressBar):
 
     def on_train_epoch_end(self, *_) -> None:
         """Nothing: the bar closes when training ends."""
+
+    def on_predict_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int,
+                               dataloader_idx: int = 0) -> None:
+        super().on_predict_batch_start(trainer, pl_module, batch, batch_idx, dataloader_idx)
+        label = batch_label(batch)
+        if label != getattr(self, "_label", None):  # "search on dev: prompt 3/10", not "Predicting DataLoader 0"
+            self._label = label
+            self.predict_progress_bar.set_description(label)
+
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_predict_end(trainer, pl_module)
+        self._label = None
 
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
         items = super().get_metrics(trainer, pl_module)
@@ -76,7 +119,8 @@ class PlainProgress(L.Callback):
         if self._due(now, done, total):
             self.last = now
             rate = (now - self.start) / done
-            log.info("eval batch %d/%d · %.2f s/batch · ETA %s", done, total, rate, _duration(rate * (total - done)))
+            log.info("%s · batch %d/%d · %.2f s/batch · ETA %s", batch_label(batch), done, total, rate,
+                     _duration(rate * (total - done)))
 
 
 def _duration(seconds: float) -> str:

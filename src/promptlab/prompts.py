@@ -247,7 +247,7 @@ class Encoder:
                 raise ConfigError(
                     f"{t.name}: the prompt without the example's text is {length} tokens (system prompt, instruction, "
                     f"{len(demos)} demonstrations), over data.max_prompt_tokens={t.max_prompt_tokens}",
-                    f"raise data.max_prompt_tokens to at least {length + 64}, or use fewer or shorter demonstrations")
+                    f"raise {t.key('max_prompt_tokens')} to at least {length + 64}, or use fewer or shorter demonstrations")
             # each pass strictly shortens a field; re-encoding decides whether the whole prompt fits yet
             tokens[longest] = tokens[longest][: max(0, len(tokens[longest]) - (length - t.max_prompt_tokens))]
             row[longest] = tok.decode(tokens[longest])

@@ -1,5 +1,5 @@
-"""The run-record contract: what ``result.json`` and ``predictions.jsonl`` hold, written by ``tracking`` and
-read by ``report``. Torch-free, so the report never imports training code.
+"""The run-record contract: what ``result.json``, ``predictions.jsonl`` and ``prompts.jsonl`` hold, written by
+``tracking`` and read by ``report``. Torch-free, so the report never imports training code.
 
 Conventions, in one place:
 - Every metric value is a fraction in [0, 1] (accuracy, exact match, ROUGE F-measure, chrF/100, BLEU/100);
@@ -12,6 +12,7 @@ Conventions, in one place:
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Any, Literal
@@ -141,6 +142,7 @@ COST_KEYS = (
     "trainable_params", "total_params", "trainable_fraction", "model_load_seconds",
     "train_seconds", "train_steps", "train_examples_seen", "train_tokens_seen", "train_examples_per_second",
     "eval_seconds", "eval_examples", "eval_examples_per_second",
+    "eval_prompt_tokens",  # the eval prompts' tokens (an ensemble's every prompt): what each query reads
     "dev_examples", "dev_eval_seconds",  # dev scored beside eval (a search's dev scoring is in search_seconds)
     "dev_check_seconds",  # dev checks during training (method.dev_every_n_steps)
     "generated_tokens", "generation_seconds", "generated_tokens_per_second",
@@ -160,11 +162,24 @@ COST_KEYS = (
 #             (summed log-likelihood per answer) with answer_tokens/_chars/_bytes, score; pred@<readout> for
 #             every other readout (evaluation.readouts); CoT runs add "generation"
 #   generate: idx, generation (raw model text), answer (after filters), references, scores {metric: v}, score
+#   both:     prompt_hash, the prompt the model read for pred (its key in prompts.jsonl; a prompt search's row: the
+#             prompt its raw readout chose, which ``prompt`` names; a CLIP row, read through no text prompt, has
+#             none); a prompt ensemble's row also has prompt_hashes, every member's (prompt_hash: the first's)
 PREDICTION_KEYS = {
     "choice": ("idx", "label", "pred", "pred_name", "log_probs", "answer_logprobs", "answer_tokens", "answer_chars",
-               "answer_bytes", "score"),
-    "generate": ("idx", "generation", "answer", "references", "scores", "score"),
+               "answer_bytes", "score", "prompt_hash"),
+    "generate": ("idx", "generation", "answer", "references", "scores", "score", "prompt_hash"),
 }
+
+# prompts.jsonl, beside them: each distinct prompt of both files once, as lm-evaluation-harness's --log_samples
+# keeps it: {"prompt_hash", "text", "tokens"}; text is the prompt's token ids decoded (chat template, system
+# prompt, demonstrations and any truncation as the model read them), tokens their number.
+PROMPTS_FILE = "prompts.jsonl"
+
+
+def prompt_hash(text: str) -> str:
+    """A prompt's key in prompts.jsonl: the first 16 hex digits of its text's SHA-256."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 def record_problem(rec: Any) -> str | None:

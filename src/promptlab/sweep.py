@@ -5,7 +5,8 @@ launcher runs the members elsewhere (joblib workers, SLURM jobs). It checks the 
 written before anything starts, and at the end reads what this sweep left in its directory: each
 member's ``result.json`` (failed, interrupted, ...) and, for members that ended without a record of
 their own (skipped, refused, running elsewhere), a note under ``<sweep dir>/.promptlab/``. One line per
-member that did not complete, and exit 1 if any failed, so scripts and CI notice.
+member that did not complete, and exit 1 if any failed, so scripts and CI notice. Each member says, when it
+starts, which one of how many it is (``member_line``).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class SweepState:
     dir: Path | None = None
     started: datetime | None = None
     planned: int | None = None  # number of members, when the sweeper's plan can be counted up front
+    swept: tuple[str, ...] = ()  # the keys the sweep varies (seed, data, method.lr, ...)
     exit_code: int = 0
 
 
@@ -62,6 +64,7 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         STATE.dir = _check_output(config, "hydra.sweep.dir")
         STATE.started, STATE.planned, STATE.exit_code = datetime.now(timezone.utc), planned_members(config), 0
+        STATE.swept = swept_keys(config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         STATE.exit_code = report(STATE)
@@ -80,19 +83,58 @@ def _check_output(config: DictConfig, key: str) -> Path | None:
         raise SystemExit(2) from None
 
 
+def _sweep_overrides(config: DictConfig) -> list:
+    """The sweep's overrides, parsed: the sweeper's params (an experiment's) and the command line's."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = [f"{k}={v}" for k, v in (OmegaConf.select(config, "hydra.sweeper.params") or {}).items()]
+    return OverridesParser.create().parse_overrides([*params, *config.hydra.overrides.task])
+
+
 def planned_members(config: DictConfig) -> int | None:
     """How many members the basic sweeper will launch (other sweepers decide as they go: None)."""
     if not str(OmegaConf.select(config, "hydra.sweeper._target_")).endswith("BasicSweeper"):
         return None
     try:
         from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-        from hydra.core.override_parser.overrides_parser import OverridesParser
 
-        params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
-        overrides = OverridesParser.create().parse_overrides([*params, *config.hydra.overrides.task])
-        return len(BasicSweeper.split_arguments(overrides, None)[0])
+        return len(BasicSweeper.split_arguments(_sweep_overrides(config), None)[0])
     except Exception:  # counting is a courtesy; the sweep itself reports bad overrides
         return None
+
+
+def swept_keys(config: DictConfig) -> tuple[str, ...]:
+    """The keys the sweep varies (``seed``, ``data``, ``method.lr``), in the order they were given."""
+    try:
+        return tuple(dict.fromkeys(o.get_key_element() for o in _sweep_overrides(config) if o.is_sweep_override()))
+    except Exception:
+        return ()
+
+
+def member_line(hydra_cfg: DictConfig, sweep_dir: Path, run_dir: Path) -> str:
+    """What a member says when it starts: "sweep member 2 of 6: data=rte seed=1 · run dir <dir>". Hydra's job
+    number says which; the count is this process's sweep's (the basic launcher runs members here) or, in a
+    launcher's worker, counted again from the multirun.yaml Hydra wrote in the sweep directory (Optuna: its
+    n_trials)."""
+    total, swept = (STATE.planned, STATE.swept) if STATE.dir == sweep_dir else (None, ())
+    if not total or not swept:
+        try:
+            sweep_cfg = OmegaConf.load(sweep_dir / "multirun.yaml")
+            total, swept = total or planned_members(sweep_cfg), swept or swept_keys(sweep_cfg)
+        except Exception:  # a launcher without the file: say less
+            pass
+    total = total or OmegaConf.select(hydra_cfg, "sweeper.n_trials")
+    try:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        own = OverridesParser.create().parse_overrides(list(hydra_cfg.overrides.task))
+        values = [o.input_line for o in own if o.get_key_element() in swept]
+    except Exception:
+        values = []
+    from promptlab.run.summary import shown_path  # as the member's last line shows it
+
+    which = f"sweep member {int(hydra_cfg.job.num) + 1}" + (f" of {total}" if total else "")
+    return " · ".join([f"{which}: {' '.join(values)}" if values else which, f"run dir {shown_path(run_dir)}"])
 
 
 def note(sweep_dir: Path, run_dir: Path, status: str, message: str = "") -> None:

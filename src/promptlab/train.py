@@ -24,6 +24,7 @@ from promptlab.config import CONFIG_MODULE, skip_completed
 from promptlab.errors import ConfigError, Diverged
 from promptlab.run.execute import is_primary, objective_value, run
 from promptlab.run.planning import OccupiedRunDir
+from promptlab.run.summary import summary_line
 from promptlab.schema import FINAL
 from promptlab.sweep import note
 from promptlab.tracking import config_hash, read_record, run_lock
@@ -61,7 +62,10 @@ def hydra_task(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     sweep_dir = Path(os.path.abspath(hydra_cfg.sweep.dir)) if multirun else None  # as Hydra makes output_dir
-    return run_locked(cfg, Path(hydra_cfg.runtime.output_dir), sweep_dir)
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    if sweep_dir and is_primary():
+        log.info("%s", sweep.member_line(hydra_cfg, sweep_dir, run_dir))
+    return run_locked(cfg, run_dir, sweep_dir)
 
 
 def run_locked(cfg: DictConfig, run_dir: Path, sweep_dir: Path | None) -> float:
@@ -151,8 +155,8 @@ def run_member(cfg: DictConfig, run_dir: Path, sweep_dir: Path | None) -> float:
         return math.nan
     except Exception as err:
         return _member_failed(err, sweep_dir)
-    metrics = ", ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items())
-    log.info("%s on %s: %s", cfg.method.name, result["dataset"], metrics)
+    if is_primary():  # the one line a person reads: the headline as the report shows it, and where the run is
+        log.info("%s", summary_line(result, run_dir))
     return objective_value(result)
 
 

@@ -32,11 +32,13 @@ class Evaluation:
     dev_metrics: dict[str, float] = field(default_factory=dict)  # the same metrics on dev (what choices use)
     dev_rows: list[dict] = field(default_factory=list)  # dev_predictions.jsonl
     readouts: tuple[str, ...] = ()  # the readouts computed (choice tasks): raw, length-normalised, calibrated
+    prompt_tokens: int | None = None  # the eval prompts' tokens (every prompt of an ensemble): per-query cost
 
     def costs(self) -> dict[str, float | int | None]:
         n, gen = len(self.rows), round(self.generation_seconds, 6)  # the rate is derived from what is recorded
         return {**self.extra_costs,
             "eval_seconds": round(self.seconds, 3), "eval_examples": n, "dev_examples": len(self.dev_rows),
+            "eval_prompt_tokens": self.prompt_tokens,
             "eval_examples_per_second": n / self.seconds if self.seconds else None,
             "generated_tokens": self.generated_tokens, "generation_seconds": gen,
             "generated_tokens_per_second": self.generated_tokens / gen if gen else None,
@@ -56,7 +58,8 @@ def evaluate(module: PromptModule, spec: TaskSpec, items: list[dict], trainer: L
     seconds = time.perf_counter() - start
     metrics, names = all_metrics(spec, rows, calibrations, free)
     tokens = sum(r.pop("generated_tokens", 0) for r in rows)
-    return Evaluation(metrics, rows, seconds, tokens, generation() - gen_start, readouts=names)
+    return Evaluation(metrics, rows, seconds, tokens, generation() - gen_start, readouts=names,
+                      prompt_tokens=sum(len(x.get("prompt_ids", ())) for x in items))
 
 
 def all_metrics(spec: TaskSpec, rows: list[dict], calibrations: tuple[str, ...],
@@ -78,11 +81,16 @@ def generation_clock(module: PromptModule) -> Callable[[], float]:
 
 
 def predict_rows(module: PromptModule, items: list[dict], trainer: L.Trainer, batch_size: int) -> list[dict]:
-    """Every item's prediction, sorted by idx; ``Diverged`` when a model's answer scores are not finite."""
+    """Every item's prediction, sorted by idx, with the ``prompt_ids`` the model read (``run.execute`` writes them
+    as ``prompt_hash`` and prompts.jsonl); ``Diverged`` when a model's answer scores are not finite."""
     with module.predicting(trainer):
         batches = trainer.predict(module, dataloaders=eval_loader(items, batch_size))
     rows = sorted(gather_rows([r for b in batches for r in b], trainer), key=lambda r: r["idx"])
     check_finite(rows, trainer.global_step)
+    prompts = {x["idx"]: x["prompt_ids"] for x in items if "prompt_ids" in x}  # a CLIP item has pixels only
+    for r in rows:
+        if r["idx"] in prompts:
+            r["prompt_ids"] = prompts[r["idx"]]
     return rows
 
 

@@ -114,6 +114,15 @@ def get_metric(name: str) -> Metric:
     return _REGISTRY[name]
 
 
+def display_metric(name: str) -> Metric:
+    """How ``name`` is shown (display name, unit): the registry's entry; a name it does not know (a record from
+    another version, a mixture's ``seen_mean``) as itself, x100."""
+    try:
+        return get_metric(name)
+    except ConfigError:
+        return Metric(str(name), True, (), lambda *a, **k: (0.0, []), str(name))
+
+
 def compute_metrics(names: Sequence[str], preds: Sequence, refs: Sequence,
                     **context: Any) -> tuple[dict[str, float], list[dict[str, float]]]:
     """Every metric in ``names``: aggregates by name, and one ``{name: value}`` dict per example."""

@@ -36,6 +36,7 @@ from promptlab.report.tables import (
     display_table,
     headline,
     metric_name,
+    point_labels,
     qualitative_caption,
     qualitative_table,
     readout_table,
@@ -45,6 +46,8 @@ from promptlab.report.tables import (
     to_latex,
     to_markdown,
 )
+from promptlab.report.verdict import NOTE as VERDICT_NOTE
+from promptlab.report.verdict import break_even_table, verdict
 
 log = logging.getLogger("promptlab.report")
 
@@ -62,6 +65,8 @@ def figure_specs(s: pd.DataFrame) -> list[tuple[str, Callable, str]]:
         ("prompt_sensitivity", figs.plot_prompt_sensitivity,
          f"{name} of the methods that train nothing across prompt templates and seeds "
          "(box: quartiles; points: runs)."),
+        ("loss", figs.plot_loss_curves, "Training loss of each trained row's chosen trial (one line per seed), "
+         "from the runs' CSV logs."),
     ]
 
 
@@ -110,6 +115,7 @@ class Section:
     html: list[str] = field(default_factory=list)
     qual: list[pd.DataFrame] = field(default_factory=list)
     sens_md: list[str] = field(default_factory=list)
+    verdict_html: list[str] = field(default_factory=list)  # the dashboard opens with every task's verdict
     files: list[Path] = field(default_factory=list)
 
 
@@ -122,6 +128,30 @@ def model_note(s: pd.DataFrame) -> str:
     return f"{s['model'].iloc[0]}" + (f" ({'; '.join(extra)})" if extra else "")
 
 
+def _verdict_section(sec: Section, dataset, heading: str, s: pd.DataFrame, out: Path) -> None:
+    """Which row wins on dev, which cheaper rows tie with it, and the break-even table and figure
+    (``report.verdict``): first in the Markdown, the printed report and the dashboard."""
+    rows = headline(figs.comparable(s[s["n_seeds"] > 0]))
+    if rows.empty:
+        return
+    labels = point_labels(rows)
+    v = verdict(rows, labels)
+    if not v:
+        return
+    table = break_even_table(v, labels)
+    note = f"{VERDICT_NOTE} {timing_note(rows)}".rstrip()
+    sec.md += ["### Verdict", "", v["text"], "", to_markdown(table), "", note, ""]
+    sec.stdout += [f"Verdict: {v['text']}", ""]
+    parts = [dash.note(v["text"], "verdict"), dash.scroll(to_html(table, note))]
+    fig = figs.plot_break_even(v, labels, str(dataset))
+    if fig is not None:
+        paths = figs.save_figure(fig, out / "figures" / f"{dataset}_break_even")
+        sec.files += paths
+        parts.append(dash.figure(paths[0], "Score vs total cost at 1K, 100K and 10M queries (bars: 95% interval; "
+                                           "n: seeds; ringed: the cheapest row tied with the best). " + timing_note(rows)))
+    sec.verdict_html.append(dash.section(heading, *parts, level=3))
+
+
 def _dataset_section(sec: Section, df, dataset, s, sig, sens, ens, n_resamples: int, seed: int, out: Path) -> None:
     heading = f"{dataset} · {model_note(s)}" if s["model"].nunique() == 1 else str(dataset)
     full, compact, qual = display_table(s), display_table(s, compact=True), qualitative_table(s)
@@ -132,6 +162,7 @@ def _dataset_section(sec: Section, df, dataset, s, sig, sens, ens, n_resamples: 
     sec.qual_md += [f"## {heading}", "", to_markdown(qual), "", qual_cap, ""]
     sec.qual_tex.append(to_latex(qual, f"{heading}. {qual_cap}", f"tab:promptlab-qualitative-{dataset}"))
     sec.qual.append(qual.assign(Dataset=dataset))
+    _verdict_section(sec, dataset, heading, s, out)
     pngs = []
     for suffix, plot, fig_caption in figure_specs(s) if s["n_seeds"].sum() else []:  # none completed: none
         fig = plot(df, dataset=dataset)
@@ -217,7 +248,7 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None, wandb_proj
                                     if sec.sens_md else ["# Prompt sensitivity", "", "No prompt searches or template "
                                                          "sweeps among these runs."]),
         "index.html": dash.page("promptlab report", f"{root}: {counts}. Generated {datetime.now():%Y-%m-%d %H:%M}.",
-                                sec.html),
+                                ([dash.section("Verdict", *sec.verdict_html)] if sec.verdict_html else []) + sec.html),
     }
     for name, text in texts.items():
         (out / name).write_text(text)

@@ -13,14 +13,15 @@ import matplotlib as mpl
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from matplotlib.ticker import NullLocator
+from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
 
-from promptlab.report.columns import fmt_count
+from promptlab.report.columns import fmt_count, fmt_seconds
 from promptlab.report.configs import natural_key
 from promptlab.report.records import latest_completed
 from promptlab.report.tables import (
     headline,
     machine_note,
+    method_labels,
     metric_name,
     point_labels,
     summarize,
@@ -110,11 +111,45 @@ def _score_axis(ax, rows: pd.DataFrame) -> None:
         ax.axhline(100 * chance[0], color="0.45", ls=":", lw=1.2, zorder=1, label="chance")
 
 
-def _value_labels(ax, x, y) -> None:
-    """Each point's mean next to it, to one decimal."""
+def _value_labels(ax, x, y, log_x: bool = True) -> None:
+    """Each point's mean next to it, to one decimal; a point close to one already labelled (within a quarter
+    decade, or unit, of x and 2 points of y) is labelled once if it says the same, else below the other."""
+    placed: list[tuple[float, float, str, int]] = []
     for xi, yi in zip(x, y, strict=True):
-        ax.annotate(f"{yi:.1f}", (xi, yi), xytext=(5, 4), textcoords="offset points", fontsize=7,
+        if not (np.isfinite(xi) and np.isfinite(yi)):
+            continue
+        pos, text = (math.log10(xi) if log_x and xi > 0 else xi), f"{yi:.1f}"
+        near = [p for p in placed if abs(p[0] - pos) < 0.25 and abs(p[1] - yi) < 2.0]
+        if any(p[2] == text for p in near):
+            continue
+        slot = len(near)
+        placed.append((pos, yi, text, slot))
+        ax.annotate(text, (xi, yi), xytext=(5, 4 - 10 * slot), textcoords="offset points", fontsize=7,
                     color="0.25")
+
+
+FOOTNOTE_AT = 30  # a legend label longer than this moves its config part to a footnote under the figure
+
+
+def short_labels(labels: pd.Series) -> tuple[pd.Series, list[str]]:
+    """Legend labels kept short: "Prompt tuning (num_virtual_tokens=20, lr=0.3)" becomes "Prompt tuning [a]"
+    with the footnote "[a] num_virtual_tokens=20, lr=0.3"; short labels stay as they are."""
+    short, notes, keys = labels.copy(), [], {}
+    for i, label in labels.items():
+        head, sep, config = str(label).partition(" (")
+        if sep and len(str(label)) > FOOTNOTE_AT:
+            config = config.removesuffix(")")
+            key = keys.setdefault(config, "abcdefghijklmnopqrstuvwxyz"[len(keys) % 26])
+            if len(keys) > len(notes):
+                notes.append(f"[{key}] {config}")
+            short.loc[i] = f"{head} [{key}]"
+    return short, notes
+
+
+def footnote(fig: Figure, notes: list[str]) -> None:
+    """The label footnotes under the figure (``save_figure`` keeps them: bbox_inches="tight")."""
+    if notes:
+        fig.text(0.01, -0.02, "\n".join(notes), ha="left", va="top", fontsize=7, color="0.3")
 
 
 def _cost_plot(df, dataset, ax, xcol, xlabel, tick_label, what):
@@ -124,7 +159,9 @@ def _cost_plot(df, dataset, ax, xcol, xlabel, tick_label, what):
     rows = rows[(rows["n_seeds"] > 0) & rows[xcol].notna()]
     if rows.empty:  # e.g. only eval records of a task nothing trained on: they have no cost to plot against
         return None
-    labels, colors = point_labels(rows), method_colors(df["method"].dropna())
+    labels, notes = short_labels(point_labels(rows))
+    labels = labels + rows["n_seeds"].map(lambda n: f" (n={n})")
+    colors = method_colors(df["method"].dropna())
     x = rows[xcol].to_numpy(float)
     y = rows["score_mean"].to_numpy(float)
     # bars: the 95% interval over seeds and examples (report.intervals), none where it is unknown
@@ -165,6 +202,7 @@ def _cost_plot(df, dataset, ax, xcol, xlabel, tick_label, what):
         ax.set_title(_title(dataset, rows, f"{metric_name(rows['metric'].iloc[0])} vs {what}"))
         _style(ax)
         _legend(ax)
+        footnote(fig, notes)
     return fig
 
 
@@ -217,7 +255,7 @@ def plot_budget_curve(df: pd.DataFrame, dataset: str | None = None, ax=None) -> 
     colors = method_colors(df["method"].dropna())
     with mpl.rc_context(STYLE):
         fig, ax = _axes(ax, (6.4, 3.9))
-        labels = point_labels(curves.assign(budget="", template_id=0))
+        labels, notes = short_labels(point_labels(curves.assign(budget="", template_id=0)))
         lines: dict[str, int] = {}  # per method: a marker per line (model, config values)
         for _, rows in curves.groupby([*CURVE_KEYS, "template_id"], dropna=False, sort=False):
             rows = rows.sort_values("budget_value")
@@ -238,11 +276,12 @@ def plot_budget_curve(df: pd.DataFrame, dataset: str | None = None, ax=None) -> 
         ax.set_xscale("log", base=2)
         ax.set_xticks(budgets, [f"{b:g}" for b in budgets])
         ax.xaxis.set_minor_locator(NullLocator())
-        ax.set_xlabel("Training examples per class (k)" if kind == "k_shot" else "Training examples")
+        ax.set_xlabel("Training examples per class" if kind == "k_shot" else "Training examples")
         _score_axis(ax, s)
         ax.set_title(_title(dataset, s, "data budget (mean ± std)"))
         _style(ax)
         _legend(ax)
+        footnote(fig, notes)
     return fig
 
 
@@ -273,6 +312,8 @@ def plot_prompt_sensitivity(df: pd.DataFrame, dataset: str | None = None, ax=Non
     labels = [lab if b == "—" else f"{lab}, {b}" for lab, b in zip(point_labels(firsts), firsts["budget"],
                                                                      strict=True)]
     templates = sorted(done["template_id"].dropna().unique())
+    if len(templates) < 2:  # one template: no prompt sensitivity to show (the seeds' spread is in the tables)
+        return None
     rng = np.random.default_rng(0)
     with mpl.rc_context(STYLE):
         fig, ax = _axes(ax, (2.2 + 1.5 * len(groups), 3.9))
@@ -309,3 +350,86 @@ def save_figure(fig: Figure, stem: str | Path, dpi: int = 200) -> list[Path]:
     for path in paths:
         fig.savefig(path, dpi=dpi, bbox_inches="tight", facecolor="white")
     return paths
+
+
+def plot_break_even(v: dict, labels: pd.Series, dataset: str) -> Figure | None:
+    """The verdict's rows: the score (95% interval, n seeds) against total cost (one-off + per-query cost x N,
+    log x) in one panel per N of ``verdict.QUERIES``; the cheapest row tied with the best ringed."""
+    from promptlab.report.verdict import QUERIES
+
+    rows = v.get("rows")
+    if rows is None or rows["query_seconds"].notna().sum() < 2:
+        return None
+    rows = rows[rows["query_seconds"].notna()]
+    colors = method_colors(rows["method"].dropna())
+    labels, notes = short_labels(labels.loc[rows.index])
+    y = rows["score_mean"].to_numpy(float)
+    err = np.nan_to_num(np.vstack([y - rows["score_low"].to_numpy(float), rows["score_high"].to_numpy(float) - y]))
+    with mpl.rc_context(STYLE):
+        fig = Figure(figsize=(9.6, 3.4), layout="constrained")
+        axes = fig.subplots(1, len(QUERIES), sharey=True)
+        for ax, n in zip(axes, QUERIES, strict=True):
+            x = rows[f"total_{n}"].to_numpy(float)
+            for i, (idx, r) in enumerate(rows.iterrows()):
+                ax.errorbar(x[i], y[i], yerr=err[:, i:i + 1], fmt=MARKERS[i % len(MARKERS)], color=colors[r["method"]],
+                            ms=6, mec="white", mew=0.8, capsize=3, elinewidth=1.1, zorder=3,
+                            label=f"{labels.loc[idx]} (n={int(r['n_seeds'])})")
+            pick = v["cheapest"].get(n)
+            if pick is not None:
+                ax.scatter([rows.at[pick, f"total_{n}"]], [rows.at[pick, "score_mean"]], s=190, facecolors="none",
+                           edgecolors="0.15", linewidths=1.0, zorder=2, label="cheapest tied with best")
+            ax.set_xscale("log")
+            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda s, _: fmt_seconds(s)))
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.margins(x=0.15)
+            ax.set_xlabel(f"Total compute time, {fmt_count(n)} queries")
+            ax.set_title(f"N = {fmt_count(n)}")
+            _style(ax)
+        _score_axis(axes[0], rows)
+        handles, names = axes[0].get_legend_handles_labels()
+        unique = dict(zip(names, handles, strict=True))
+        axes[-1].legend(unique.values(), unique.keys(), loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+        fig.suptitle(_title(dataset, rows, "score vs total cost (one-off + per query x N)"), fontsize=10)
+        footnote(fig, notes)
+    return fig
+
+
+def _loss_log(run_dir: str) -> pd.DataFrame | None:
+    """``step`` and ``train/loss`` from a run's CSV log (Lightning's CSVLogger: ``csv/metrics.csv``)."""
+    for path in sorted(Path(run_dir).glob("csv/**/metrics.csv")):
+        try:
+            log = pd.read_csv(path)
+        except (OSError, ValueError):
+            return None
+        if {"step", "train/loss"} <= set(log.columns):
+            return log[["step", "train/loss"]].dropna()
+    return None
+
+
+def plot_loss_curves(df: pd.DataFrame, dataset: str | None = None, ax=None) -> Figure | None:
+    """Training loss vs step of every trained row's chosen run (one line per seed), from the runs' CSV logs;
+    None when no run of the dataset logged a loss."""
+    summary = summarize(df)
+    dataset = _dataset(summary, dataset)
+    done = latest_completed(df)
+    done = comparable(done[(done["dataset"] == dataset) & (done["trains"] == True)])  # noqa: E712
+    curves = [(r, log) for _, r in done.iterrows() if (log := _loss_log(r["run_dir"])) is not None and len(log)]
+    if not curves:
+        return None
+    labels, notes = short_labels(method_labels(pd.DataFrame([r for r, _ in curves])).reset_index(drop=True))
+    colors, seen = method_colors(df["method"].dropna()), set()
+    with mpl.rc_context(STYLE):
+        fig, ax = _axes(ax, (6.4, 3.6))
+        for i, (r, log) in enumerate(curves):
+            label = labels.iloc[i]
+            ax.plot(log["step"], log["train/loss"], color=colors[r["method"]], lw=1.2, alpha=0.85,
+                    label=None if label in seen else label)
+            seen.add(label)
+        ax.set_xlabel("Training step")
+        ax.set_ylabel("Training loss")
+        ax.set_title(_title(dataset, done, "training loss (chosen trial, one line per seed)"))
+        _style(ax)
+        _legend(ax)
+        footnote(fig, notes)
+    return fig

@@ -52,14 +52,16 @@ COLUMNS = [
     "accuracy", "macro_f1", *TUNING, "objective", "quantization", "precision", "diverged_at_step",
     "dev_eval_seconds", "dev_check_seconds", *COST_KEYS,  # the declared cost columns (report/columns.py)
     "total_params", "search_seconds", "search_tokens_scored", "search_generated_tokens",
-    "eval_seconds", "eval_examples", "peak_rss_mb", "peak_rss_reset_per_run", "num_train_examples", "machine",
+    "eval_seconds", "eval_examples", "eval_prompt_tokens", "demo_generation_seconds", "peak_rss_mb",
+    "peak_rss_reset_per_run", "num_train_examples", "machine",
     "load_start", "load_end", "error", "started_at", "finished_at", "run_dir", "source", "group_key",
     "config_label", "config_diff", "config", "selection",
 ]
 NUMERIC = ["score", "dev_score", *READOUT_COLUMNS, "trial", "n_points", "dev_evaluations", "dev_budget",
            "chosen_step", "diverged_at_step", "dev_eval_seconds", "dev_check_seconds", "chance", "accuracy", "macro_f1",
            *COST_KEYS, "total_params", "search_seconds", "search_tokens_scored", "search_generated_tokens",
-           "eval_seconds", "eval_examples", "peak_rss_mb", "k_shot", "train_size", "budget_value",
+           "eval_seconds", "eval_examples", "eval_prompt_tokens", "demo_generation_seconds", "peak_rss_mb", "k_shot",
+           "train_size", "budget_value",
            "num_train_examples", "load_start", "load_end"]
 NESTED = ("metrics", "costs", "versions", "traceback", "method_info", "machine", "selection", "dev_metrics",
           "headline", "tuning", "provenance", "train_idx", "splits", "resumes")
@@ -89,15 +91,15 @@ def _trains(rec: dict) -> bool | None:
 
 
 def _budget(row: pd.Series) -> tuple[str, str | None, float | None]:
-    """The training-data budget: ``("k=16", "k_shot", 16)``; ``("—", None, None)`` for a method that trains
+    """The training-data budget: ``("16/class", "k_shot", 16)`` (training examples per class); ``("—", None, None)`` for a method that trains
     nothing and shows no demonstrations (it reads no training example)."""
     trains, demos = row["trains"], row["num_demos"]
     if not pd.isna(trains) and not trains and (pd.isna(demos) or not demos):
         return "—", None, None
-    if not pd.isna(row["k_shot"]):
-        return f"k={int(row['k_shot'])}", "k_shot", float(row["k_shot"])
+    if not pd.isna(row["k_shot"]):  # "k" would read as demonstrations (k-shot prompting): say what it counts
+        return f"{int(row['k_shot'])}/class", "k_shot", float(row["k_shot"])
     if not pd.isna(row["train_size"]):
-        return f"n={int(row['train_size'])}", "train_size", float(row["train_size"])
+        return f"{int(row['train_size'])} total", "train_size", float(row["train_size"])
     return "all", "all", math.inf
 
 

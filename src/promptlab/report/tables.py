@@ -12,8 +12,7 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
-from promptlab.errors import ConfigError
-from promptlab.evaluation.metrics import Metric, get_metric
+from promptlab.evaluation.metrics import display_metric
 from promptlab.report.columns import (
     cost_columns,
     cost_summary,
@@ -51,28 +50,19 @@ REPEATS_NOTE = ("Runs: completed runs, counting exact repeats (same config and s
                 "latest run of each seed.")
 
 
-def metric_info(metric: str) -> Metric:
-    """How the registry shows ``metric``; a name it does not know (a record from another version) is shown as
-    itself, x100."""
-    try:
-        return get_metric(metric)
-    except ConfigError:
-        return Metric(str(metric), True, (), lambda *a, **k: (0.0, []), str(metric))
-
-
 def metric_name(metric: str) -> str:
     """"ROUGE-L" for rougeL; the id for ``evaluate:<id>``."""
-    return metric_info(metric).display
+    return display_metric(metric).display
 
 
 def metric_label(metric: str) -> str:
     """Header / axis label of a metric shown x100: "Accuracy (%)", "ROUGE-L", "sacrebleu (×100)"."""
-    return metric_info(metric).label
+    return display_metric(metric).label
 
 
 def is_corpus(metric: str) -> bool:
     """Whether the metric's aggregate is a corpus score (chrF, BLEU), not the mean of its per-example scores."""
-    return metric_info(metric).corpus
+    return display_metric(metric).corpus
 
 
 def value_label(metrics: Iterable) -> str:
@@ -141,6 +131,9 @@ def _group_row(key: tuple, runs: pd.DataFrame, ok: pd.DataFrame) -> dict:
         "search_seconds_mean": ok["search_seconds"].mean(),
         "search_tokens_mean": (ok["search_tokens_scored"] + ok["search_generated_tokens"].fillna(0)).mean(),
         "peak_rss_mb_max": ok["peak_rss_mb"].max(), "eval_examples": ok["eval_examples"].median(),
+        # per-query and one-off inference costs (report.verdict)
+        "eval_seconds_mean": ok["eval_seconds"].mean(), "eval_prompt_tokens_mean": ok["eval_prompt_tokens"].mean(),
+        "demo_generation_seconds_mean": ok["demo_generation_seconds"].mean(),
         "peak_rss_upper_bound": bool((ok["peak_rss_reset_per_run"] == False).any()),  # noqa: E712
         "machine": "; ".join(sorted(ok["machine"].dropna().unique())) or None,
         "load_min": loads.min().min(), "load_max": loads.max().max(),
@@ -353,7 +346,7 @@ def qualitative_table(summary: pd.DataFrame) -> pd.DataFrame:
 def _values_note(summary: pd.DataFrame, with_f1: bool, spread: str = CI_NOTE) -> str:
     metrics = list(dict.fromkeys(summary["metric"].dropna()))
     names = [metric_name(m) for m in metrics] + (["macro-F1"] if with_f1 else [])
-    unit = "in %" if all(metric_info(m).unit == "%" for m in metrics) else "×100"
+    unit = "in %" if all(display_metric(m).unit == "%" for m in metrics) else "×100"
     return f"{' and '.join(names)} {unit}: {spread}."
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import sys
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,10 +26,11 @@ from promptlab.evaluation.metrics import get_metric
 from promptlab.methods import count_parameters
 from promptlab.models import Backbone, fingerprint, load_backbone
 from promptlab.module import PromptModule
-from promptlab.progress import progress_callbacks
+from promptlab.progress import labelled, progress_callbacks
 from promptlab.prompts import Encoder, template_fields
 from promptlab.readout import GenerateReadout
 from promptlab.run.planning import Plan, demo_draws, plan
+from promptlab.schema import PROMPTS_FILE, prompt_hash
 from promptlab.tasks.sampling import component_seeds
 from promptlab.tracking import (
     PeakMemory,
@@ -48,7 +51,11 @@ log = logging.getLogger("promptlab")
 
 
 def quiet_third_party_noise() -> None:
-    """Silence library chatter that says nothing about the run (tips, deprecations inside libraries)."""
+    """Silence library chatter that says nothing about the run (tips, deprecations inside libraries); in a log
+    (stderr not a terminal) also the libraries' progress bars (transformers' "Loading weights", Hub downloads,
+    datasets' map), which a log keeps as one long line each. promptlab's own progress stays (``progress``)."""
+    if not sys.stderr.isatty():
+        third_party_bars_off()
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     # "Received SIGTERM": promptlab says what it did about it (recorded, exit 143)
     logging.getLogger("lightning.pytorch.trainer.connectors.signal_connector").setLevel(logging.WARNING)
@@ -56,6 +63,17 @@ def quiet_third_party_noise() -> None:
                     ".*smaller than the logging interval.*", ".*does not have many workers.*",
                     ".*Position ids are not supported.*", ".*set_vital.*"):
         warnings.filterwarnings("ignore", message=pattern)
+
+
+def third_party_bars_off() -> None:
+    """transformers' tqdm bars (loading and writing weights) and the Hub's (downloads), and datasets' bars."""
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()  # also huggingface_hub.utils.disable_progress_bars()
+    if "datasets" in sys.modules:
+        sys.modules["datasets"].disable_progress_bars()
+    else:  # read when datasets is imported (only Hub data needs it: not imported for that alone)
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 
 def build_module(p: Plan, backbone: Backbone, model: torch.nn.Module) -> tuple[PromptModule, Encoder]:
@@ -182,7 +200,7 @@ def execute(cfg: DictConfig, run_dir: Path, record: RunRecord, point: resume.Res
         ev = evaluate_plan(p, module, encoder, trainer)
         record.phase = "writing the results"
         if record.primary:
-            write_predictions(run_dir, ev)
+            write_predictions(run_dir, ev, encoder.tokenizer)
         costs.update(run_costs(p, module, encoder, trainer, ev, memory, train_seconds, checkpoint),
                      **(saver.costs() if saver else {}))
         for lg in loggers:
@@ -225,7 +243,8 @@ def evaluate_plan(p: Plan, module: PromptModule, encoder: Encoder, trainer: L.Tr
     if p.mixture:
         return instruct.evaluate_mixture(p.mixture, p.method, module, encoder.tokenizer, trainer,
                                          p.settings.eval_batch_size)
-    dev = evaluate_rows(p, module, encoder, trainer, p.task.dev)
+    with labelled("dev"):
+        dev = evaluate_rows(p, module, encoder, trainer, p.task.dev)
     ev = evaluate_rows(p, module, encoder, trainer, p.task.eval)
     ev.dev_metrics, ev.dev_rows = dev.metrics, dev.rows
     ev.extra_costs["dev_eval_seconds"] = round(dev.seconds, 3)
@@ -329,11 +348,50 @@ def fit(p: Plan, module: PromptModule, encoder: Encoder, trainer: L.Trainer, run
     return module.elapsed_train_seconds(), checkpoint
 
 
-def write_predictions(run_dir: Path, ev: Evaluation) -> None:
-    """``predictions.jsonl`` (eval) and ``dev_predictions.jsonl`` (dev: what every choice was made on)."""
-    write_jsonl_atomic(run_dir / "predictions.jsonl", ev.rows)
-    if ev.dev_rows:
-        write_jsonl_atomic(run_dir / "dev_predictions.jsonl", ev.dev_rows)
+def write_predictions(run_dir: Path, ev: Evaluation, tokenizer) -> None:
+    """``predictions.jsonl`` (eval) and ``dev_predictions.jsonl`` (dev: what every choice was made on), each row
+    naming the prompt the model read by its ``prompt_hash``; first ``prompts.jsonl``, every distinct prompt of
+    both once (``schema.PROMPTS_FILE``), so a reader finds each row's prompt there."""
+    prompts = PromptLog(tokenizer)
+    rows, dev_rows = prompts.named(ev.rows), prompts.named(ev.dev_rows)
+    write_jsonl_atomic(run_dir / PROMPTS_FILE, list(prompts.records.values()))
+    write_jsonl_atomic(run_dir / "predictions.jsonl", rows)
+    if dev_rows:
+        write_jsonl_atomic(run_dir / "dev_predictions.jsonl", dev_rows)
+
+
+class PromptLog:
+    """The distinct prompts prediction rows were read through: each row's ``prompt_ids`` (from
+    ``evaluation.evaluate.predict_rows``; a list of them for a prompt ensemble) become ``prompt_hash`` (and
+    ``prompt_hashes``), and ``records`` holds each prompt's text once by its hash."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.records: dict[str, dict] = {}
+        self._hashes: dict[tuple[int, ...], str] = {}
+
+    def hash_of(self, ids: list[int]) -> str:
+        key = tuple(ids)
+        if key not in self._hashes:
+            text = self.tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+            h = prompt_hash(text)
+            self.records.setdefault(h, {"prompt_hash": h, "text": text, "tokens": len(ids)})
+            self._hashes[key] = h
+        return self._hashes[key]
+
+    def named(self, rows: list[dict]) -> list[dict]:
+        """The rows as written: ``prompt_ids`` replaced by the prompt's hash."""
+        out = []
+        for r in rows:
+            ids = r.get("prompt_ids")
+            r = {k: v for k, v in r.items() if k != "prompt_ids"}
+            if ids and isinstance(ids[0], list | tuple):  # an ensemble: every member's prompt, the first heads
+                r["prompt_hashes"] = [self.hash_of(i) for i in ids]
+                r["prompt_hash"] = r["prompt_hashes"][0]
+            elif ids is not None:
+                r["prompt_hash"] = self.hash_of(ids)
+            out.append(r)
+        return out
 
 
 def result_fields(p: Plan, ev: Evaluation) -> dict:

@@ -19,6 +19,7 @@ from promptlab.evaluation.ensemble import combine as combine_scores
 from promptlab.evaluation.evaluate import Evaluation, generation_clock, predict_rows, readout_rows, score_rows
 from promptlab.evaluation.metrics import compute_metrics, get_metric
 from promptlab.evaluation.readouts import RAW, metric_key
+from promptlab.progress import current_label, labelled
 from promptlab.prompts import Encoder, template_fields
 from promptlab.search.sources import Candidate, Source, sources_of
 from promptlab.search.spec import SearchSpec
@@ -47,7 +48,8 @@ class Scored:
 def score_all(module: PromptModule, trainer: L.Trainer, batch_size: int, encoders: dict[str, Encoder],
               rows: list[dict], content_free: bool) -> tuple[dict[str, Scored], dict[str, int]]:
     """Every candidate's predictions on ``rows`` (and on the content-free inputs) from one ``trainer.predict``
-    pass over all of them; plus what that cost (examples, prompt tokens, tokens written)."""
+    pass over all of them; plus what that cost (examples, prompt tokens, tokens written). Progress lines show
+    the caller's label (``progress.labelled``) and the candidate a batch scores ("search on dev: prompt 3/10")."""
     items, back = [], []
     for cid, enc in encoders.items():
         free = calibration.content_free_rows(rows[0], template_fields(enc.task.prompt_template)) if content_free else []
@@ -55,12 +57,19 @@ def score_all(module: PromptModule, trainer: L.Trainer, batch_size: int, encoder
             for r in group:
                 back.append((cid, kind, r["idx"]))
                 items.append(enc.item({**r, "idx": len(items)}, train=False))
-    tokens = sum(len(x["prompt_ids"]) for x in items)
+    tokens = sum(len(x.get("prompt_ids", ())) for x in items)
     # one candidate after another (its batches share the demonstrations' prefix), longest prompt first in each
     order = {cid: i for i, cid in enumerate(encoders)}
     items.sort(key=lambda x: (order[back[x["idx"]][0]], -len(x["prompt_ids"])))
     out = {cid: Scored([], []) for cid in encoders}
-    for row in predict_rows(module, items, trainer, batch_size):
+    label = current_label("search")
+
+    def progress(batch: dict) -> str:
+        return f"{label}: prompt {order[back[batch['idx'][0]][0]] + 1}/{len(order)}" if len(order) > 1 else label
+
+    with labelled(progress):
+        predicted = predict_rows(module, items, trainer, batch_size)
+    for row in predicted:
         cid, kind, idx = back[row["idx"]]
         getattr(out[cid], kind).append({**row, "idx": idx})
     generated = 0
@@ -152,7 +161,8 @@ def compile(program: Program, sources: list[Source], select: TopK, combine: str,
     if len(program.demo_sets) > 1:
         cands = [replace(c, id=f"{c.id} · demos {d}", demos=d) for c in cands for d in range(len(program.demo_sets))]
     encoders = {c.id: program.encoder_for(c.template, program.demo_sets[c.demos]) for c in cands}
-    scored, dev_cost = program.score(encoders, dev)
+    with labelled("search on dev"):
+        scored, dev_cost = program.score(encoders, dev)
     names = readouts.available(scored[cands[0].id].rows, program.calibrations) if spec.output_type == "choice" \
         else (RAW,)
     for c in cands:
@@ -196,7 +206,8 @@ def run_search(search: Search, module: PromptModule, trainer: L.Trainer, propose
     gen = generation_clock(module)
     start, gen_start = time.perf_counter(), gen()
     members = list({m.id: m for group in choice.chosen.values() for m in group}.values())
-    ev, ev_cost = program.score({m.id: choice.encoders[m.id] for m in members}, search.task.eval)
+    with labelled("eval of the chosen prompt" + ("s" if len(members) > 1 else "")):
+        ev, ev_cost = program.score({m.id: choice.encoders[m.id] for m in members}, search.task.eval)
     metrics, rows = final_metrics(spec, choice.chosen, ev, s.combine)
     eval_seconds, gen_seconds = time.perf_counter() - start, gen() - gen_start
 
@@ -204,7 +215,8 @@ def run_search(search: Search, module: PromptModule, trainer: L.Trainer, propose
     if s.eval_all:  # every candidate on eval, for the sensitivity table only: the choice is already made
         rest = [m for m in cands if m.id not in ev]
         if rest:
-            others, _ = program.score({m.id: choice.encoders[m.id] for m in rest}, search.task.eval)
+            with labelled("eval of the other prompts"):
+                others, _ = program.score({m.id: choice.encoders[m.id] for m in rest}, search.task.eval)
             ev.update(others)
         for m in cands:
             m.eval = metrics_of(spec, ev[m.id], choice.readouts)
@@ -227,7 +239,7 @@ def run_search(search: Search, module: PromptModule, trainer: L.Trainer, propose
     }
     return Evaluation(metrics, rows, eval_seconds, ev_cost["generated_tokens"], gen_seconds, selection=selection,
                       extra_costs=costs, dev_metrics=choice.dev_metrics, dev_rows=choice.dev_rows,
-                      readouts=choice.readouts)
+                      readouts=choice.readouts, prompt_tokens=ev_cost["prompt_tokens"])
 
 
 def final_metrics(spec: TaskSpec, chosen: dict[str, list[Candidate]], ev: dict[str, Scored],
@@ -248,6 +260,9 @@ def final_metrics(spec: TaskSpec, chosen: dict[str, list[Candidate]], ev: dict[s
         if readout == RAW:
             for r, p, m in zip(rows, preds.tolist(), mean, strict=True):
                 r.update(pred=p, log_probs=[round(float(v), 5) for v in m], prompt=" + ".join(c.id for c in group))
+            if len(group) > 1:  # an ensemble's row was read through every member's prompt (prompts.jsonl)
+                for r, *each in zip(rows, *(ev[c.id].rows for c in group), strict=True):
+                    r["prompt_ids"] = [m.get("prompt_ids") for m in each]
             metrics.update(score_rows(spec, rows))
         else:
             values, _ = compute_metrics(spec.metrics, preds.tolist(), labels, num_classes=spec.num_choices)

@@ -1,5 +1,6 @@
-"""Reading a task's rows (local JSONL/CSV/TSV/Parquet through ``datasets``, else the Hub), checking them, and
-cutting the splits a run uses: ``train`` (the budget is drawn from it), ``dev`` (for selection) and ``eval``."""
+"""Reading a task's rows (local JSONL/CSV/TSV/Parquet through ``datasets``, else the Hub; ``data=custom``: the
+user's own files, ``tasks.custom``), checking them, and cutting the splits a run uses: ``train`` (the budget is
+drawn from it), ``dev`` (for selection) and ``eval``."""
 
 from __future__ import annotations
 
@@ -53,39 +54,49 @@ def load_task(spec: TaskSpec, data_root: str | None, seed: int = 0) -> Task:
     Nothing chosen on or trained on is an eval example: train and dev rows whose input text (``input_text``) is
     also an eval row's are dropped, and train rows with a dev row's text too.
     """
-    train = _checked(spec, spec.train_split, data_root)
-    full_eval = _checked(spec, spec.eval_split, data_root)
+    custom = spec.custom
+    if custom is not None:  # data=custom: the user's file(s); eval carved out of data.path unless eval_path
+        train, full_eval, own_dev = custom.read(spec)
+    else:
+        train = _checked(spec, spec.train_split, data_root)
+        full_eval = _checked(spec, spec.eval_split, data_root)
+        own_dev = _checked(spec, spec.dev_split, data_root) if spec.dev_split else None
     eval_texts = {input_text(spec, r) for r in full_eval}
     kept = [r for r in train if input_text(spec, r) not in eval_texts]
     dropped = {"train_in_eval": len(train) - len(kept), "dev_in_eval": 0}
     train = kept
-    if spec.dev_split:
-        dev = _checked(spec, spec.dev_split, data_root)
-        kept = [r for r in dev if input_text(spec, r) not in eval_texts]
-        dropped["dev_in_eval"] = len(dev) - len(kept)
-        dev, dev_from = kept, f"{spec.dev_split} split"
+    if own_dev is not None:
+        kept = [r for r in own_dev if input_text(spec, r) not in eval_texts]
+        dropped["dev_in_eval"] = len(own_dev) - len(kept)
+        dev, dev_from = kept, custom.dev_path.name if custom else f"{spec.dev_split} split"
         if not dev:
-            raise ConfigError(f"every row of {spec.name}/{spec.dev_split} is also an {spec.eval_split} row",
-                              "use another data.dev_split, or data.dev_split=null to carve dev out of train")
+            raise ConfigError(f"every row of {spec.name}/{dev_from} is also an {spec.eval_split} row",
+                              "use other dev rows, or data.dev_path=null to carve dev out of data.path" if custom
+                              else f"use another {spec.key('dev_split')}, or {spec.key('dev_split')}=null to carve "
+                              "dev out of train")
     else:  # a seeded carve-out of train, disjoint from what the budget may draw
+        dev_size = custom.dev_rows(spec, len(train), dropped["train_in_eval"]) if custom else spec.dev_size
         where = f"{spec.name}/{spec.train_split} has {len(train)} rows (after dropping those that are also eval rows)"
         if len(train) <= MIN_DEV_ROWS:
             raise ConfigError(f"{where}: too few to carve out a dev of {MIN_DEV_ROWS} rows and leave a training budget",
                               "add rows to the training split, or give the task a dev split of its own "
-                              "(data.dev_split=<split>)")
-        if not (isinstance(spec.dev_size, int) and MIN_DEV_ROWS <= spec.dev_size < len(train)):
-            raise ConfigError(f"data.dev_size={spec.dev_size!r} but {where}, and a choice made on fewer than "
-                              f"{MIN_DEV_ROWS} dev rows is noise", f"use {MIN_DEV_ROWS} <= data.dev_size < {len(train)}")
+                              f"({spec.key('dev_split')}=<split>)")
+        if not (isinstance(dev_size, int) and MIN_DEV_ROWS <= dev_size < len(train)):
+            raise ConfigError(f"data.dev_size={dev_size!r} but {where}, and a choice made on fewer than "
+                              f"{MIN_DEV_ROWS} dev rows is noise",
+                              f"use {MIN_DEV_ROWS} <= {spec.key('dev_size')} < {len(train)}")
         order = np.random.default_rng([DEV_SPLIT_SEED, seed]).permutation(len(train))
-        dev = [train[i] for i in sorted(order[: spec.dev_size])]
-        train = [train[i] for i in sorted(order[spec.dev_size:])]
-        dev_from = f"{spec.dev_size} rows carved out of {spec.train_split} with the seed"
+        dev = [train[i] for i in sorted(order[:dev_size])]
+        train = [train[i] for i in sorted(order[dev_size:])]
+        dev_from = f"{dev_size} rows carved out of {custom.path.name if custom else spec.train_split} with the seed"
     if len(dev) < MIN_DEV_ROWS:
+        fix = (f"put at least {MIN_DEV_ROWS} rows in {custom.dev_path.name}, or data.dev_path=null to carve dev out "
+               "of data.path") if custom else (
+            f"give dev at least {MIN_DEV_ROWS} rows: {spec.key('dev_size')}={MIN_DEV_ROWS} or more"
+            + (f", or {spec.key('dev_split')}=null to carve it out of train" if spec.dev_split else ""))
         raise ConfigError(f"{spec.name}'s dev has {len(dev)} rows ({dev_from}; {dropped['dev_in_eval']} dropped as "
                           f"eval rows): every run chooses its readout (and a search its prompt, a sweep its trial) "
-                          f"on dev, and {len(dev)} rows cannot tell choices apart",
-                          f"give dev at least {MIN_DEV_ROWS} rows: data.dev_size={MIN_DEV_ROWS} or more"
-                          + (", or data.dev_split=null to carve it out of train" if spec.dev_split else ""))
+                          f"on dev, and {len(dev)} rows cannot tell choices apart", fix)
     dev_texts = {input_text(spec, r) for r in dev}
     kept = [r for r in train if input_text(spec, r) not in dev_texts]
     dropped["train_in_dev"] = len(train) - len(kept)
@@ -99,6 +110,11 @@ def load_task(spec: TaskSpec, data_root: str | None, seed: int = 0) -> Task:
               "dev": {"rows": len(dev), "from": dev_from},
               "eval": {"split": spec.eval_split, "rows": len(ev), "of": len(full_eval)},
               "dropped_overlaps": dropped}
+    if custom is not None:
+        carved = custom.carved(len(train), len(dev) if own_dev is None else None, seed)
+        if carved:
+            splits["carved"] = carved  # e.g. "carved from reviews.csv (60 rows) ...": the record says so
+        return Task(spec, train, dev, ev, custom.sources(), splits)
     return Task(spec, train, dev, ev, {split: data_source(spec, split, data_root) for split in used}, splits)
 
 
@@ -113,6 +129,11 @@ def data_source(spec: TaskSpec, split: str, data_root: str | None) -> str:
     path = _local_file(spec, split, data_root)
     if path is None:
         return f"hub:{spec.hub.get('path')}/{spec.hub.get('name')}:{split}"
+    return file_source(path)
+
+
+def file_source(path: Path) -> str:
+    """``<file name> sha256:<first 16 hex digits>`` of a data file (an image folder: its files and their names)."""
     digest = hashlib.sha256()
     for file in sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]:
         digest.update(str(file.relative_to(path) if path.is_dir() else "").encode())  # an imagefolder: names too
@@ -134,7 +155,7 @@ def _local_file(spec: TaskSpec, split: str, data_root: str | None) -> Path | Non
     if spec.source == "hub" or (spec.source == "auto" and (folder is None or not folder.is_dir())):
         return None
     if folder is None:
-        raise ConfigError(f"data.source=local for {spec.name} but no data root is set",
+        raise ConfigError(f"{spec.key('source')}=local for {spec.name} but no data root is set",
                           "set PROMPTLAB_DATA=/path/to/data or paths.data_root=...")
     found = [folder / f"{split}{ext}" for ext in BUILDERS if (folder / f"{split}{ext}").is_file()]
     if spec.image_column and (folder / split).is_dir():  # an imagefolder: <split>/<class name>/<image>
@@ -153,11 +174,7 @@ def read_split(spec: TaskSpec, split: str, data_root: str | None) -> list[dict]:
     if path is not None:
         if path.is_dir():
             return _imagefolder(path, spec.image_column)
-        builder, kwargs = BUILDERS[path.suffix]
-        try:  # to_list() too: text that is not UTF-8 may only fail when it is decoded
-            rows = datasets.load_dataset(builder, data_files={split: str(path)}, split=split, **kwargs).to_list()
-        except Exception as err:  # the builders raise many types for a malformed file
-            raise _unreadable(path, err) from None
+        rows = read_file(path, split)
         if spec.image_column:
             resolve_paths(rows, spec.image_column, path.parent)
         return rows
@@ -174,6 +191,19 @@ def read_split(spec: TaskSpec, split: str, data_root: str | None) -> list[dict]:
     if spec.image_column in data.features:  # keep images as bytes until a processor reads them
         data = data.cast_column(spec.image_column, datasets.Image(decode=False))
     return data.to_list()
+
+
+def read_file(path: Path, split: str = "train") -> list[dict]:
+    """A data file's rows, read by the ``datasets`` builder its extension names (``BUILDERS``); a ConfigError
+    of one line for a file it cannot read."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    builder, kwargs = BUILDERS[path.suffix]
+    try:  # to_list() too: text that is not UTF-8 may only fail when it is decoded
+        return datasets.load_dataset(builder, data_files={split: str(path)}, split=split, **kwargs).to_list()
+    except Exception as err:  # the builders raise many types for a malformed file
+        raise _unreadable(path, err) from None
 
 
 def _imagefolder(path: Path, image_column: str) -> list[dict]:

@@ -60,7 +60,7 @@ class Mixture:
         limit = optional_whole_number(cfg.get("eval_limit"), "mixture.eval_limit", 100)
         dev_size = optional_whole_number(cfg.get("dev_size"), "mixture.dev_size", 32)
         order = [*train, *(t for t in tasks if t not in train)]
-        specs = {t: TaskSpec.from_config(tasks[t]) for t in order}
+        specs = {t: TaskSpec.from_config(tasks[t], where=f"mixture.tasks.{t}") for t in order}
         if limit is not None:
             specs = {t: dataclasses.replace(s, eval_limit=limit) for t, s in specs.items()}
         if dev_size is not None:  # tasks whose dev is carved out of train

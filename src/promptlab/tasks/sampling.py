@@ -9,8 +9,10 @@ from promptlab.errors import ConfigError
 from promptlab.tasks.loading import DEV_SPLIT_SEED, EVAL_SUBSET_SEED, Task
 
 
-def sample_k_shot(labels: list[int], k: int, num_classes: int, seed: int) -> list[int]:
-    """Indices of exactly k examples per class, drawn with the seed, in a seeded shuffled order."""
+def sample_k_shot(labels: list[int], k: int, num_classes: int, seed: int, train_size: str = "data.train_size"
+                  ) -> list[int]:
+    """Indices of exactly k examples per class, drawn with the seed, in a seeded shuffled order (``train_size``:
+    the key as a fix names it, ``TaskSpec.key``)."""
     rng = np.random.default_rng(seed)
     labels_arr = np.asarray(labels)
     chosen = []
@@ -19,10 +21,10 @@ def sample_k_shot(labels: list[int], k: int, num_classes: int, seed: int) -> lis
         if not len(pool):  # no k fits: "use k_shot <= 0" would be no advice at all
             raise ConfigError(f"k_shot={k} but class {c} has no training examples at all",
                               "check the training split's labels (a filtered or carved-down split?), or use "
-                              "data.k_shot=null data.train_size=N")
+                              f"data.k_shot=null {train_size}=N")
         if k > len(pool):
             raise ConfigError(f"k_shot={k} but class {c} has only {len(pool)} training examples",
-                              f"use data.k_shot <= {len(pool)}, or data.k_shot=null data.train_size=N")
+                              f"use data.k_shot <= {len(pool)}, or data.k_shot=null {train_size}=N")
         chosen.extend(rng.choice(pool, size=k, replace=False).tolist())
     return rng.permutation(chosen).tolist()
 
@@ -34,20 +36,22 @@ def training_subset(task: Task, seed: int) -> list[dict]:
     try:
         if spec.k_shot is not None:
             k = optional_whole_number(spec.k_shot, "data.k_shot", 16)
-            idx = sample_k_shot([r[spec.label_column] for r in task.train], k, spec.num_choices, seed)
+            idx = sample_k_shot([r[spec.label_column] for r in task.train], k, spec.num_choices, seed,
+                                spec.key("train_size"))
         elif spec.train_size is not None:
             n = optional_whole_number(spec.train_size, "data.train_size", 100)
             if n > len(task.train):
                 raise ConfigError(f"train_size={n} but {task.name} has {len(task.train)} training examples",
-                                  f"use data.train_size <= {len(task.train)}")
+                                  f"use {spec.key('train_size')} <= {len(task.train)}")
             idx = np.random.default_rng(seed).choice(len(task.train), size=n, replace=False).tolist()
         else:
             idx = range(len(task.train))
     except ConfigError as err:
         if task.dev and not spec.dev_split:  # the budget is drawn from what the dev carve-out left
-            raise ConfigError(f"{err.problem}, after {len(task.dev)} rows were carved out of "
-                              f"{spec.train_split} for dev (data.dev_size={spec.dev_size})",
-                              f"{err.fix}, or lower data.dev_size") from None
+            source, size = (spec.custom.path.name, f"a fifth of its rows, at most data.dev_size={spec.dev_size}") \
+                if spec.custom else (spec.train_split, f"data.dev_size={spec.dev_size}")
+            raise ConfigError(f"{err.problem}, after {len(task.dev)} rows were carved out of {source} for dev ({size})",
+                              f"{err.fix}, or lower {spec.key('dev_size')}") from None
         raise
     return [task.train[i] for i in idx]
 

@@ -11,21 +11,34 @@ The ``output_type`` picks the readout, as in lm-evaluation-harness:
 An image task names its ``image_column`` (paths, relative to the data file, or image bytes) and shows the image
 where a template names that column: ``"{image}What colour is the shape?"``. A vision-language model reads it
 through its processor; a CLIP model scores the image against ``clip_templates`` filled with each answer word.
-Every check here raises ``ConfigError`` and runs before any model loads.
+Every check here raises ``ConfigError`` and runs before any model loads; a fix that names a key the config lacks
+says ``+data.<key>=...``, the form Hydra accepts for it (``TaskSpec.key``).
+
+A config with a ``path`` key is ``data=custom`` (one file of your own and a column mapping): ``tasks.custom`` turns
+it into a TaskSpec, filling every key it leaves out.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from promptlab.errors import ConfigError
 from promptlab.prompts import field_names, render, template_fields
 
+if TYPE_CHECKING:
+    from promptlab.tasks.custom import CustomFiles
+
 OUTPUT_TYPES = ("choice", "generate")
+REQUIRED = {  # keys without a default, and what to write for each
+    "name": "name: my_task  (what runs, records and reports call the task)",
+    "output_type": "output_type: choice  (or generate)",
+    "templates": 'templates: ["{text}\\nAnswer with one of: negative, positive."]  (the prompt; {column} is a column)',
+}
+INTERNAL = {"custom", "given", "where"}  # fields set by code, never by a YAML
 
 
 @dataclass
@@ -83,19 +96,46 @@ class TaskSpec:
     dev_size: int = 200
     max_prompt_tokens: int = 1024
     max_target_tokens: int = 256
+    # data=custom: the user's own file(s) (tasks.custom), read instead of data_root/local_dir or the Hub
+    custom: CustomFiles | None = field(default=None, compare=False, repr=False)
+    # the keys the config had (dotted), and where it sits: how a fix names a key (``key``); None: not known
+    given: frozenset[str] | None = field(default=None, compare=False, repr=False)
+    where: str = field(default="data", compare=False, repr=False)
 
     @classmethod
-    def from_config(cls, cfg: DictConfig | dict) -> TaskSpec:
-        raw = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-        known = {f.name for f in fields(cls)}
+    def from_config(cls, cfg: DictConfig | dict, where: str = "data") -> TaskSpec:
+        """The validated task of a data config (``where``: its place in the run's config, for messages)."""
+        raw = _container(cfg, where)
+        if "path" in raw:  # data=custom: your own file and a column mapping
+            from promptlab.tasks.custom import custom_spec
+
+            return custom_spec(raw, where)
+        known = {f.name for f in fields(cls)} - INTERNAL
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ConfigError(f"data config {raw.get('name')!r} has unknown key(s) {unknown}",
                               f"remove them; known keys: {', '.join(sorted(known))}")
-        raw["generation"] = Generation(**(raw.get("generation") or {}))
+        for key, example in REQUIRED.items():
+            if raw.get(key) is None or (key == "templates" and raw[key] == []):
+                raise ConfigError(f"{_which(raw, where)} has no {key}",
+                                  f"add it to the YAML, e.g. {example}; or use data=custom for your own file")
+        given = dotted_keys(raw)
+        if isinstance(raw["templates"], str):  # one template: a list of one
+            raw["templates"] = [raw["templates"]]
+        raw["generation"] = generation(raw.get("generation"), where)
         spec = cls(**raw)
+        spec.note_config(given, where)
         spec.validate()
         return spec
+
+    def note_config(self, given: frozenset[str] | None, where: str = "data") -> None:
+        """Remember the keys the config had and where it sits, for ``key``."""
+        self.given, self.where = given, where
+
+    def key(self, name: str) -> str:
+        """Key ``name`` as a fix should tell the user to type it: ``data.dev_split`` when the task's config has it,
+        ``+data.dev_split`` when it does not (Hydra refuses ``data.dev_split=...`` for a key the config lacks)."""
+        return f"{'+' if self.given is not None and name not in self.given else ''}{self.where}.{name}"
 
     # ---- derived ------------------------------------------------------------------------------------
 
@@ -159,14 +199,14 @@ class TaskSpec:
         n = self.name
         if self.output_type not in OUTPUT_TYPES:
             raise ConfigError(f"{n}: output_type {self.output_type!r} is unknown",
-                              f"use data.output_type= one of {', '.join(OUTPUT_TYPES)}")
+                              f"use {self.key('output_type')}= one of {', '.join(OUTPUT_TYPES)}")
         if not self.templates:
-            raise ConfigError(f"{n}: no prompt templates", "give data.templates a list of at least one template")
+            raise ConfigError(f"{n}: no prompt templates", f"give {self.key('templates')} a list of at least one template")
         t = self.template
         if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < len(self.templates):
             raise ConfigError(f"data.template={t!r} but {n} has {len(self.templates)} templates "
                               f"(ids 0..{len(self.templates) - 1})",
-                              f"pick data.template between 0 and {len(self.templates) - 1}")
+                              f"pick {self.key('template')} between 0 and {len(self.templates) - 1}")
         for i, text in enumerate(self.templates):  # prompt search may use any of them
             if not isinstance(text, str) or not template_fields(text):
                 raise ConfigError(f"{n}: template {i} has no {{column}} placeholder, so every prompt is identical",
@@ -174,7 +214,7 @@ class TaskSpec:
         self._validate_splits()
         if not isinstance(self.strip_values, bool):
             raise ConfigError(f"{n}: data.strip_values={self.strip_values!r} is not true or false",
-                              "use data.strip_values=true (the default) or false")
+                              f"use {self.key('strip_values')}=true (the default) or false")
         if self.image_column is not None:
             self._validate_images()
         if self.input_template is not None and not template_fields(str(self.input_template)):
@@ -182,12 +222,12 @@ class TaskSpec:
                               "write the inputs as a template, e.g. '{sentence}', or use input_template: null")
         (self._validate_choice if self.output_type == "choice" else self._validate_generate)()
         if not self.metrics:
-            raise ConfigError(f"{n}: no metrics", "set data.metrics, e.g. [accuracy] or [rougeL]")
+            raise ConfigError(f"{n}: no metrics", f"set {self.key('metrics')}, e.g. [accuracy] or [rougeL]")
         for name in self.metrics:
             metrics_mod.check_metric(name, self.output_type)
         if self.primary_metric not in self.metrics:
             raise ConfigError(f"{n}: primary_metric {self.primary_metric!r} is not in metrics {self.metrics}",
-                              "set data.primary_metric to one of data.metrics")
+                              f"set {self.key('primary_metric')} to one of data.metrics")
         filters_mod.build_filters(self.filters, where="data.filters")
         filters_mod.build_filters(self.reference_filters, where="data.reference_filters")
         if self.output_type == "generate" and any(f.get("type") == "map_choice" for f in self.filters):
@@ -199,12 +239,12 @@ class TaskSpec:
         if self.eval_split == "dev":
             raise ConfigError(f"{n}: data.eval_split=dev would report on the examples every choice is made on (dev "
                               "is always scored beside eval, and a sweep optimises it)",
-                              f"report on a held-out split, e.g. data.eval_split={TaskSpec.eval_split}")
+                              f"report on a held-out split, e.g. {self.key('eval_split')}={TaskSpec.eval_split}")
         if self.dev_split in (self.train_split, self.eval_split):
             raise ConfigError(f"{n}: data.dev_split={self.dev_split} is also the "
                               f"{'training' if self.dev_split == self.train_split else 'evaluation'} split: choices "
                               "made on it would be made on examples the run trains on or reports",
-                              "use data.dev_split=null (carve dev out of train) or a split of its own, e.g. dev32")
+                              f"use {self.key('dev_split')}=null (carve dev out of train) or a split of its own, e.g. dev32")
         if self.train_split == self.eval_split:
             raise ConfigError(f"{n}: data.train_split and data.eval_split are both {self.eval_split}",
                               "train and report on different splits")
@@ -220,12 +260,12 @@ class TaskSpec:
         t = self.clip_templates
         if not isinstance(t, list) or not t or any(not isinstance(x, str) or field_names(x) != ["label"] for x in t):
             raise ConfigError(f"{n}: data.clip_templates={t!r} must be a list of texts with {{label}} as their only "
-                              "placeholder", "write them like ['a photo of a {label}.']")
+                              "placeholder", f"write them like {self.key('clip_templates')}=['a photo of a {{label}}.']")
 
     def _validate_choice(self) -> None:
         n = self.name
         if not self.label_column:
-            raise ConfigError(f"{n}: a choice task needs label_column", "set data.label_column")
+            raise ConfigError(f"{n}: a choice task needs label_column", f"set {self.key('label_column')}=<column>")
         if (self.choices is None) == (self.choice_columns is None):
             raise ConfigError(f"{n}: a choice task needs exactly one of choices (fixed answer words) or "
                               "choice_columns (per-example answers)", "set one of them, not both")
@@ -236,7 +276,7 @@ class TaskSpec:
         from promptlab.evaluation.readouts import ORDER
 
         if self.readout not in ORDER:
-            raise ConfigError(f"{n}: data.readout={self.readout!r} is unknown", f"use one of {', '.join(ORDER)}")
+            raise ConfigError(f"{n}: data.readout={self.readout!r} is unknown", f"use {self.key('readout')}= one of {', '.join(ORDER)}")
         if self.label_names is not None and len(self.label_names) != self.num_choices:
             raise ConfigError(f"{n}: {len(self.label_names)} label_names but {self.num_choices} choices",
                               "give one label name per choice, in label-id order")
@@ -244,10 +284,10 @@ class TaskSpec:
     def _validate_generate(self) -> None:
         n, g = self.name, self.generation
         if not self.target:
-            raise ConfigError(f"{n}: a generate task needs a target template, e.g. '{{summary}}'", "set data.target")
+            raise ConfigError(f"{n}: a generate task needs a target template, e.g. '{{summary}}'", f"set {self.key('target')}")
         if not isinstance(g.max_new_tokens, int) or isinstance(g.max_new_tokens, bool) or g.max_new_tokens < 1:
             raise ConfigError(f"data.generation.max_new_tokens={g.max_new_tokens!r} is not a positive integer",
-                              "use e.g. data.generation.max_new_tokens=128")
+                              f"use e.g. {self.key('generation.max_new_tokens')}=128")
         if any(not isinstance(s, str) or not s for s in g.until):
             raise ConfigError(f"data.generation.until={g.until!r} has an empty or non-string stop string",
                               "give non-empty strings")
@@ -262,4 +302,43 @@ class TaskSpec:
                                   "fix the regular expression") from None
         if self.k_shot is not None:
             raise ConfigError(f"data.k_shot={self.k_shot} but {n} is a generate task: it has no classes",
-                              "use data.k_shot=null data.train_size=N")
+                              f"use data.k_shot=null {self.key('train_size')}=N")
+
+
+def generation(value: Any, where: str = "data") -> Generation:
+    """``generation:`` as a ``Generation``; a ConfigError for anything but a mapping of its keys."""
+    known = [f.name for f in fields(Generation)]
+    if not isinstance(value or {}, dict) or set(value or {}) - set(known):
+        raise ConfigError(f"{where}.generation={value!r} is not a mapping of {', '.join(known)}",
+                          f"set its keys, e.g. {where}.generation.max_new_tokens=128")
+    return Generation(**(value or {}))
+
+
+def _container(cfg: DictConfig | dict, where: str) -> dict:
+    """A data config as a plain dict (interpolations resolved); a ConfigError when it is not a mapping."""
+    raw = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} is {raw!r}, not a task's keys", f"choose a task: {where}=<name of a data YAML>")
+    return dict(raw)
+
+
+def dotted_keys(raw: dict, prefix: str = "") -> frozenset[str]:
+    """Every key of a config, nested ones dotted (``generation.max_new_tokens``)."""
+    keys: set[str] = set()
+    for k, v in raw.items():
+        keys.add(f"{prefix}{k}")
+        if isinstance(v, dict):
+            keys |= dotted_keys(v, f"{prefix}{k}.")
+    return frozenset(keys)
+
+
+def _which(raw: dict, where: str) -> str:
+    """The data config a message is about: its YAML (``data=my_task``) when Hydra composed it, else its name."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if where == "data" and HydraConfig.initialized():
+        choice = HydraConfig.get().runtime.choices.get("data")
+        if choice:
+            return f"the data config data={choice}"
+    what = "the data config" if where == "data" else f"the config {where}"
+    return f"{what} {raw['name']!r}" if raw.get("name") else what

@@ -67,6 +67,13 @@ def effective_wandb_mode(requested: str) -> str:
     return mode
 
 
+def wandb_tag(value: object) -> str:
+    """A wandb tag (1-64 characters, or wandb.init fails): a model given as a local folder (model=hub
+    model.hub_id=/path/to/folder names the model by its path) is tagged with the folder's name."""
+    tag = str(value)
+    return tag if len(tag) <= 64 else (Path(tag).name or tag)[-64:]
+
+
 def make_loggers(cfg: DictConfig, run_dir: Path, run_id: str, mode: str | None = None) -> list:
     """Lightning loggers from the ``logger/`` config: wandb, csv, both or none. ``mode``: the wandb mode
     already resolved by ``effective_wandb_mode`` (resolved here when None)."""
@@ -80,13 +87,18 @@ def make_loggers(cfg: DictConfig, run_dir: Path, run_id: str, mode: str | None =
     if mode != "disabled":
         os.environ.setdefault("WANDB_SILENT", "true")
         os.environ.setdefault("WANDB_CONSOLE", "off")
-        loggers.append(WandbLogger(
+        wandb_logger = WandbLogger(
             name=run_id, id=run_id, project=wb.project, entity=wb.get("entity"), group=wb.get("group"),
-            job_type=cfg.method.name, tags=[cfg.method.name, cfg.data.name, cfg.model.name, *wb.get("tags", [])],
+            job_type=cfg.method.name,
+            tags=[wandb_tag(t) for t in (cfg.method.name, cfg.data.name, cfg.model.name, *wb.get("tags", []))],
             save_dir=str(run_dir), mode=mode, config=OmegaConf.to_container(cfg, resolve=True),
             add_file_policy="immutable",
             resume="allow",  # a resumed run (same id) continues its wandb run instead of starting another
-        ))
+        )
+        # Lightning passes wandb.init(anonymous=None) whatever we ask; wandb >= 0.19 deprecated the argument
+        # and warns "The anonymous setting has no effect" on every run: leave it to wandb's default
+        getattr(wandb_logger, "_wandb_init", {}).pop("anonymous", None)
+        loggers.append(wandb_logger)
     return loggers
 
 
