@@ -743,7 +743,7 @@ def test_report_opens_with_a_verdict_and_a_break_even_table(runs, tmp_path):
     # the fixture's records carry no dev scores: the verdict says it chose on eval
     assert "Verdict: Best on eval: Full fine-tuning, 92.0" in report.stdout
     md = (tmp_path / "out" / "table.md").read_text()
-    assert "### Verdict" in md and "Total, 10M queries" in md
+    assert "### Verdict" in md and "Total @10M" in md
     html = (tmp_path / "out" / "index.html").read_text()
     assert html.index("<h2>Verdict</h2>") < html.index("<table id=")  # the dashboard opens with it
     assert (tmp_path / "out" / "figures" / "sst2_break_even.png").exists()

@@ -61,9 +61,9 @@ def test_winner_is_chosen_on_dev_and_ties_by_interval():
     assert "few_shot costs least in total below 2.16K queries; lora from 2.16K" in v["text"]
     table = break_even_table(v, labels)
     assert table["Tied with best"].tolist() == ["—", "yes", "no"]
-    assert table["Total, 1K queries"].tolist() == ["6.0 min ★", "10.8 min", "10 s"]
+    assert table["Total @1K"].tolist() == ["6.0 min ★", "10.8 min", "10 s"]
     assert table["Per query"].tolist() == ["300 ms", "50 ms", "10 ms"]
-    assert table["Prompt tokens / query"].tolist() == ["50"] * 3
+    assert table["Tokens / query"].tolist() == ["50"] * 3
 
 
 def test_lower_is_better_and_no_dev_scores():

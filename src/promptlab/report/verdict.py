@@ -125,10 +125,10 @@ def break_even_table(v: dict, labels: pd.Series) -> pd.DataFrame:
         "Tied with best": ["—" if i == v["best"] else "yes" if i in v["tied"] else "no" for i in rows.index],
         "One-off": rows["one_off_seconds"].map(fmt_seconds).tolist(),
         "Per query": rows["query_seconds"].map(_per_query).tolist(),
-        "Prompt tokens / query": rows["query_tokens"].map(lambda t: "—" if missing(t) else f"{t:.0f}").tolist(),
+        "Tokens / query": rows["query_tokens"].map(lambda t: "—" if missing(t) else f"{t:.0f}").tolist(),
     }
     for n in QUERIES:
-        cols[f"Total, {fmt_count(n)} queries"] = [
+        cols[f"Total @{fmt_count(n)}"] = [
             fmt_seconds(rows.at[i, f"total_{n}"]) + (" ★" if v["cheapest"].get(n) == i else "") for i in rows.index]
     return pd.DataFrame(cols)
 
@@ -139,5 +139,5 @@ def _per_query(s: float) -> str:
 
 NOTE = ("One-off: every trial's training and dev scoring, a prompt search, model-written demonstrations. Per query: "
         "eval seconds per example as measured (batched, on the machine named above), with its prompt tokens. "
-        "Total = one-off + per query x queries. Tied with best: its 95% interval overlaps the row best on dev. "
+        "Total @N = one-off + per query x N queries. Tied with best: its 95% interval overlaps the row best on dev. "
         "★ the cheapest tied row at that many queries.")
