@@ -126,6 +126,14 @@ def test_search_chooses_the_best_dev_candidate_for_each_readout(cfg_of, tmp_path
     assert rec["costs"]["search_candidates"] == n
     assert rec["costs"]["search_examples_scored"] == n * (8 + 3)  # dev rows + 3 content-free inputs each
     assert rec["costs"]["search_seconds"] > 0 and rec["costs"]["search_tokens_scored"] > 0
+    # each chosen prompt is scored on eval in a pass of its own; a query costs what the headline's prompt cost
+    passes, costs = sel["eval_cost"], rec["costs"]
+    assert set(passes) == {m for ids in sel["chosen"].values() for m in ids}
+    assert sum(v["prompt_tokens"] for v in passes.values()) == costs["eval_prompt_tokens"]
+    (head,) = sel["chosen"][rec["headline"]["readout"]]
+    n = costs["eval_examples"]
+    assert costs["query_prompt_tokens"] == passes[head]["prompt_tokens"] / n
+    assert costs["query_seconds"] == pytest.approx(passes[head]["seconds"] / n)
 
 
 def test_search_never_reads_eval(cfg_of, root, tmp_path, monkeypatch):

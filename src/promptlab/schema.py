@@ -142,7 +142,8 @@ COST_KEYS = (
     "trainable_params", "total_params", "trainable_fraction", "model_load_seconds",
     "train_seconds", "train_steps", "train_examples_seen", "train_tokens_seen", "train_examples_per_second",
     "eval_seconds", "eval_examples", "eval_examples_per_second",
-    "eval_prompt_tokens",  # the eval prompts' tokens (an ensemble's every prompt): what each query reads
+    "eval_prompt_tokens",  # the eval prompts' tokens (an ensemble's every prompt; a search: every readout's pick)
+    "query_seconds", "query_prompt_tokens",  # per example, the headline's prompt(s) only: what serving costs a query
     "dev_examples", "dev_eval_seconds",  # dev scored beside eval (a search's dev scoring is in search_seconds)
     "dev_check_seconds",  # dev checks during training (method.dev_every_n_steps)
     "generated_tokens", "generation_seconds", "generated_tokens_per_second",

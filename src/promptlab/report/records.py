@@ -52,15 +52,16 @@ COLUMNS = [
     "accuracy", "macro_f1", *TUNING, "objective", "quantization", "precision", "diverged_at_step",
     "dev_eval_seconds", "dev_check_seconds", *COST_KEYS,  # the declared cost columns (report/columns.py)
     "total_params", "search_seconds", "search_tokens_scored", "search_generated_tokens",
-    "eval_seconds", "eval_examples", "eval_prompt_tokens", "demo_generation_seconds", "peak_rss_mb",
-    "peak_rss_reset_per_run", "num_train_examples", "machine",
+    "eval_seconds", "eval_examples", "eval_prompt_tokens", "query_seconds", "query_prompt_tokens",
+    "demo_generation_seconds", "peak_rss_mb", "peak_rss_reset_per_run", "num_train_examples", "machine",
     "load_start", "load_end", "error", "started_at", "finished_at", "run_dir", "source", "group_key",
     "config_label", "config_diff", "config", "selection",
 ]
 NUMERIC = ["score", "dev_score", *READOUT_COLUMNS, "trial", "n_points", "dev_evaluations", "dev_budget",
            "chosen_step", "diverged_at_step", "dev_eval_seconds", "dev_check_seconds", "chance", "accuracy", "macro_f1",
            *COST_KEYS, "total_params", "search_seconds", "search_tokens_scored", "search_generated_tokens",
-           "eval_seconds", "eval_examples", "eval_prompt_tokens", "demo_generation_seconds", "peak_rss_mb", "k_shot",
+           "eval_seconds", "eval_examples", "eval_prompt_tokens", "query_seconds", "query_prompt_tokens",
+           "demo_generation_seconds", "peak_rss_mb", "k_shot",
            "train_size", "budget_value",
            "num_train_examples", "load_start", "load_end"]
 NESTED = ("metrics", "costs", "versions", "traceback", "method_info", "machine", "selection", "dev_metrics",

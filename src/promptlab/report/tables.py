@@ -133,6 +133,7 @@ def _group_row(key: tuple, runs: pd.DataFrame, ok: pd.DataFrame) -> dict:
         "peak_rss_mb_max": ok["peak_rss_mb"].max(), "eval_examples": ok["eval_examples"].median(),
         # per-query and one-off inference costs (report.verdict)
         "eval_seconds_mean": ok["eval_seconds"].mean(), "eval_prompt_tokens_mean": ok["eval_prompt_tokens"].mean(),
+        "query_seconds_mean": ok["query_seconds"].mean(), "query_prompt_tokens_mean": ok["query_prompt_tokens"].mean(),
         "demo_generation_seconds_mean": ok["demo_generation_seconds"].mean(),
         "peak_rss_upper_bound": bool((ok["peak_rss_reset_per_run"] == False).any()),  # noqa: E712
         "machine": "; ".join(sorted(ok["machine"].dropna().unique())) or None,

@@ -32,9 +32,13 @@ def costs(rows: pd.DataFrame) -> pd.DataFrame:
     tuning = np.maximum(zero("tuning_seconds_mean"), zero("train_seconds_mean"))  # every trial: train + dev
     search = zero("search_seconds_mean")  # a search writes and scores its demonstrations inside its own time
     demos = zero("demo_generation_seconds_mean").where(search == 0, 0.0)
+    # per query: what the run measured for its headline prompt (records before it: the whole eval pass)
+    measured = lambda col: rows[col] if col in rows else pd.Series(np.nan, index=rows.index)  # noqa: E731
     out = rows.assign(one_off_seconds=tuning + search + demos,
-                      query_seconds=_ratio(rows["eval_seconds_mean"], rows["eval_examples"]),
-                      query_tokens=_ratio(rows["eval_prompt_tokens_mean"], rows["eval_examples"]))
+                      query_seconds=measured("query_seconds_mean").fillna(
+                          _ratio(rows["eval_seconds_mean"], rows["eval_examples"])),
+                      query_tokens=measured("query_prompt_tokens_mean").fillna(
+                          _ratio(rows["eval_prompt_tokens_mean"], rows["eval_examples"])))
     for n in QUERIES:
         out[f"total_{n}"] = out["one_off_seconds"] + n * out["query_seconds"]
     return out
@@ -138,6 +142,7 @@ def _per_query(s: float) -> str:
 
 
 NOTE = ("One-off: every trial's training and dev scoring, a prompt search, model-written demonstrations. Per query: "
-        "eval seconds per example as measured (batched, on the machine named above), with its prompt tokens. "
+        "eval seconds per example of the row's headline prompt, as measured (batched, on the machine named above), "
+        "with its prompt tokens. "
         "Total @N = one-off + per query x N queries. Tied with best: its 95% interval overlaps the row best on dev. "
         "★ the cheapest tied row at that many queries.")

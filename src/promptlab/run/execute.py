@@ -422,6 +422,22 @@ def mixture_fields(p: Plan, ev: Evaluation) -> dict:
         "not_evaluated": instruct.not_evaluated(m, ev.metrics)}}
 
 
+def query_costs(p: Plan, ev: Evaluation) -> dict:
+    """What one query costs the row as it heads the report (``report.verdict``): its eval seconds and prompt tokens
+    per example. A prompt search scored each readout's chosen prompt(s) in a pass of its own: the headline
+    readout's passes count, not the others' (scored for the readout table only)."""
+    n = len(ev.rows)
+    if not n:
+        return {"query_seconds": None, "query_prompt_tokens": None}
+    seconds, tokens = ev.seconds, ev.prompt_tokens
+    passes, chosen = (ev.selection or {}).get("eval_cost"), (ev.selection or {}).get("chosen") or {}
+    ids = chosen.get(headline(p, ev)["readout"]) if passes else None
+    if ids and all(i in passes for i in ids):
+        seconds = sum(passes[i]["seconds"] for i in ids)
+        tokens = sum(passes[i]["prompt_tokens"] for i in ids)
+    return {"query_seconds": seconds / n, "query_prompt_tokens": None if tokens is None else tokens / n}
+
+
 def run_costs(p: Plan, module: PromptModule, encoder: Encoder, trainer: L.Trainer, ev, memory: PeakMemory,
               train_seconds: float, checkpoint: Path | None) -> dict:
     return {
@@ -434,6 +450,7 @@ def run_costs(p: Plan, module: PromptModule, encoder: Encoder, trainer: L.Traine
         **dict.fromkeys(search.COST_KEYS, 0), "dev_eval_seconds": 0.0,
         "dev_check_seconds": ((p.tuning or {}).get("dev_checks") or {}).get("seconds", 0.0),
         **ev.costs(),  # after: a prompt search's costs include every candidate's demonstrations
+        **query_costs(p, ev),
         "peak_rss_mb": round(memory.peak_rss_mb(), 1),
         "peak_rss_reset_per_run": memory.reset_ok,
         "peak_gpu_mb": memory.peak_gpu_mb(),

@@ -206,8 +206,15 @@ def run_search(search: Search, module: PromptModule, trainer: L.Trainer, propose
     gen = generation_clock(module)
     start, gen_start = time.perf_counter(), gen()
     members = list({m.id: m for group in choice.chosen.values() for m in group}.values())
-    with labelled("eval of the chosen prompt" + ("s" if len(members) > 1 else "")):
-        ev, ev_cost = program.score({m.id: choice.encoders[m.id] for m in members}, search.task.eval)
+    ev, ev_cost, per_prompt = {}, {"prompt_tokens": 0, "generated_tokens": 0}, {}
+    for k, m in enumerate(members, 1):  # a pass per chosen prompt, timed: what serving it costs (report.verdict)
+        t0 = time.perf_counter()
+        with labelled(f"eval of the chosen prompts: prompt {k}/{len(members)}" if len(members) > 1
+                      else "eval of the chosen prompt"):
+            scored, cost = program.score({m.id: choice.encoders[m.id]}, search.task.eval)
+        ev.update(scored)
+        per_prompt[m.id] = {"seconds": round(time.perf_counter() - t0, 3), "prompt_tokens": cost["prompt_tokens"]}
+        ev_cost = {key: ev_cost[key] + cost[key] for key in ev_cost}
     metrics, rows = final_metrics(spec, choice.chosen, ev, s.combine)
     eval_seconds, gen_seconds = time.perf_counter() - start, gen() - gen_start
 
@@ -236,6 +243,7 @@ def run_search(search: Search, module: PromptModule, trainer: L.Trainer, propose
                         "eval": m.eval} for m in cands],
         "demo_sets": [[r["idx"] for r in rows] for rows in search.demo_sets] if len(search.demo_sets) > 1 else None,
         "chosen": {r: [m.id for m in group] for r, group in choice.chosen.items()},
+        "eval_cost": per_prompt,  # per chosen prompt: its eval pass's seconds and prompt tokens
     }
     return Evaluation(metrics, rows, eval_seconds, ev_cost["generated_tokens"], gen_seconds, selection=selection,
                       extra_costs=costs, dev_metrics=choice.dev_metrics, dev_rows=choice.dev_rows,
