@@ -57,7 +57,7 @@ def test_winner_is_chosen_on_dev_and_ties_by_interval():
     # few-shot: 60 + 0.3 N, LoRA: 600 + 0.05 N -> LoRA from N = 2,160; zero-shot is cheaper but not tied
     assert v["cheapest"] == {1_000: 0, 100_000: 1, 10_000_000: 1}
     assert v["text"].startswith("Best on dev: few_shot, 80.0 [75.0, 85.0] on eval (dev 90.0).")
-    assert "overlaps lora (88.0 [84.0, 92.0])" in v["text"] and "zero_shot" not in v["text"]
+    assert "Not told apart from it: lora (88.0 [84.0, 92.0])." in v["text"] and "zero_shot" not in v["text"]
     assert "few_shot costs least in total below 2.16K queries; lora from 2.16K" in v["text"]
     table = break_even_table(v, labels)
     assert table["Tied with best"].tolist() == ["—", "yes", "no"]
@@ -73,4 +73,18 @@ def test_lower_is_better_and_no_dev_scores():
     })
     v = verdict(frame, labels)
     assert v["best"] == 0 and v["on"] == "eval" and v["tied"] == [0]
-    assert "no dev scores recorded" in v["text"] and "No other row's interval overlaps it." in v["text"]
+    assert "no dev scores recorded" in v["text"] and "Every other row is told apart from it." in v["text"]
+
+
+def test_a_paired_difference_decides_the_tie_where_there_is_one():
+    """Wide intervals overlap (60 examples), but the paired difference on the same examples can still exclude 0:
+    then the row is not tied with the best, and is not recommended however cheap it is."""
+    frame, labels = summary({
+        "zero_shot": {"dev_score_mean": 45, "score_mean": 58, "score_low": 45, "score_high": 71, "eval_seconds_mean": 1.0},
+        "lora": {"dev_score_mean": 72, "score_mean": 78, "score_low": 68, "score_high": 89, "eval_seconds_mean": 1.0,
+                 "tuning_seconds_mean": 200.0},
+    })
+    assert verdict(frame, labels)["tied"] == [0, 1]  # no paired comparison: the intervals overlap
+    v = verdict(frame, labels, {frozenset(("lora", "zero_shot")): True})
+    assert v["best"] == 1 and v["tied"] == [1] and "Every other row is told apart from it." in v["text"]
+    assert verdict(frame, labels, {frozenset(("lora", "zero_shot")): False})["tied"] == [0, 1]

@@ -128,14 +128,18 @@ def model_note(s: pd.DataFrame) -> str:
     return f"{s['model'].iloc[0]}" + (f" ({'; '.join(extra)})" if extra else "")
 
 
-def _verdict_section(sec: Section, dataset, heading: str, s: pd.DataFrame, out: Path) -> None:
+def _verdict_section(sec: Section, dataset, heading: str, s: pd.DataFrame, sig: pd.DataFrame, out: Path) -> None:
     """Which row wins on dev, which cheaper rows tie with it, and the break-even table and figure
     (``report.verdict``): first in the Markdown, the printed report and the dashboard."""
     rows = headline(figs.comparable(s[s["n_seeds"] > 0]))
     if rows.empty:
         return
     labels = point_labels(rows)
-    v = verdict(rows, labels)
+    sig = sig[sig["dataset"] == dataset] if not sig.empty else sig
+    pairs = {frozenset((a, b)): bool(ex) for a, b, ex, lo in
+             zip(sig.get("method_a", []), sig.get("method_b", []), sig.get("ci_excludes_0", []), sig.get("ci_low", []),
+                 strict=True) if not pd.isna(lo)}
+    v = verdict(rows, labels, pairs)
     if not v:
         return
     table = break_even_table(v, labels)
@@ -162,7 +166,7 @@ def _dataset_section(sec: Section, df, dataset, s, sig, sens, ens, n_resamples: 
     sec.qual_md += [f"## {heading}", "", to_markdown(qual), "", qual_cap, ""]
     sec.qual_tex.append(to_latex(qual, f"{heading}. {qual_cap}", f"tab:promptlab-qualitative-{dataset}"))
     sec.qual.append(qual.assign(Dataset=dataset))
-    _verdict_section(sec, dataset, heading, s, out)
+    _verdict_section(sec, dataset, heading, s, sig, out)
     pngs = []
     for suffix, plot, fig_caption in figure_specs(s) if s["n_seeds"].sum() else []:  # none completed: none
         fig = plot(df, dataset=dataset)

@@ -75,10 +75,21 @@ def _overlaps(rows: pd.DataFrame, best: pd.Series) -> pd.Series:
     return (low <= b_high) & (high >= b_low)
 
 
-def verdict(rows: pd.DataFrame, labels: pd.Series) -> dict:
+def _tied(rows: pd.DataFrame, best, labels: pd.Series, pairs: dict[frozenset, bool]) -> pd.Series:
+    """Rows the best row cannot be told from: the paired difference's 95% interval contains 0
+    (``report.stats.significance``: same examples, same seeds); a row with no paired comparison: its interval
+    overlaps the best row's."""
+    overlap = _overlaps(rows, rows.loc[best])
+    paired = [pairs.get(frozenset((labels.loc[best], labels.loc[i]))) for i in rows.index]
+    return pd.Series([i == best or (overlap[i] if excludes is None else not excludes)
+                      for i, excludes in zip(rows.index, paired, strict=True)], index=rows.index)
+
+
+def verdict(rows: pd.DataFrame, labels: pd.Series, pairs: dict[frozenset, bool] | None = None) -> dict:
     """One task's verdict from its summary rows (completed ones, one split): ``best`` (index; chosen on dev,
-    or on eval when no row has a dev score, ``on`` says which), ``tied`` (indices), ``envelope`` over the tied
-    rows, ``cheapest`` per N and ``text``: the verdict in two or three sentences."""
+    or on eval when no row has a dev score, ``on`` says which), ``tied`` (indices; ``pairs``: {frozenset of two
+    labels: whether their paired difference's interval excludes 0}), ``envelope`` over the tied rows,
+    ``cheapest`` per N and ``text``: the verdict in two or three sentences."""
     rows = costs(rows[rows["n_seeds"] > 0])
     if rows.empty:
         return {}
@@ -87,7 +98,7 @@ def verdict(rows: pd.DataFrame, labels: pd.Series) -> dict:
     key = (rows["dev_score_mean"] if on == "dev" else rows["score_mean"]) * sign
     best = key.fillna(-math.inf).idxmax()
     b = rows.loc[best]
-    tied = rows[_overlaps(rows, b)]
+    tied = rows[_tied(rows, best, labels, pairs or {})]
     env = envelope(tied)
     cheapest = {n: min(tied.index, key=lambda i: (tied.at[i, f"total_{n}"], -sign * tied.at[i, "score_mean"]))
                 for n in QUERIES if tied[f"total_{n}"].notna().any()}
@@ -96,8 +107,8 @@ def verdict(rows: pd.DataFrame, labels: pd.Series) -> dict:
     text = [f"Best on {on}: {name(best)}, {score(best)} on eval"
             f" ({'dev ' + format(b['dev_score_mean'], '.1f') if on == 'dev' else 'no dev scores recorded'})."]
     others = [i for i in tied.index if i != best]
-    text.append(f"Its interval overlaps {', '.join(f'{name(i)} ({score(i)})' for i in others)}." if others
-                else "No other row's interval overlaps it.")
+    text.append(f"Not told apart from it: {', '.join(f'{name(i)} ({score(i)})' for i in others)}." if others
+                else "Every other row is told apart from it.")
     if len(env) > 1:
         steps = [f"{name(env[0][0])} costs least in total below {_queries(env[1][1])} queries"]
         steps += [f"{name(i)} from {_queries(lo)}" for i, lo, _ in env[1:]]
@@ -144,5 +155,6 @@ def _per_query(s: float) -> str:
 NOTE = ("One-off: every trial's training and dev scoring, a prompt search, model-written demonstrations. Per query: "
         "eval seconds per example of the row's headline prompt, as measured (batched, on the machine named above), "
         "with its prompt tokens. "
-        "Total @N = one-off + per query x N queries. Tied with best: its 95% interval overlaps the row best on dev. "
+        "Total @N = one-off + per query x N queries. Tied with best: the 95% interval of its paired difference with the "
+        "row best on dev contains 0 (significance.md; without a paired comparison: the two intervals overlap). "
         "★ the cheapest tied row at that many queries.")
