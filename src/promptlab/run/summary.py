@@ -13,6 +13,7 @@ from pathlib import Path
 
 from promptlab.evaluation.metrics import display_metric
 from promptlab.evaluation.readouts import RAW, split_key
+from promptlab.report.columns import fmt_seconds
 
 
 def points(metric: str, value: object) -> str:
@@ -36,15 +37,6 @@ def headline(record: dict) -> str:
         f" (dev {points(metric, dev)})" if dev is not None else "")
 
 
-def duration(seconds: float) -> str:
-    """"0.4 s", "12 s", "1.7 min", "2.1 h"."""
-    if seconds < 10:
-        return f"{seconds:.2g} s"
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    return f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.1f} h"
-
-
 def timings(record: dict) -> list[str]:
     """What the run's phases took: training (a trained method), the prompt search (a search), evaluation."""
     costs = record.get("costs") or {}
@@ -52,7 +44,7 @@ def timings(record: dict) -> list[str]:
     for key, what in (("train_seconds", "train"), ("search_seconds", "search"), ("eval_seconds", "eval")):
         seconds = costs.get(key)
         if isinstance(seconds, int | float) and (seconds > 0 or key == "eval_seconds"):
-            out.append(f"{duration(seconds)} {what}")
+            out.append(f"{fmt_seconds(seconds)} {what}")  # as the report's tables
     return out
 
 
