@@ -134,6 +134,38 @@ def test_hand_decoding_drops_finished_rows_and_matches_generate(tiny_backbone, a
     assert any(len(set(n)) > 1 for n in lengths), lengths  # rows did finish at different steps
 
 
+@pytest.mark.parametrize("width", [1, 2, 3])
+def test_slots_take_the_next_prompt_and_a_shared_prefix_is_read_once(tiny_backbone, width):
+    """Continuous batching with fewer slots than prompts: a finished row's slot takes the next prompt (columns are
+    added in front for a longer one, dropped when no slot reads them); a prefix every prompt shares is read once
+    for the call; a prompt's samples share its prefill. Every row is still what transformers' generate writes."""
+    import promptlab.readout.decoding as D
+    import promptlab.readout.generate as G
+
+    tok, model = tiny_backbone.tokenizer, tiny_backbone.model
+    texts = ["good", "a bad film with love and hate for this movie yes", "great fun", "positive good",
+             "love this film", "hate the movie boring review a bad film"]
+    shared = "you read a movie review and you say what the review says about the movie in a few words " * 2
+    decoders: list[D.SlotDecoder] = []
+
+    class Recorded(D.SlotDecoder):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            decoders.append(self)
+
+    for prompts in (plain(tok, texts), plain(tok, [shared + t for t in texts])):
+        gen = readout_for(tiny_backbone, max_new_tokens=10, until=("d g", "ie"))
+        gen.width = width
+        with mock.patch.object(G, "SlotDecoder", Recorded):
+            by_hand = gen.generate(model, prompts)
+            twice = gen.generate(model, prompts, repeats=2)
+        with mock.patch.object(G, "plain_forward", return_value=False):
+            reference = [(g.text, g.num_tokens) for g in gen.generate(model, prompts)]
+        assert [(g.text, g.num_tokens) for g in by_hand] == reference
+        assert [(g.text, g.num_tokens) for g in twice] == [r for r in reference for _ in range(2)]
+    assert decoders[0].shared == 0 and decoders[2].shared >= 32  # the reviews share the instruction's tokens
+
+
 def test_zero_shot_generation_run_records_text_answer_and_costs(gen_cfg, run_dir):
     result = promptlab.run.run(gen_cfg(), run_dir)
     assert result["status"] == "completed"

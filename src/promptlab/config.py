@@ -98,6 +98,7 @@ class Settings:
     precision: str = "32-true"  # trainer.precision resolved for this machine (promptlab.models.precision)
     select_readout: bool = True  # the headline readout is the one best on dev (else the task's data.readout)
     objective: str = "dev"  # the split a sweeper optimises (train.objective_value): dev; eval only when allowed
+    decode_width: int = 16  # rows decoded at once (readout.decoding's slots)
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> Settings:
@@ -127,6 +128,7 @@ class Settings:
             precision=_precision(cfg.get("trainer")),
             select_readout=flag(cfg, "select_readout", "the headline readout is the one best on dev"),
             objective=_objective(cfg),
+            decode_width=whole_number(cfg.get("decode_width", 16), "decode_width", 1, 16),
         )
 
 

@@ -16,7 +16,7 @@ from promptlab.evaluation import readouts
 from promptlab.evaluation.filters import build_filters
 from promptlab.evaluation.metrics import compute_metrics
 from promptlab.module import PromptModule
-from promptlab.readout import GenerateReadout
+from promptlab.readout import generate_readout_of
 from promptlab.tasks import TaskSpec
 
 
@@ -76,7 +76,7 @@ def all_metrics(spec: TaskSpec, rows: list[dict], calibrations: tuple[str, ...],
 
 def generation_clock(module: PromptModule) -> Callable[[], float]:
     """A function giving the seconds the module's readout has spent generating so far (0 if it never does)."""
-    gen = module.readout if isinstance(module.readout, GenerateReadout) else getattr(module.readout, "gen", None)
+    gen = generate_readout_of(module.readout)
     return (lambda: gen.generation_seconds) if gen else (lambda: 0.0)
 
 

@@ -8,7 +8,7 @@ import torch
 
 from promptlab.readout.choice import ChoiceReadout, brute_force_scores
 from promptlab.readout.cot import CoTChoiceReadout
-from promptlab.readout.generate import GenerateReadout
+from promptlab.readout.generate import GenerateReadout, generate_readout_of
 from promptlab.readout.model import final_hidden_states
 
 
@@ -28,4 +28,4 @@ class TrainingReadout(Readout, Protocol):
 
 
 __all__ = ["ChoiceReadout", "CoTChoiceReadout", "GenerateReadout", "Readout", "TrainingReadout",
-           "brute_force_scores", "final_hidden_states"]
+           "brute_force_scores", "final_hidden_states", "generate_readout_of"]

@@ -13,17 +13,14 @@ import torch
 import torch.nn.functional as F
 from transformers import GenerationConfig, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 
-from promptlab.readout.model import (
-    NO_LOGITS,
-    final_hidden_states,
-    head_of,
-    pad,
-    plain_forward,
-    project,
-    run_keeping_last_hidden,
-    task_inputs,
-)
+from promptlab.readout.decoding import SlotDecoder
+from promptlab.readout.model import final_hidden_states, head_of, pad, plain_forward, project, task_inputs
 from promptlab.vision import pixel_inputs
+
+
+def generate_readout_of(readout: object) -> GenerateReadout | None:
+    """The readout's generation part: itself, a chain-of-thought readout's ``gen``, or None (it only scores)."""
+    return readout if isinstance(readout, GenerateReadout) else getattr(readout, "gen", None)
 
 
 def repeat(values: Sequence, n: int) -> list:
@@ -75,8 +72,9 @@ class GenerateReadout:
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, max_new_tokens: int, until: Sequence[str] = (),
                  sampling: Sampling = Sampling(), combine: Callable[[list[str], None], list[str]] | None = None,
-                 answer_of: Callable[[str, None], str] | None = None):
-        self.tokenizer, self.until, self.sampling = tokenizer, list(until), sampling
+                 answer_of: Callable[[str, None], str] | None = None, width: int = 16):
+        self.tokenizer, self.until, self.sampling, self.width = tokenizer, list(until), sampling, width
+        self.tail = 2 * max((len(s) for s in self.until), default=0) + 8  # tokens: each gives >= 1 character, mostly
         self.combine, self.answer_of = combine, answer_of
         sample = ({"do_sample": False} if sampling.greedy else
                   {"do_sample": True, "temperature": sampling.temperature, "top_k": 0, "top_p": 1.0})
@@ -119,66 +117,50 @@ class GenerateReadout:
                  repeats: int = 1) -> list[Generated]:
         """Each prompt's continuation (``repeats`` of them, one after another, for sampling); ``images``: each
         row's pixel inputs, for a vision-language model."""
-        device = head_of(model).weight.device
         start = time.perf_counter()
         if plain_forward(model) and not images:  # a transformers forward: decoded here, finished rows dropped
-            new = self.greedy(model, prompts, device, repeats)
+            new = self.decode(model, prompts, repeats)
         else:  # virtual tokens, per-row adapters or images: the model's (or its wrapper's) own generate
             prompts, task_ids, images = (None if v is None else repeat(v, repeats) for v in (prompts, task_ids, images))
-            ids, mask = pad(prompts, self.tokenizer.pad_token_id, device, left=True)
-            stop = StoppingCriteriaList([StopOnGeneratedText(self.tokenizer, ids.shape[1], self.until)] if self.until
-                                        else [])
-            with torch.random.fork_rng(devices=[]):  # generate() samples from the global generator: seed a copy
-                torch.manual_seed(int(torch.randint(2**62, (1,), generator=self.rng)))
-                out = model.generate(input_ids=ids, attention_mask=mask, generation_config=self.config,
-                                     stopping_criteria=stop, **task_inputs(model, task_ids, device),
-                                     **pixel_inputs(images, device))
-            new = [row.tolist() for row in out[:, ids.shape[1]:]]
+            new = []
+            for i in range(0, len(prompts), self.width):  # ``width`` rows at a time
+                rows = slice(i, i + self.width)
+                new += self.with_generate(model, prompts[rows], None if task_ids is None else task_ids[rows],
+                                          None if images is None else images[rows])
         self.generation_seconds += time.perf_counter() - start
         results = [self._decode(row) for row in new]
         self.generated_tokens += sum(r.num_tokens for r in results)
         return results
 
-    def greedy(self, model: torch.nn.Module, prompts: Sequence[Sequence[int]], device: torch.device,
-               repeats: int = 1) -> list[list[int]]:
-        """Decoding with the KV cache (greedy: token for token what ``model.generate`` gives in fp32), minus the work
-        on finished rows: a row that wrote EOS or a stop string leaves the batch (and the cache) at once, where
-        ``generate`` keeps computing it, padded, until the last row ends. ``repeats`` samples of a prompt share its
-        prefill: each prompt is read once and its key/value cache repeated (``generate`` reads it once per
-        sample). Written here for these reasons (and to take each next token from fp32 logits under bf16
-        autocast, see ``project``)."""
+    def with_generate(self, model: torch.nn.Module, prompts: Sequence[Sequence[int]],
+                      task_ids: Sequence[int] | None, images: Sequence[Sequence[dict]] | None) -> list[list[int]]:
+        """The rows' new tokens from the model's (or its PEFT wrapper's) own ``generate``, left-padded."""
+        device = head_of(model).weight.device
         ids, mask = pad(prompts, self.tokenizer.pad_token_id, device, left=True)
-        positions = (mask.cumsum(-1) - 1).clamp_min(0)  # as generate numbers left-padded rows
-        head, none = head_of(model), NO_LOGITS.to(device)  # the next token from fp32 logits (``project``)
-        out, hidden = run_keeping_last_hidden(model, input_ids=ids, attention_mask=mask, position_ids=positions,
-                                              use_cache=True, logits_to_keep=none)
-        cache, last = out.past_key_values, hidden[:, -1]
-        if repeats > 1:
-            cache.batch_repeat_interleave(repeats)
-            mask, positions, last = (t.repeat_interleave(repeats, dim=0) for t in (mask, positions, last))
-        token, position = self.next_token(project(head, last)), positions[:, -1:] + 1
-        alive, new = list(range(len(mask))), [[] for _ in range(len(mask))]
-        while True:
-            for row, t in zip(alive, token.tolist(), strict=True):
-                new[row].append(t)
-            keep = [k for k, row in enumerate(alive) if not self._finished(new[row])]
-            if not keep:
-                return new
-            if len(keep) < len(alive):
-                index = torch.tensor(keep, device=device)
-                cache.batch_select_indices(index)
-                mask, token, position = mask[index], token[index], position[index]
-                alive = [alive[k] for k in keep]
-            mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=1)
-            _, hidden = run_keeping_last_hidden(model, input_ids=token[:, None], attention_mask=mask,
-                                                position_ids=position, past_key_values=cache, use_cache=True,
-                                                logits_to_keep=none)
-            token, position = self.next_token(project(head, hidden[:, -1])), position + 1
+        stop = StoppingCriteriaList([StopOnGeneratedText(self.tokenizer, ids.shape[1], self.until)] if self.until
+                                    else [])
+        with torch.random.fork_rng(devices=[]):  # generate() samples from the global generator: seed a copy
+            torch.manual_seed(int(torch.randint(2**62, (1,), generator=self.rng)))
+            out = model.generate(input_ids=ids, attention_mask=mask, generation_config=self.config,
+                                 stopping_criteria=stop, **task_inputs(model, task_ids, device),
+                                 **pixel_inputs(images, device))
+        return [row.tolist() for row in out[:, ids.shape[1]:]]
+
+    def decode(self, model: torch.nn.Module, prompts: Sequence[Sequence[int]], repeats: int = 1) -> list[list[int]]:
+        """Continuous batching in ``width`` slots (``readout.decoding``): greedy, token for token what
+        ``model.generate`` gives in fp32; a finished row's slot takes the next prompt; a prompt is read once for
+        its ``repeats`` samples, and the prefix all prompts share once for the call. Each next token comes from
+        fp32 logits under bf16 autocast (``project``)."""
+        decoder = SlotDecoder(model, self.tokenizer.pad_token_id, self.width, self.next_token, self._finished)
+        return decoder.run(prompts, repeats)
 
     def _finished(self, new: list[int]) -> bool:
+        """EOS, the token budget, or a stop string in the text of the last tokens (decoding only the tail keeps
+        this check from growing with the row: a stop string that was not there a token ago ends in the last one)."""
         if new[-1] == self.tokenizer.eos_token_id or len(new) >= self.config.max_new_tokens:
             return True
-        return bool(self.until) and any(s in self.tokenizer.decode(new, skip_special_tokens=True) for s in self.until)
+        tail = self.tokenizer.decode(new[-self.tail:], skip_special_tokens=True) if self.until else ""
+        return any(s in tail for s in self.until)
 
     def _decode(self, new: list[int]) -> Generated:
         eos, pad_id = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id

@@ -28,7 +28,7 @@ from promptlab.models import Backbone, fingerprint, load_backbone
 from promptlab.module import PromptModule
 from promptlab.progress import labelled, progress_callbacks
 from promptlab.prompts import Encoder, template_fields
-from promptlab.readout import GenerateReadout
+from promptlab.readout import GenerateReadout, generate_readout_of
 from promptlab.run.planning import Plan, demo_draws, plan
 from promptlab.schema import PROMPTS_FILE, prompt_hash
 from promptlab.tasks.sampling import component_seeds
@@ -80,6 +80,8 @@ def build_module(p: Plan, backbone: Backbone, model: torch.nn.Module) -> tuple[P
     tok = backbone.tokenizer
     # a mixture trains every task as text-to-text (its answer text's loss); each task is read its own way later
     readout = GenerateReadout(tok, 1) if p.mixture else p.method.readout(tok, p.spec, p.settings.seed)
+    if gen := generate_readout_of(readout):
+        gen.width = p.settings.decode_width
     demos = p.method.demos(model, tok, p.spec, p.demos, readout, p.demo_work)
     return PromptModule(model, readout, p.method.optim()), p.method.encoder(backbone, p.spec, demos)
 
