@@ -116,7 +116,7 @@ def test_hand_decoding_drops_finished_rows_and_matches_generate(tiny_backbone, a
 
         torch.manual_seed(0)
         model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)).eval()
-    assert G.plain_forward(model)
+    assert G.decodable(model)
     tok = tiny_backbone.tokenizer
     texts = ["positive good", "a bad film with love and hate for this movie yes", "great fun movie review", "good"]
     lengths = set()
@@ -125,7 +125,7 @@ def test_hand_decoding_drops_finished_rows_and_matches_generate(tiny_backbone, a
             gen = readout_for(tiny_backbone, max_new_tokens=10, until=until)
             with mock.patch.object(gen, "_finished", wraps=gen._finished) as finished:
                 by_hand = gen.generate(model, prompts)
-            with mock.patch.object(G, "plain_forward", return_value=False):
+            with mock.patch.object(G, "decodable", return_value=False):
                 reference = gen.generate(model, prompts)
             assert [(g.text, g.num_tokens) for g in by_hand] == [(g.text, g.num_tokens) for g in reference]
             # one check per live row per step: no step is spent on a row that has finished
@@ -159,7 +159,7 @@ def test_slots_take_the_next_prompt_and_a_shared_prefix_is_read_once(tiny_backbo
         with mock.patch.object(G, "SlotDecoder", Recorded):
             by_hand = gen.generate(model, prompts)
             twice = gen.generate(model, prompts, repeats=2)
-        with mock.patch.object(G, "plain_forward", return_value=False):
+        with mock.patch.object(G, "decodable", return_value=False):
             reference = [(g.text, g.num_tokens) for g in gen.generate(model, prompts)]
         assert [(g.text, g.num_tokens) for g in by_hand] == reference
         assert [(g.text, g.num_tokens) for g in twice] == [r for r in reference for _ in range(2)]

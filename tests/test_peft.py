@@ -104,7 +104,7 @@ def test_scores_are_read_past_the_virtual_tokens(tiny_backbone, method, make_cfg
 def test_generation_with_prompt_adapters_is_greedy_and_reloads(gen_cfg, run_dir, method):  # noqa: F811
     """PEFT #1962: generate() with prompt-learning adapters (virtual tokens, prefixes in the cache), batched and
     left-padded as a run batches it, writes each row's greedy tokens (checked against the whole unpadded sequence
-    recomputed at every step) and, reloaded, exactly what the run recorded."""
+    recomputed at every step) and, reloaded, exactly what the run recorded; the readout writes the same."""
     cfg = gen_cfg("method.max_steps=2", "method.lr=0.3", method=method)
     result = promptlab.run.run(cfg, run_dir)
     assert result["status"] == "completed", result.get("error")
@@ -122,8 +122,12 @@ def test_generation_with_prompt_adapters_is_greedy_and_reloads(gen_cfg, run_dir,
         with torch.no_grad():
             out = model.generate(input_ids=ids, attention_mask=mask, generation_config=readout.config,
                                  **({"task_ids": torch.zeros(len(prompts), dtype=torch.long)} if kwargs else {}))
-        for prompt, row in zip(prompts, out[:, ids.shape[1]:].tolist(), strict=True):
+        rows = out[:, ids.shape[1]:].tolist()
+        for prompt, row in zip(prompts, rows, strict=True):
             assert_greedy(model, prompt, row[: readout._decode(row).num_tokens], **kwargs)
+        # the readout (slots for a soft prompt: readout.decoding) writes what PEFT's generate writes
+        assert [g.text for g in readout.generate(model, prompts, batch["task_id"])] == [
+            readout._decode(row).text for row in rows]
 
 
 @pytest.mark.parametrize(("override", "match"), [

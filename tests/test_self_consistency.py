@@ -31,7 +31,7 @@ def test_sampling_near_zero_temperature_is_greedy(tiny_backbone, by_hand):
     prompts = prompts_of(tok, ["good movie", "a bad film with love", "great fun"])
     greedy = G.GenerateReadout(tok, 8)
     cold = G.GenerateReadout(tok, 8, sampling=G.Sampling(1, 1e-6, 0))
-    with mock.patch.object(G, "plain_forward", return_value=by_hand):
+    with mock.patch.object(G, "decodable", return_value=by_hand):
         assert [g.text for g in cold.generate(model, prompts)] == [g.text for g in greedy.generate(model, prompts)]
 
 
@@ -45,7 +45,7 @@ def test_sampling_is_seeded_per_pass(tiny_backbone, by_hand):
         out = []
         for _ in range(passes):
             gen.new_pass()
-            with mock.patch.object(G, "plain_forward", return_value=by_hand):
+            with mock.patch.object(G, "decodable", return_value=by_hand):
                 out.append([g.text for g in gen.generate(model, prompts)])
         return out
 
@@ -116,5 +116,5 @@ def test_samples_of_a_prompt_share_its_prefill(tiny_backbone):
         hook.remove()
     assert seen[0][0] == 3 and all(shape == (9, 1) for shape in seen[1:2])  # one prefill row per prompt, then 9 rows
     assert shared == [t for t in greedy for _ in range(3)]
-    with mock.patch.object(G, "plain_forward", return_value=False):
+    with mock.patch.object(G, "decodable", return_value=False):
         assert [g.text for g in cold.generate(model, prompts, repeats=3)] == shared

@@ -89,7 +89,7 @@ def workload(args, name: str, method: str, examples: int, variants: tuple[str, .
             start = time.perf_counter()
             if variant == "off":  # the readout's generate path (as for prompt tuning), fp32
                 per_call, decoded = max(1, args.width // readout.sampling.samples), []
-                with mock.patch.object(G, "plain_forward", return_value=False):
+                with mock.patch.object(G, "decodable", return_value=False):
                     for i in range(0, len(prompts), per_call):
                         decoded += readout.generate(model, prompts[i:i + per_call], repeats=readout.sampling.samples)
             else:

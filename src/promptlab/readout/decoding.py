@@ -22,7 +22,28 @@ from collections.abc import Callable, Sequence
 import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
-from promptlab.readout.model import NO_LOGITS, head_of, project, run_keeping_last_hidden
+from promptlab.readout.model import (
+    NO_LOGITS,
+    base_model,
+    head_of,
+    plain_forward,
+    project,
+    run_keeping_last_hidden,
+)
+
+SOFT_PROMPTS = ("PROMPT_TUNING", "P_TUNING")  # PEFT types whose virtual tokens are input embeddings
+
+
+def soft_prompt(model: torch.nn.Module) -> bool:
+    """Whether the model is PEFT prompt tuning or P-tuning (one soft prompt before every input)."""
+    config = getattr(model, "active_peft_config", None)
+    return config is not None and config.peft_type in SOFT_PROMPTS  # a str enum
+
+
+def decodable(model: torch.nn.Module) -> bool:
+    """Whether ``SlotDecoder`` decodes for this model: a transformers forward (``plain_forward``), or a soft prompt,
+    whose virtual tokens it reads once, as a prefix of every prompt, and then decodes with the frozen model."""
+    return plain_forward(model) or soft_prompt(model)
 
 
 class SlotLayer(DynamicLayer):
@@ -92,7 +113,9 @@ class SlotDecoder:
     def __init__(self, model: torch.nn.Module, pad_id: int, width: int,
                  next_token: Callable[[torch.Tensor], torch.Tensor], finished: Callable[[list[int]], bool],
                  min_shared: int = 32):
-        self.model, self.pad_id, self.width = model, pad_id, width
+        self.wrapper, self.model = model, base_model(model) if soft_prompt(model) else model
+        self.virtual = model.active_peft_config.num_virtual_tokens if soft_prompt(model) else 0
+        self.pad_id, self.width = pad_id, width
         self.next_token, self.finished, self.min_shared = next_token, finished, min_shared
         self.head = head_of(model)
         self.device = self.head.weight.device
@@ -100,29 +123,33 @@ class SlotDecoder:
 
     # -- prompts in ---------------------------------------------------------------------------------------------
     def shared_prefix(self, prompts: Sequence[Sequence[int]]) -> DynamicCache | None:
-        """The cache of the longest prefix every prompt shares (each keeps a token of its own), if long enough."""
+        """The cache of the soft prompt's virtual tokens and of the longest prefix every prompt shares (each keeps a
+        token of its own; text shorter than ``min_shared`` is not worth the copies), or None."""
         first, n = prompts[0], min(len(p) for p in prompts) - 1
         shared = next((i for i in range(n) if any(p[i] != first[i] for p in prompts)), n)
-        if len(prompts) < 2 or shared < self.min_shared:
-            self.shared = 0
+        self.shared = shared if len(prompts) > 1 and shared >= self.min_shared else 0
+        ids = torch.tensor([list(first[:self.shared])], dtype=torch.long, device=self.device)
+        if self.virtual:  # as PEFT's forward: the soft prompt's embeddings, then the tokens'
+            embeds = self.model.get_input_embeddings()(ids)
+            embeds = torch.cat([self.wrapper.get_prompt(batch_size=1).to(embeds.dtype), embeds], dim=1)
+            return self.model(inputs_embeds=embeds, use_cache=True, logits_to_keep=self.none).past_key_values
+        if not self.shared:
             return None
-        self.shared = shared
-        ids = torch.tensor([list(first[:shared])], device=self.device)
         return self.model(input_ids=ids, use_cache=True, logits_to_keep=self.none).past_key_values
 
     def prefill(self, prompts: list[Sequence[int]], prefix: DynamicCache | None
                 ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
-        """Reads ``prompts`` (after the shared prefix, right-padded) in one pass: the hidden state after each
+        """Reads ``prompts`` (after the cached prefix, right-padded) in one pass: the hidden state after each
         prompt's last token (rows, hidden), and the cache of the whole sequences (every layer's keys, values)."""
-        s = self.shared
+        s, cached = self.shared, self.virtual + self.shared
         rest = [list(p[s:]) for p in prompts]
         width = max(len(r) for r in rest)
         ids = torch.full((len(rest), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rest), s + width), dtype=torch.long)
-        mask[:, :s] = 1
+        mask = torch.zeros((len(rest), cached + width), dtype=torch.long)
+        mask[:, :cached] = 1
         for i, r in enumerate(rest):
             ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
-            mask[i, s:s + len(r)] = 1
+            mask[i, cached:cached + len(r)] = 1
         cache = None
         if prefix is not None:
             cache = DynamicCache()
@@ -173,7 +200,7 @@ class SlotDecoder:
         hidden, kv = self.prefill([prompts[i] for i in distinct], prefix)
         which = [distinct.index(i) for i, _ in requests]
         tokens = self.next_token(project(self.head, hidden[torch.tensor(which, device=self.device)]))
-        lengths = [len(prompts[i]) for i, _ in requests]
+        lengths = [self.virtual + len(prompts[i]) for i, _ in requests]  # columns (and positions) of each
         slots, free = free[:len(requests)], free[len(requests):]
         self.make_room(max(lengths), kv, len(slots))
         columns = self.cache.layers[0].length

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from transformers import GenerationConfig, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 
-from promptlab.readout.decoding import SlotDecoder
-from promptlab.readout.model import final_hidden_states, head_of, pad, plain_forward, project, task_inputs
+from promptlab.readout.decoding import SlotDecoder, decodable
+from promptlab.readout.model import final_hidden_states, head_of, pad, project, task_inputs
 from promptlab.vision import pixel_inputs
 
 
@@ -118,9 +118,9 @@ class GenerateReadout:
         """Each prompt's continuation (``repeats`` of them, one after another, for sampling); ``images``: each
         row's pixel inputs, for a vision-language model."""
         start = time.perf_counter()
-        if plain_forward(model) and not images:  # a transformers forward: decoded here, finished rows dropped
+        if decodable(model) and not images:  # a transformers forward or a soft prompt: decoded in slots
             new = self.decode(model, prompts, repeats)
-        else:  # virtual tokens, per-row adapters or images: the model's (or its wrapper's) own generate
+        else:  # prefix tuning, per-row adapters or images: the model's (or its wrapper's) own generate
             prompts, task_ids, images = (None if v is None else repeat(v, repeats) for v in (prompts, task_ids, images))
             new = []
             for i in range(0, len(prompts), self.width):  # ``width`` rows at a time
