@@ -137,8 +137,8 @@ def test_hand_decoding_drops_finished_rows_and_matches_generate(tiny_backbone, a
 @pytest.mark.parametrize("width", [1, 2, 3])
 def test_slots_take_the_next_prompt_and_a_shared_prefix_is_read_once(tiny_backbone, width):
     """Continuous batching with fewer slots than prompts: a finished row's slot takes the next prompt (columns are
-    added in front for a longer one, dropped when no slot reads them); a prefix every prompt shares is read once
-    for the call; a prompt's samples share its prefill. Every row is still what transformers' generate writes."""
+    added in front for a longer one, dropped when no slot reads them; prompts read two at a time); a prefix every
+    prompt shares is read once for the call; a prompt's samples share its prefill. Every row is still what transformers' generate writes."""
     import promptlab.readout.decoding as D
     import promptlab.readout.generate as G
 
@@ -150,7 +150,7 @@ def test_slots_take_the_next_prompt_and_a_shared_prefix_is_read_once(tiny_backbo
 
     class Recorded(D.SlotDecoder):
         def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
+            super().__init__(*args, **kwargs, prefill_rows=2)  # filling 3 slots takes two passes
             decoders.append(self)
 
     for prompts in (plain(tok, texts), plain(tok, [shared + t for t in texts])):

@@ -304,7 +304,88 @@ def test_image_prompts_run_once_for_all_their_answers(tmp_path, image_root):
         whole = readout.scores(model, *args)
     handle.remove()
     torch.testing.assert_close(once, whole, atol=1e-5, rtol=1e-5)
-    assert calls == [8, 32]  # 4 rows x 2 images, once; then again for each of the 4 answers
+    # the demonstration's image once (the shared prefix), then the 4 rows' own; then 4 rows x 2 images per answer
+    assert calls == [1, 4, 32]
+
+
+def colour_encoders(image_root, cache_dir):
+    """(task, backbone, the few-shot encoder of the given training rows as demonstrations) on the tiny VLM."""
+    cfg = compose_config(["model=tiny_random_vlm", "data=colours", "method=few_shot"])
+    spec = TaskSpec.from_config(cfg.data)
+    task = load_task(spec, str(image_root))
+    backbone = load_backbone(cfg.model, cache_dir)
+    method = build_method(cfg.method)
+    return task, backbone, lambda *rows: method.encoder(backbone, spec, [method.demo(spec, r) for r in rows])
+
+
+def count_images(model) -> tuple[list[int], object]:
+    """(the number of images each vision-tower call sees, the hook's handle)."""
+    calls: list[int] = []
+    handle = model.model.vision_model.register_forward_hook(lambda m, a, out: calls.append(out.last_hidden_state.shape[0]))
+    return calls, handle
+
+
+@pytest.mark.parametrize("answers", ["colour words", "single tokens"])
+def test_image_demonstrations_run_once_for_all_rows_and_batches(tmp_path, image_root, answers):
+    """Few-shot prompts with image demonstrations: the shared prefix, demonstrations' images included, runs once
+    for every row of every batch; each row runs only its own image. Scores equal whole sequences' (fp32)."""
+    task, backbone, encoder_of = colour_encoders(image_root, tmp_path / "cache")
+    encoder = encoder_of(*task.train[:2])
+    items = [encoder.item(r, False) for r in task.eval[:8]]
+    if answers == "single tokens":  # one position read per row (_single_token), not the prompt's continued cache
+        items = [{**x, "choice_ids": [[5], [6], [7]]} for x in items]
+    model = backbone.model.eval()
+    cached, whole = ChoiceReadout(backbone.tokenizer.pad_token_id), ChoiceReadout(backbone.tokenizer.pad_token_id)
+    whole.prefix.enabled = False
+
+    def scores(readout, xs):
+        return readout.scores(model, [x["prompt_ids"] for x in xs], [x["choice_ids"] for x in xs], None,
+                              [x["images"] for x in xs])
+
+    calls, handle = count_images(model)
+    with torch.no_grad():
+        once = torch.cat([scores(cached, items[b: b + 4]) for b in (0, 4)])
+    handle.remove()
+    assert calls == [2, 4, 4]  # the 2 demonstrations' images once, then each batch's 4 query images
+    assert len(cached.prefix.prefix) > 100 and "<image>" in backbone.tokenizer.decode(cached.prefix.prefix)
+    with torch.no_grad():
+        torch.testing.assert_close(once, torch.cat([scores(whole, items[b: b + 4]) for b in (0, 4)]),
+                                   atol=1e-5, rtol=1e-5)
+
+
+def test_a_different_demonstration_image_does_not_reuse_the_cache(tmp_path, image_root):
+    """Demonstrations of two training rows of one colour give the same tokens and different pixels. A batch whose
+    demonstration image differs from the cached prefix's runs its own prefix; rows of one batch that differ in
+    their second demonstration's image share only the prefix up to that image."""
+    task, backbone, encoder_of = colour_encoders(image_root, tmp_path / "cache")
+    first, b, c = task.train[0], *[r for r in task.train[1:] if r["label"] == task.train[1]["label"]][:2]
+    assert b["image"] != c["image"]
+    ab, ac = encoder_of(first, b), encoder_of(first, c)
+    x = [ab.item(r, False) for r in task.eval[:2]]
+    y = [ac.item(r, False) for r in task.eval[:2]]
+    z = [ab.item(task.eval[2], False), ac.item(task.eval[3], False)]
+    assert [i["prompt_ids"] for i in x] == [i["prompt_ids"] for i in y] == [i["prompt_ids"] for i in z]
+    model = backbone.model.eval()
+    cached, whole = ChoiceReadout(backbone.tokenizer.pad_token_id), ChoiceReadout(backbone.tokenizer.pad_token_id)
+    whole.prefix.enabled = False
+
+    def scores(readout, xs):
+        return readout.scores(model, [i["prompt_ids"] for i in xs], [i["choice_ids"] for i in xs], None,
+                              [i["images"] for i in xs])
+
+    calls, handle = count_images(model)
+    with torch.no_grad():
+        got = [scores(cached, batch) for batch in (x, y)]
+        full_prefix = len(cached.prefix.prefix)
+        got.append(scores(cached, z))
+    handle.remove()
+    assert calls == [2, 2, 2, 2, 1, 4]  # y: a prefix of its own; z: the first demonstration's image only
+    assert len(cached.prefix.prefix) < full_prefix
+    with torch.no_grad():
+        want = [scores(whole, batch) for batch in (x, y, z)]
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
+    assert (want[0] - want[1]).abs().max() > 1e-4  # the demonstration's image changes the scores
 
 
 def test_images_are_cached_by_content_not_by_file_name(tmp_path, image_root):

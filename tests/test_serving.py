@@ -64,15 +64,20 @@ def alone(runs, method: str, task: str):
     return build_method(cfg.method).load(load_backbone(cfg.model, cfg.paths.cache_dir), run_dir / "checkpoint")
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_a_mixed_batch_scores_as_each_task_alone(runs, method):
-    model, tok = served(runs, method)
+def mixed_items(runs, method: str, tok) -> list[dict]:
+    """Both tasks' eval items, each encoded with its task's template and task id: sst2, rte, sst2, rte ..."""
     per_task = []
     for i, task in enumerate(TASKS):
         cfg = runs[method, task][0]
         spec = TaskSpec.from_config(cfg.data)
         per_task.append(eval_items(Encoder(tok, spec, task_id=i), load_task(spec, cfg.paths.data_root, cfg.seed).eval))
-    mixed = [x for pair in zip(*per_task, strict=True) for x in pair]  # sst2, rte, sst2, rte ...
+    return [x for pair in zip(*per_task, strict=True) for x in pair]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_mixed_batch_scores_as_each_task_alone(runs, method):
+    model, tok = served(runs, method)
+    mixed = mixed_items(runs, method, tok)
     readout = ChoiceReadout(tok.pad_token_id)
     with torch.no_grad():
         scores = readout.scores(model, [x["prompt_ids"] for x in mixed], [x["choice_ids"] for x in mixed],
@@ -91,6 +96,32 @@ def test_a_mixed_batch_scores_as_each_task_alone(runs, method):
         swapped = readout.scores(model, [x["prompt_ids"] for x in mixed], [x["choice_ids"] for x in mixed],
                                  [1 - x["task_id"] for x in mixed])
     assert (swapped - scores).abs().max() > 1e-3, "each row's task id did not choose its adapter"
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_tasks_rows_continue_their_own_cached_prefix(runs, method):
+    """Inference runs each task's shared prompt prefix once under its own adapter (a soft prompt's virtual tokens
+    included) and continues it per row: the scores of whole sequences (fp32), batch after batch, beside a task's
+    lone row (run whole), with the task ids swapped, and for the same prompts under both tasks (the other task's
+    cache of the same tokens is never reused)."""
+    model, tok = served(runs, method)
+    mixed = mixed_items(runs, method, tok)
+    sst2 = [x for x in mixed if x["task_id"] == 0]
+    batches = [(mixed[:4], None), (mixed[4:8], None), (mixed[:4], [1, 0, 1, 0]), ([*sst2[:3], mixed[1]], None),
+               (sst2[:4], [0, 0, 1, 1])]
+    cached, whole = ChoiceReadout(tok.pad_token_id), ChoiceReadout(tok.pad_token_id)
+    whole.prefix.enabled = False
+    lengths = []
+    handle = model.get_decoder().register_forward_hook(lambda m, a, out: lengths.append(out[0].shape[1]))
+    with torch.no_grad():
+        for items, task_ids in batches:
+            args = ([x["prompt_ids"] for x in items], [x["choice_ids"] for x in items],
+                    task_ids or [x["task_id"] for x in items])
+            torch.testing.assert_close(cached.scores(model, *args), whole.scores(model, *args), atol=1e-5, rtol=0)
+    handle.remove()
+    assert sorted(cached.prefix.tasks) == [0, 1] and all(len(c.prefix) >= 32 for c in cached.prefix.tasks.values())
+    longest = max(len(x["prompt_ids"]) for x in mixed[:8])
+    assert sum(n < longest for n in lengths) > len(lengths) / 2  # most forwards saw suffixes only
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -51,10 +51,13 @@ def adapter_kind(name: str, config: dict) -> str:
 
 class MultiTaskModel(torch.nn.Module):
     """One frozen backbone plus one adapter per task; ``forward``/``generate`` take ``task_ids`` (row -> index into
-    the tasks, in the order given). A plain ``nn.Module`` on purpose: the readouts' shared-prefix KV cache only runs
-    for a bare ``PreTrainedModel``, and would skip the virtual tokens and adapters here."""
+    the tasks, in the order given). Not a ``PreTrainedModel``: a readout must not continue its caches as a plain
+    model's (without task ids, with positions that skip the virtual tokens). ``forward`` does continue a cache it
+    made when each row's task is given (``readout.model.PrefixCache``, the rows' shared prefix): a LoRA row runs
+    its adapter on its new tokens; a soft prompt is the first positions of the row's cache, not prepended again."""
 
     takes_task_ids = True  # readout.model.task_inputs passes each row's task
+    continues_caches = True  # readout.model.continues_caches
 
     def __init__(self, backbone: PreTrainedModel, checkpoints: Mapping[str, str | os.PathLike] = ()):
         super().__init__()
@@ -141,14 +144,19 @@ class MultiTaskModel(torch.nn.Module):
         return torch.cat([prompts, embeds], dim=1), torch.cat([ones, attention_mask], dim=1)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                task_ids: torch.Tensor | None = None, **kwargs):
+                task_ids: torch.Tensor | None = None, past_key_values=None, **kwargs):
+        """The rows' outputs under their tasks' adapters. Given a non-empty ``past_key_values`` (made by this
+        forward, rows in the same tasks' order), the rows continue it and ``attention_mask`` covers the cache too."""
         task_ids = self.check(task_ids, len(input_ids))
         if self.kind == "lora":
-            return self.peft(input_ids=input_ids, attention_mask=attention_mask,
+            return self.peft(input_ids=input_ids, attention_mask=attention_mask, past_key_values=past_key_values,
                              adapter_names=self.adapter_names(task_ids), **kwargs)
+        if past_key_values is not None and past_key_values.get_seq_length():  # the soft prompts are in the cache
+            return self.backbone(input_ids=input_ids, attention_mask=attention_mask, past_key_values=past_key_values,
+                                 **kwargs)
         # like PEFT, no position ids: the model numbers virtual and real tokens 0, 1, ... (right padding is exact)
         embeds, mask = self.soft_prompt_inputs(input_ids, attention_mask, task_ids)
-        return self.backbone(inputs_embeds=embeds, attention_mask=mask, **kwargs)
+        return self.backbone(inputs_embeds=embeds, attention_mask=mask, past_key_values=past_key_values, **kwargs)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,

@@ -112,11 +112,12 @@ class SlotDecoder:
 
     def __init__(self, model: torch.nn.Module, pad_id: int, width: int,
                  next_token: Callable[[torch.Tensor], torch.Tensor], finished: Callable[[list[int]], bool],
-                 min_shared: int = 32):
+                 min_shared: int = 32, prefill_rows: int = 8):
         self.wrapper, self.model = model, base_model(model) if soft_prompt(model) else model
         self.virtual = model.active_peft_config.num_virtual_tokens if soft_prompt(model) else 0
         self.pad_id, self.width = pad_id, width
         self.next_token, self.finished, self.min_shared = next_token, finished, min_shared
+        self.prefill_rows = prefill_rows  # prompts read in one pass when slots are filled
         self.head = head_of(model)
         self.device = self.head.weight.device
         self.none = NO_LOGITS.to(self.device)
@@ -193,26 +194,29 @@ class SlotDecoder:
 
     def admit(self, free: list[int], queue: deque, prompts: Sequence[Sequence[int]], repeats: int,
               prefix: DynamicCache | None, new: list[list[int]]) -> list[int]:
-        """Starts the next requests in the free slots (each distinct prompt read once); returns the slots freed
-        again by requests that ended on their first token."""
+        """Starts the next requests in the free slots (each distinct prompt read once, ``prefill_rows`` prompts a
+        pass, which bounds the pass's activations); returns the slots freed again by requests that ended on their
+        first token."""
         requests = [queue.popleft() for _ in range(min(len(free), len(queue)))]
-        distinct = list(dict.fromkeys(i for i, _ in requests))
-        hidden, kv = self.prefill([prompts[i] for i in distinct], prefix)
-        which = [distinct.index(i) for i, _ in requests]
-        tokens = self.next_token(project(self.head, hidden[torch.tensor(which, device=self.device)]))
-        lengths = [self.virtual + len(prompts[i]) for i, _ in requests]  # columns (and positions) of each
         slots, free = free[:len(requests)], free[len(requests):]
-        self.make_room(max(lengths), kv, len(slots))
-        columns = self.cache.layers[0].length
-        for slot, (i, r), j, n in zip(slots, requests, which, lengths, strict=True):
-            for layer, (k, v) in zip(self.cache.layers, kv, strict=True):
-                layer.place(slot, k[j, :, :n], v[j, :, :n])
-            self.rows[slot], self.start[slot], self.position[slot] = i * repeats + r, columns - n, n
-        self.token[torch.tensor(slots)] = tokens.to(self.token.dtype)
-        for slot, t in zip(slots, tokens.tolist(), strict=True):
-            new[self.rows[slot]].append(t)
-            if self.finished(new[self.rows[slot]]):
-                free.append(slot)
+        longest = max(self.virtual + len(prompts[i]) for i, _ in requests)  # columns (and positions) of a prompt
+        distinct = list(dict.fromkeys(i for i, _ in requests))
+        for first in range(0, len(distinct), self.prefill_rows):
+            chunk = distinct[first:first + self.prefill_rows]
+            hidden, kv = self.prefill([prompts[i] for i in chunk], prefix)
+            self.make_room(longest, kv, len(slots))
+            mine = [(slot, i, r) for slot, (i, r) in zip(slots, requests, strict=True) if i in chunk]
+            rows = torch.tensor([chunk.index(i) for _, i, _ in mine], device=self.device)
+            tokens = self.next_token(project(self.head, hidden[rows])).tolist()
+            columns = self.cache.layers[0].length
+            for (slot, i, r), t in zip(mine, tokens, strict=True):
+                n, j = self.virtual + len(prompts[i]), chunk.index(i)
+                for layer, (k, v) in zip(self.cache.layers, kv, strict=True):
+                    layer.place(slot, k[j, :, :n], v[j, :, :n])
+                self.rows[slot], self.start[slot], self.position[slot], self.token[slot] = i * repeats + r, columns - n, n, t
+                new[self.rows[slot]].append(t)
+                if self.finished(new[self.rows[slot]]):
+                    free.append(slot)
         return free
 
     def make_room(self, longest: int, kv: list[tuple[torch.Tensor, torch.Tensor]], admitted: int) -> None:

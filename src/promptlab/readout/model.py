@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -113,6 +114,52 @@ def plain_forward(model: torch.nn.Module) -> bool:
     return isinstance(model, PreTrainedModel)
 
 
+def continues_caches(model: torch.nn.Module) -> bool:
+    """Whether the model's forward continues a key/value cache its own forward made: a plain forward, or a
+    multi-task model whose cache rows carry each row's task (``serving.MultiTaskModel``)."""
+    return plain_forward(model) or getattr(model, "continues_caches", False)
+
+
+def whole_images(model: torch.nn.Module, sequences: Sequence[Sequence[int]], shared: int,
+                 images: dict) -> tuple[int, int]:
+    """(length, images) of the longest start of the ``shared`` prefix that holds whole images, the same in every
+    row. Image tokens are alike whatever the pixels, so equal tokens do not mean equal images: the prefix ends
+    before the first image that differs between rows, or whose tokens it would split (the model puts an image's
+    features on all its tokens at once). ``images``: the rows' pixel inputs (``vision.pixel_inputs``, Idefics3's
+    layout); (0, 0) for a model that does not say which token stands for pixels."""
+    token = getattr(getattr(base_model(model), "config", None), "image_token_id", None)
+    spots = [i for i, t in enumerate(sequences[0][:shared]) if t == token]
+    if not spots:
+        return (shared, 0) if token is not None else (0, 0)
+    pixels = images["pixel_values"]
+    real = int(pixels[0].flatten(1).ne(0).any(1).sum())  # all-zero images are padding, as the model reads them
+    per_image = sum(t == token for t in sequences[0]) // real if real else 0
+    if not per_image:
+        return 0, 0  # image tokens and pixels disagree: the model's own forward says how
+    count = next((j for j in range(len(spots) // per_image)
+                  if any(not torch.equal(v[i, j], v[0, j]) for v in images.values() for i in range(1, len(v)))),
+                 len(spots) // per_image)
+    return (spots[count * per_image] if count * per_image < len(spots) else shared), count
+
+
+def image_slots(images: dict, rows: Sequence[int] | slice, slots: slice) -> dict:
+    """The pixel inputs of these rows' images in ``slots``; nothing when those are all padding (or there are no
+    images): the vision tower then does not run."""
+    part = {k: v[rows, slots].contiguous() for k, v in images.items()}  # the model views them flat
+    return part if part and part["pixel_values"].any() else {}
+
+
+def digest(images: dict, count: int) -> str:
+    """A digest of the first ``count`` images of the first row (their pixels and pixel masks): what a cached
+    prefix's images are known by."""
+    h = hashlib.sha1()
+    for name, v in sorted(images.items()) if count else ():
+        part = v[0, :count].contiguous().cpu()
+        h.update(f"{name} {part.dtype} {tuple(part.shape)}".encode())
+        h.update(part.view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
 class Pass(NamedTuple):
     """One forward pass of right-padded sequences whose first ``shared`` tokens came from the prefix cache."""
 
@@ -127,38 +174,56 @@ class PrefixCache:
     template's opening words) once, keeps its key/value cache, and puts only each sequence's own suffix through
     the model: few-shot scoring then costs about what zero-shot does. Exact up to float rounding.
 
-    Used for inference by models with a plain forward (``plain_forward``); with gradients (training) the whole
-    sequences are run. Written here because transformers reuses a shared prefix only inside ``generate`` (and
-    only when asked for one prompt), not for batched scoring. ``enabled=False`` turns it off (benchmarks).
+    Used for inference by models whose forward continues a cache (``continues_caches``); with gradients (training)
+    the whole sequences are run. A vision-language model's prefix holds the images inside it, the same in every
+    row, and its cache is known by their pixels too. A multi-task model's rows share a prefix task by task (each
+    task's adapter gives it other keys and values): one ``PrefixCache`` per task. Written here because
+    transformers reuses a shared prefix only inside ``generate`` (and only when asked for one prompt), not for
+    batched scoring. ``enabled=False`` turns it off (benchmarks).
     """
 
-    def __init__(self, min_tokens: int = 32):
+    def __init__(self, min_tokens: int = 32, by_task: bool = True):
         self.min_tokens = min_tokens  # a shorter shared prefix is not worth the cache copy
+        self.by_task = by_task  # False: the rows are all of one task (a multi-task model's per-task cache)
         self.enabled = True
         self.prefix: list[int] = []
         self.key: tuple = ()
         self.cache = None
+        self.tasks: dict[int, PrefixCache] = {}  # a multi-task model's: each task's own
 
     def clear(self) -> None:
         """Forget the cached prefix (its model's weights are about to change, or have)."""
-        self.prefix, self.key, self.cache = [], (), None
+        self.prefix, self.key, self.cache, self.tasks = [], (), None, {}
+
+    def live(self, model: torch.nn.Module) -> bool:
+        """Whether caches may be kept for this model now (enabled, inference)."""
+        return self.enabled and not torch.is_grad_enabled() and not model.training
 
     def reuses(self, model: torch.nn.Module) -> bool:
-        """Whether caches may be kept and extended for this model now (inference, plain forward, enabled)."""
-        return self.enabled and not torch.is_grad_enabled() and not model.training and plain_forward(model)
+        """Whether caches may be kept and extended for this model now by its plain forward, given no task ids
+        (inference, plain forward, enabled)."""
+        return self.live(model) and plain_forward(model)
 
     def applies(self, model: torch.nn.Module, sequences: Sequence[Sequence[int]], limit: int,
                 images: dict | None = None) -> int:
-        """The length (at most ``limit``) of the shared prefix to reuse for these sequences; 0: no cache (also
-        with images: their tokens stand for pixels the cache would have to be keyed on)."""
-        if len(sequences) < 2 or images or not self.reuses(model):
-            return 0
+        """The length (at most ``limit``) of the shared prefix to reuse for these sequences (of one task); 0: no
+        cache. ``images``: their pixel inputs, whose shared ones the prefix must hold whole (``whole_images``)."""
+        return self._split(model, sequences, limit, images)[0]
+
+    def _split(self, model: torch.nn.Module, sequences: Sequence[Sequence[int]], limit: int,
+               images: dict | None) -> tuple[int, int]:
+        """(``applies``' length, the images in that prefix)."""
+        if len(sequences) < 2 or not self.live(model) or not continues_caches(model) \
+                or (self.by_task and takes_task_ids(model)):  # a multi-task model's rows: task by task
+            return 0, 0
         n = min(limit, min(len(s) for s in sequences) - 1)  # every sequence keeps a token of its own
         if self.prefix and len(self.prefix) <= n and all(list(s[: len(self.prefix)]) == self.prefix for s in sequences):
-            return len(self.prefix)
-        first = sequences[0]
-        shared = next((i for i in range(n) if any(s[i] != first[i] for s in sequences)), n)
-        return shared if shared >= self.min_tokens else 0
+            shared = len(self.prefix)
+        else:
+            first = sequences[0]
+            shared = next((i for i in range(n) if any(s[i] != first[i] for s in sequences)), n)
+        shared, count = whole_images(model, sequences, shared, images) if images else (shared, 0)
+        return (shared, count) if shared >= self.min_tokens else (0, 0)
 
     def hidden_states(self, model: torch.nn.Module, sequences: Sequence[Sequence[int]], pad_id: int,
                       device: torch.device, limit: int, task_ids: Sequence[int] | None = None,
@@ -166,7 +231,9 @@ class PrefixCache:
         """The last-layer hidden states of the right-padded sequences after their shared prefix (at most ``limit``
         tokens: the first position whose hidden state the caller reads); ``keep_cache``: with their cache;
         ``images``: the rows' pixel inputs (a vision-language model)."""
-        shared = self.applies(model, sequences, limit, images)
+        if self.by_task and takes_task_ids(model) and not keep_cache and self.live(model) and continues_caches(model):
+            return self._task_by_task(model, sequences, pad_id, device, limit, task_ids, images)
+        shared, count = self._split(model, sequences, limit, images)
         if not shared:
             ids, mask = pad(sequences, pad_id, device)
             if not keep_cache:
@@ -174,16 +241,58 @@ class PrefixCache:
             out, hidden = run_keeping_last_hidden(model, input_ids=ids, attention_mask=mask, use_cache=True,
                                                   logits_to_keep=NO_LOGITS.to(device), **(images or {}))
             return Pass(hidden, 0, out.past_key_values, mask)
-        # the cache belongs to these tokens, this model and its precision (a bf16 cache must not serve fp32 scoring)
-        key = (id(model), torch.is_autocast_enabled(device.type), torch.get_autocast_dtype(device.type))
+        # the cache belongs to these tokens and images, this model and its precision (a bf16 cache must not serve
+        # fp32 scoring). Images split cleanly: Idefics3's forward puts the features of the pixel inputs it is given,
+        # in order, on the image tokens of the input_ids it is given, whatever the cache holds; so the prefix run
+        # takes the prefix's images and the suffix run each row's others.
+        key = (id(model), torch.is_autocast_enabled(device.type), torch.get_autocast_dtype(device.type),
+               digest(images or {}, count))
+        tasks = task_inputs(model, task_ids, device)  # a multi-task model's: all one task
         if list(sequences[0][:shared]) != self.prefix or key != self.key:
             self.prefix, self.key = list(sequences[0][:shared]), key
             ids = torch.tensor([self.prefix], device=device)
-            self.cache = model(input_ids=ids, use_cache=True, logits_to_keep=NO_LOGITS.to(device)).past_key_values
+            self.cache = model(input_ids=ids, use_cache=True, logits_to_keep=NO_LOGITS.to(device),
+                               **{k: v[:1] for k, v in tasks.items()},
+                               **image_slots(images or {}, slice(0, 1), slice(0, count))).past_key_values
         cache = copy.deepcopy(self.cache)
         cache.batch_repeat_interleave(len(sequences))
         ids, mask = pad([s[shared:] for s in sequences], pad_id, device)
-        mask = torch.cat([torch.ones(len(sequences), shared, dtype=mask.dtype, device=device), mask], dim=1)
+        # the cache's own length: a soft prompt's virtual tokens come before the shared tokens
+        mask = torch.cat([torch.ones(len(sequences), cache.get_seq_length(), dtype=mask.dtype, device=device), mask],
+                         dim=1)
         out, hidden = run_keeping_last_hidden(model, input_ids=ids, attention_mask=mask, past_key_values=cache,
-                                              logits_to_keep=NO_LOGITS.to(device), use_cache=True)
+                                              logits_to_keep=NO_LOGITS.to(device), use_cache=True, **tasks,
+                                              **image_slots(images or {}, slice(None), slice(count, None)))
         return Pass(hidden[:, -ids.shape[1]:], shared, out.past_key_values if keep_cache else None, mask)
+
+    def _task_by_task(self, model: torch.nn.Module, sequences: Sequence[Sequence[int]], pad_id: int,
+                      device: torch.device, limit: int, task_ids: Sequence[int] | None, images: dict | None) -> Pass:
+        """``hidden_states`` for a multi-task model: the rows of each task that shares a prefix long enough continue
+        that task's cache, one forward per such task; all other rows run whole, together. Each row's states are
+        placed from the shortest prefix of all on; those before its own prefix's end (below ``limit``: never read)
+        are zeros."""
+        tasks = task_inputs(model, task_ids, device)["task_ids"].tolist()
+        groups: dict[int, list[int]] = {}
+        for row, task in enumerate(tasks):
+            groups.setdefault(task, []).append(row)
+        parts = []
+        for task, rows in groups.items():
+            cache = self.tasks.setdefault(task, PrefixCache(self.min_tokens, by_task=False))
+            part, pixels = [sequences[r] for r in rows], image_slots(images or {}, rows, slice(None))
+            if cache.applies(model, part, limit, pixels):
+                parts.append((rows, cache.hidden_states(model, part, pad_id, device, limit, [task] * len(rows),
+                                                        images=pixels)))
+        if whole := sorted(set(range(len(sequences))).difference(*(rows for rows, _ in parts))):
+            ids, mask = pad([sequences[r] for r in whole], pad_id, device)
+            run = Pass(final_hidden_states(model, ids, mask, [tasks[r] for r in whole],
+                                           image_slots(images or {}, whole, slice(None))), 0)
+            if len(whole) == len(sequences):
+                return run
+            parts.append((whole, run))
+        shared = min(run.shared for _, run in parts)
+        width = max(run.shared - shared + run.states.shape[1] for _, run in parts)
+        first = parts[0][1].states
+        states = first.new_zeros(len(sequences), width, first.shape[2])
+        for rows, run in parts:
+            states[rows, run.shared - shared: run.shared - shared + run.states.shape[1]] = run.states
+        return Pass(states, shared)
