@@ -7,7 +7,7 @@ few-shot demonstrations) is read once for the whole call. Each step writes its k
 of a preallocated buffer.
 
 Why it is written here: transformers' ``DynamicCache`` concatenates every layer's keys and values at every step,
-copying the whole cache (27% of a decode step at batch 16, measured: docs/guides/decoding.md); ``generate`` keeps
+copying the whole cache (a third of a decode step at batch 16, measured: docs/guides/decoding.md); ``generate`` keeps
 finished rows in the batch until the longest ends and reads a prompt once per sample; its continuous batching
 (``generate_batch``, paged attention) ran at half ``generate``'s speed on this CPU, and a static cache with
 ``torch.compile`` at 0.7x (same page). This module reuses transformers' forward, mask and ``Cache`` classes and

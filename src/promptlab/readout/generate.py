@@ -74,7 +74,9 @@ class GenerateReadout:
                  sampling: Sampling = Sampling(), combine: Callable[[list[str], None], list[str]] | None = None,
                  answer_of: Callable[[str, None], str] | None = None, width: int = 16):
         self.tokenizer, self.until, self.sampling, self.width = tokenizer, list(until), sampling, width
-        self.tail = 2 * max((len(s) for s in self.until), default=0) + 8  # tokens: each gives >= 1 character, mostly
+        # the last tokens that can hold a stop string just completed: most tokens give a character or more, a byte-level
+        # token part of one, hence twice the longest stop string in tokens, plus a margin
+        self.tail = 2 * max((len(s) for s in self.until), default=0) + 8
         self.combine, self.answer_of = combine, answer_of
         sample = ({"do_sample": False} if sampling.greedy else
                   {"do_sample": True, "temperature": sampling.temperature, "top_k": 0, "top_p": 1.0})
