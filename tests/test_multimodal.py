@@ -6,6 +6,7 @@ one clear message before the model loads."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -325,6 +326,19 @@ def count_images(model) -> tuple[list[int], object]:
     return calls, handle
 
 
+def cached_and_whole(backbone) -> tuple[ChoiceReadout, ChoiceReadout, Callable]:
+    """Two readouts of the model, with and without the prefix cache, and ``scores(readout, items)``: the items'
+    answer scores with their images."""
+    cached, whole = ChoiceReadout(backbone.tokenizer.pad_token_id), ChoiceReadout(backbone.tokenizer.pad_token_id)
+    whole.prefix.enabled = False
+
+    def scores(readout: ChoiceReadout, items: list[dict]) -> torch.Tensor:
+        return readout.scores(backbone.model, [x["prompt_ids"] for x in items], [x["choice_ids"] for x in items],
+                              None, [x["images"] for x in items])
+
+    return cached, whole, scores
+
+
 @pytest.mark.parametrize("answers", ["colour words", "single tokens"])
 def test_image_demonstrations_run_once_for_all_rows_and_batches(tmp_path, image_root, answers):
     """Few-shot prompts with image demonstrations: the shared prefix, demonstrations' images included, runs once
@@ -335,12 +349,7 @@ def test_image_demonstrations_run_once_for_all_rows_and_batches(tmp_path, image_
     if answers == "single tokens":  # one position read per row (_single_token), not the prompt's continued cache
         items = [{**x, "choice_ids": [[5], [6], [7]]} for x in items]
     model = backbone.model.eval()
-    cached, whole = ChoiceReadout(backbone.tokenizer.pad_token_id), ChoiceReadout(backbone.tokenizer.pad_token_id)
-    whole.prefix.enabled = False
-
-    def scores(readout, xs):
-        return readout.scores(model, [x["prompt_ids"] for x in xs], [x["choice_ids"] for x in xs], None,
-                              [x["images"] for x in xs])
+    cached, whole, scores = cached_and_whole(backbone)
 
     calls, handle = count_images(model)
     with torch.no_grad():
@@ -366,12 +375,7 @@ def test_a_different_demonstration_image_does_not_reuse_the_cache(tmp_path, imag
     z = [ab.item(task.eval[2], False), ac.item(task.eval[3], False)]
     assert [i["prompt_ids"] for i in x] == [i["prompt_ids"] for i in y] == [i["prompt_ids"] for i in z]
     model = backbone.model.eval()
-    cached, whole = ChoiceReadout(backbone.tokenizer.pad_token_id), ChoiceReadout(backbone.tokenizer.pad_token_id)
-    whole.prefix.enabled = False
-
-    def scores(readout, xs):
-        return readout.scores(model, [i["prompt_ids"] for i in xs], [i["choice_ids"] for i in xs], None,
-                              [i["images"] for i in xs])
+    cached, whole, scores = cached_and_whole(backbone)
 
     calls, handle = count_images(model)
     with torch.no_grad():

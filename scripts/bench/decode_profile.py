@@ -66,7 +66,7 @@ def slot_steps(model, prompts, pad_id: int, width: int):
     decoder = SlotDecoder(model, pad_id, width, lambda logits: logits.argmax(-1), lambda new: False)
     prefix = decoder.shared_prefix(prompts)
     queue = deque((i, 0) for i in range(len(prompts)))
-    decoder.cache, decoder.rows = None, []
+    decoder.cache = None
     decoder.admit(list(range(width)), queue, prompts, 1, prefix, [[] for _ in prompts])
 
     def step():

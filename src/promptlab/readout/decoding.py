@@ -16,6 +16,7 @@ replaces only the cache layer's storage and the scheduling.
 
 from __future__ import annotations
 
+import copy
 from collections import deque
 from collections.abc import Callable, Sequence
 
@@ -26,6 +27,7 @@ from promptlab.readout.model import (
     NO_LOGITS,
     base_model,
     head_of,
+    pad,
     plain_forward,
     project,
     run_keeping_last_hidden,
@@ -142,27 +144,17 @@ class SlotDecoder:
                 ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
         """Reads ``prompts`` (after the cached prefix, right-padded) in one pass: the hidden state after each
         prompt's last token (rows, hidden), and the cache of the whole sequences (every layer's keys, values)."""
-        s, cached = self.shared, self.virtual + self.shared
-        rest = [list(p[s:]) for p in prompts]
-        width = max(len(r) for r in rest)
-        ids = torch.full((len(rest), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rest), cached + width), dtype=torch.long)
-        mask[:, :cached] = 1
-        for i, r in enumerate(rest):
-            ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
-            mask[i, cached:cached + len(r)] = 1
+        rest = [list(p[self.shared:]) for p in prompts]
+        ids, mask = pad(rest, self.pad_id, self.device)
         cache = None
-        if prefix is not None:
-            cache = DynamicCache()
-            for layer in prefix.layers:
-                cache.layers.append(DynamicLayer())
-                cache.layers[-1].update(layer.keys.expand(len(rest), -1, -1, -1).clone(),
-                                        layer.values.expand(len(rest), -1, -1, -1).clone())
-        out, hidden = run_keeping_last_hidden(self.model, input_ids=ids.to(self.device),
-                                              attention_mask=mask.to(self.device), past_key_values=cache,
+        if prefix is not None:  # as PrefixCache does: a copy of the prefix's cache for every prompt
+            cache = copy.deepcopy(prefix)
+            cache.batch_repeat_interleave(len(rest))
+            mask = torch.cat([mask.new_ones(len(rest), prefix.get_seq_length()), mask], dim=1)
+        out, hidden = run_keeping_last_hidden(self.model, input_ids=ids, attention_mask=mask, past_key_values=cache,
                                               use_cache=True, logits_to_keep=self.none)
         last = torch.tensor([len(r) - 1 for r in rest], device=self.device)
-        hidden = hidden[:, -width:][torch.arange(len(rest), device=self.device), last]
+        hidden = hidden[torch.arange(len(rest), device=self.device), last]
         return hidden, [(layer.keys, layer.values) for layer in out.past_key_values.layers]
 
     # -- the loop -----------------------------------------------------------------------------------------------
@@ -170,11 +162,7 @@ class SlotDecoder:
         prefix = self.shared_prefix(prompts)
         queue = deque((i, r) for i in range(len(prompts)) for r in range(repeats))
         new: list[list[int]] = [[] for _ in range(len(prompts) * repeats)]
-        self.cache: Cache | None = None
-        self.rows: list[int] = []  # the request each slot decodes (-1: free)
-        self.start = torch.zeros(0, dtype=torch.long)  # each slot's first column
-        self.position = torch.zeros(0, dtype=torch.long)  # each slot's next position id
-        self.token = torch.zeros(0, dtype=torch.long, device=self.device)
+        self.cache: Cache | None = None  # made, with the slots' state, when the first prompts are admitted
         free = list(range(min(self.width, len(queue))))
         while True:
             while free and queue:  # fill every free slot; a request may finish on its first token
@@ -230,10 +218,10 @@ class SlotDecoder:
             layers = [SlotLayer(k.new_zeros(slots, k.shape[1], longest, k.shape[-1], dtype=dtype),
                                 v.new_zeros(slots, v.shape[1], longest, v.shape[-1], dtype=dtype)) for k, v in kv]
             self.cache = Cache(layers=layers)
-            self.rows = [-1] * slots
-            self.start = torch.zeros(slots, dtype=torch.long)
-            self.position = torch.zeros(slots, dtype=torch.long)
-            self.token = torch.zeros(slots, dtype=torch.long, device=self.device)
+            self.rows = [-1] * slots  # the request each slot decodes
+            self.start = torch.zeros(slots, dtype=torch.long)  # each slot's first column
+            self.position = torch.zeros(slots, dtype=torch.long)  # each slot's next position id
+            self.token = torch.zeros(slots, dtype=torch.long, device=self.device)  # each slot's next input
         elif longest > self.cache.layers[0].length:
             extra = longest - self.cache.layers[0].length
             for layer in self.cache.layers:
