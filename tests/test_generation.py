@@ -11,6 +11,7 @@ from conftest import read_predictions, read_result, write_jsonl
 from omegaconf import OmegaConf, open_dict
 from safetensors.torch import load_file
 
+import promptlab.readout.generate as G
 import promptlab.run
 import promptlab.run.execute
 from promptlab.data import eval_items
@@ -83,16 +84,20 @@ def plain(tok, texts):
     return [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
 
 
-def test_stop_strings_and_max_new_tokens(tiny_backbone):
+@pytest.mark.parametrize("slots", [True, False], ids=["slots", "generate"])
+def test_stop_strings_and_max_new_tokens(tiny_backbone, slots):
+    """Both decoders (the slots, and ``model.generate`` with ``StopOnGeneratedText``) end a row at the token that
+    completes a stop string, not at one the prompt holds."""
     tok, model = tiny_backbone.tokenizer, tiny_backbone.model
     prompts = plain(tok, ["positive good"])
-    free = readout_for(tiny_backbone, max_new_tokens=12).generate(model, prompts)[0]
-    assert free.num_tokens == 12 and free.text.startswith("good good good")  # no EOS: the budget ends it
-    stopped = readout_for(tiny_backbone, max_new_tokens=12, until=["d g"]).generate(model, prompts)[0]
-    assert stopped.text == "goo"  # cut before the stop string
-    assert stopped.num_tokens == 2  # and decoding stopped at the token that completed it
-    short = readout_for(tiny_backbone, max_new_tokens=3).generate(model, prompts)[0]
-    assert short.num_tokens == 3 and short.text == "good good good"
+    with mock.patch.object(G, "decodable", return_value=slots):
+        free = readout_for(tiny_backbone, max_new_tokens=12).generate(model, prompts)[0]
+        assert free.num_tokens == 12 and free.text.startswith("good good good")  # no EOS: the budget ends it
+        stopped = readout_for(tiny_backbone, max_new_tokens=12, until=["e g", "d g"]).generate(model, prompts)[0]
+        assert stopped.text == "goo"  # cut before the stop string ("e g" is in the prompt only)
+        assert stopped.num_tokens == 2  # and decoding stopped at the token that completed it
+        short = readout_for(tiny_backbone, max_new_tokens=3).generate(model, prompts)[0]
+        assert short.num_tokens == 3 and short.text == "good good good"
 
 
 def test_batch_generates_the_same_as_one_at_a_time(tiny_backbone):
@@ -108,7 +113,6 @@ def test_batch_generates_the_same_as_one_at_a_time(tiny_backbone):
 @pytest.mark.parametrize("adapter", [None, "lora"])
 def test_hand_decoding_drops_finished_rows_and_matches_generate(tiny_backbone, adapter):
     """GenerateReadout.greedy (finished rows leave the batch) writes what transformers' generate writes."""
-    import promptlab.readout.generate as G
 
     model = tiny_backbone.model
     if adapter:
@@ -140,7 +144,6 @@ def test_slots_take_the_next_prompt_and_a_shared_prefix_is_read_once(tiny_backbo
     added in front for a longer one, dropped when no slot reads them; prompts read two at a time); a prefix every
     prompt shares is read once for the call; a prompt's samples share its prefill. Every row is still what transformers' generate writes."""
     import promptlab.readout.decoding as D
-    import promptlab.readout.generate as G
 
     tok, model = tiny_backbone.tokenizer, tiny_backbone.model
     texts = ["good", "a bad film with love and hate for this movie yes", "great fun", "positive good",

@@ -53,13 +53,16 @@ class StopOnGeneratedText(StoppingCriteria):
 
     Written here because transformers' ``stop_strings`` also matches text that starts inside the prompt:
     a chat prompt ends with a newline, so a "\n\n" stop string would end generation after one newline.
+    Only the last ``tail`` generated tokens are decoded, as ``GenerateReadout._finished`` does: a row is checked at
+    every step, so a stop string it holds ends in its last token (``generate`` keeps a row ended once).
     """
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, prompt_len: int, until: Sequence[str]):
-        self.tokenizer, self.prompt_len, self.until = tokenizer, prompt_len, until
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, prompt_len: int, until: Sequence[str], tail: int):
+        self.tokenizer, self.prompt_len, self.until, self.tail = tokenizer, prompt_len, until, tail
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
-        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_len:], skip_special_tokens=True)
+        start = max(self.prompt_len, input_ids.shape[1] - self.tail)
+        texts = self.tokenizer.batch_decode(input_ids[:, start:], skip_special_tokens=True)
         return torch.tensor([any(s in t for s in self.until) for t in texts], device=input_ids.device)
 
 
@@ -139,8 +142,8 @@ class GenerateReadout:
         """The rows' new tokens from the model's (or its PEFT wrapper's) own ``generate``, left-padded."""
         device = head_of(model).weight.device
         ids, mask = pad(prompts, self.tokenizer.pad_token_id, device, left=True)
-        stop = StoppingCriteriaList([StopOnGeneratedText(self.tokenizer, ids.shape[1], self.until)] if self.until
-                                    else [])
+        stop = StoppingCriteriaList([StopOnGeneratedText(self.tokenizer, ids.shape[1], self.until, self.tail)]
+                                    if self.until else [])
         with torch.random.fork_rng(devices=[]):  # generate() samples from the global generator: seed a copy
             torch.manual_seed(int(torch.randint(2**62, (1,), generator=self.rng)))
             out = model.generate(input_ids=ids, attention_mask=mask, generation_config=self.config,
