@@ -18,6 +18,7 @@ from promptlab.methods.peft_adapter import PeftMethod
 from promptlab.models import load_backbone
 from promptlab.prompts import Encoder
 from promptlab.readout import ChoiceReadout, GenerateReadout
+from promptlab.readout.decoding import SlotDecoder
 from promptlab.readout.model import pad
 from promptlab.tasks import TaskSpec, load_task
 
@@ -98,6 +99,30 @@ def test_scores_are_read_past_the_virtual_tokens(tiny_backbone, method, make_cfg
         want = brute_force(type("M", (), {"__call__": lambda self, input_ids: reference(input_ids)})(), prompts,
                            choices, skip_positions=PROMPT_LEARNING[method])
         torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["prompt_tuning", "p_tuning", "multitask_prompt_tuning"])
+def test_soft_prompt_rows_decode_as_their_unpadded_sequence(tiny_backbone, method, make_cfg):
+    """In the slot decoder a row's first logits are those of its unpadded sequence (soft prompt, then its text, at
+    the positions training uses), whatever the other rows' lengths. PEFT's generate drops position ids, which puts
+    a left-padded row's text further from its soft prompt: why soft prompts decode in slots."""
+    cfg = make_cfg(method=method)
+    model = build_method(cfg.method).prepare(tiny_backbone, TaskSpec.from_config(cfg.data)).eval()
+    tok = tiny_backbone.tokenizer
+    prompts = make_prompts(tok)
+    task = {"task_ids": torch.zeros(1, dtype=torch.long)} if method == "multitask_prompt_tuning" else {}
+    seen = []
+
+    def greedy(logits):
+        seen.append(logits)
+        return logits.argmax(-1)
+
+    with torch.no_grad():
+        SlotDecoder(model, tok.pad_token_id, len(prompts), greedy, lambda new: True, task_id=0 if task else None
+                    ).run(prompts)  # every row ends on its first token: one pass reads all the prompts
+        want = torch.stack([model(input_ids=torch.tensor([p]), **task).logits[0, -1] for p in prompts])
+    assert len({len(p) for p in prompts}) == len(prompts)
+    torch.testing.assert_close(torch.cat(seen), want, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("method", sorted(PROMPT_LEARNING))

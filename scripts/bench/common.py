@@ -78,8 +78,11 @@ class Phase:
     def __exit__(self, *exc) -> None:
         self.record.update(wall_seconds=round(time.perf_counter() - self.start, 2),
                            peak_rss_mb=round(self.memory.peak_rss_mb()), load_end=round(os.getloadavg()[0], 2))
+        if exc[0] is not None:
+            print(f"    failed: {exc[0].__name__}", flush=True)
+            return
         rate = self.record.get("examples_per_second")
-        print(f"    {rate:.2f} ex/s, peak RSS {self.record['peak_rss_mb']} MB" if rate else "    failed", flush=True)
+        print(f"    {f'{rate:.2f} ex/s, ' if rate else ''}peak RSS {self.record['peak_rss_mb']} MB", flush=True)
 
 
 def naive_loss(model: torch.nn.Module, pad_id: int, batch: dict) -> torch.Tensor:

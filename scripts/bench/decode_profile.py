@@ -9,6 +9,10 @@ attention (SDPA), sampling (argmax), other operators (norms, RoPE, elementwise, 
 is the profiled step's wall time minus every operator's time (the profiler adds a little to both). Also the stop-string check (the tokenizer decoding each
 row's text) as promptlab did it (whole rows) and does it (the last tokens).
 
+With ``--compile`` the slot cache's step is also timed (bf16, not profiled) with ``torch.compile`` (inductor,
+``dynamic=True``) on each decoder layer's MLP and norms (``mlp``), and on the whole decoder layers (``layers``;
+the slot cache's update breaks the graph), with inductor's ``freezing`` off and on (weights pre-packed for oneDNN).
+
     python scripts/bench/decode_profile.py --data-root ../shared/data     # ~2 min on 2 idle cores
 """
 
@@ -17,8 +21,10 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import deque
+from unittest import mock
 
 import torch
+import torch._inductor.config
 from common import parser, plan, setup, write
 from torch.profiler import ProfilerActivity, profile
 
@@ -96,9 +102,44 @@ def measure(make_step, steps: int, warm: int = 3) -> dict:
             "python_and_dispatch_ms": round(max(0.0, profiled_wall - ops), 1)}
 
 
+def compiled_steps(model, prompts, pad_id: int, steps: int) -> dict:
+    """The slot cache's step time (bf16) with parts of every decoder layer compiled; the model is restored."""
+    layers = model.model.layers
+    parts = {"mlp": ("mlp", "input_layernorm", "post_attention_layernorm"), "layers": None}
+    out = {}
+    for freezing in (False, True):
+        for name, modules in parts.items():
+            torch._dynamo.reset()
+            saved = [dict(layer._modules) for layer in layers]
+            with mock.patch.object(torch._inductor.config, "freezing", freezing):
+                for layer in layers:
+                    if modules is None:
+                        layer.forward = torch.compile(layer.forward, dynamic=True)
+                    for m in modules or ():
+                        setattr(layer, m, torch.compile(getattr(layer, m), dynamic=True))
+                step = slot_steps(model, prompts, pad_id, len(prompts))
+                start = time.perf_counter()
+                for _ in range(3):
+                    step()
+                first = time.perf_counter() - start
+                times = []
+                for _ in range(steps):
+                    start = time.perf_counter()
+                    step()
+                    times.append(time.perf_counter() - start)
+            for layer, modules_before in zip(layers, saved, strict=True):
+                layer._modules.update(modules_before)
+                layer.__dict__.pop("forward", None)
+            key = f"compiled_{name}{'_frozen' if freezing else ''}"
+            out[key] = {"step_ms": round(1000 * sum(times) / steps, 1), "first_3_steps_s": round(first, 1)}
+            print(f"{key}: {out[key]}", flush=True)
+    return out
+
+
 def main() -> dict:
     p = parser(__doc__.split("\n\n")[0], "bench_decode_profile.json")
     p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--compile", action="store_true", help="also time the step with torch.compile (bf16)")
     args = p.parse_args()
     setup(args)
     cfg, pl = plan(args, "data=gsm8k", "method=zero_shot_cot", "data.eval_limit=16")
@@ -117,6 +158,8 @@ def main() -> dict:
                                ("slot_cache", lambda: slot_steps(model, prompts, tok.pad_token_id, len(prompts)))):
                 out[f"{name}_{precision}"] = r = measure(make, args.steps)
                 print(f"{name} {precision}: {r}", flush=True)
+            if bf16 and args.compile:
+                out |= compiled_steps(model, prompts, tok.pad_token_id, args.steps)
     row = list(range(1000, 1200))  # 200 tokens written so far, 16 rows
     for name, tail in (("whole_row", len(row)), ("last_tokens", 2 * 9 + 8)):
         start = time.perf_counter()

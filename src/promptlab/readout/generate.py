@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from transformers import GenerationConfig, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 
 from promptlab.readout.decoding import SlotDecoder, decodable
-from promptlab.readout.model import final_hidden_states, head_of, pad, project, task_inputs
+from promptlab.readout.model import final_hidden_states, head_of, pad, project, takes_task_ids, task_inputs
 from promptlab.vision import pixel_inputs
 
 
@@ -123,9 +123,10 @@ class GenerateReadout:
         """Each prompt's continuation (``repeats`` of them, one after another, for sampling); ``images``: each
         row's pixel inputs, for a vision-language model."""
         start = time.perf_counter()
-        if decodable(model) and not images:  # a transformers forward or a soft prompt: decoded in slots
-            new = self.decode(model, prompts, repeats)
-        else:  # prefix tuning, per-row adapters or images: the model's (or its wrapper's) own generate
+        tasks = {None} if not takes_task_ids(model) else {int(t) for t in task_ids} if task_ids is not None else set()
+        if decodable(model) and not images and len(tasks) == 1:  # one soft prompt (or none): decoded in slots
+            new = self.decode(model, prompts, repeats, *tasks)
+        else:  # prefix tuning, several tasks in one call, images: the model's (or its wrapper's) own generate
             prompts, task_ids, images = (None if v is None else repeat(v, repeats) for v in (prompts, task_ids, images))
             new = []
             for i in range(0, len(prompts), self.width):  # ``width`` rows at a time
@@ -151,12 +152,14 @@ class GenerateReadout:
                                  **pixel_inputs(images, device))
         return [row.tolist() for row in out[:, ids.shape[1]:]]
 
-    def decode(self, model: torch.nn.Module, prompts: Sequence[Sequence[int]], repeats: int = 1) -> list[list[int]]:
+    def decode(self, model: torch.nn.Module, prompts: Sequence[Sequence[int]], repeats: int = 1,
+               task_id: int | None = None) -> list[list[int]]:
         """Continuous batching in ``width`` slots (``readout.decoding``): greedy, token for token what
         ``model.generate`` gives in fp32; a finished row's slot takes the next prompt; a prompt is read once for
         its ``repeats`` samples, and the prefix all prompts share once for the call. Each next token comes from
         fp32 logits under bf16 autocast (``project``)."""
-        decoder = SlotDecoder(model, self.tokenizer.pad_token_id, self.width, self.next_token, self._finished)
+        decoder = SlotDecoder(model, self.tokenizer.pad_token_id, self.width, self.next_token, self._finished,
+                              task_id=task_id)
         return decoder.run(prompts, repeats)
 
     def _finished(self, new: list[int]) -> bool:
