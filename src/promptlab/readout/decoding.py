@@ -201,12 +201,12 @@ class SlotDecoder:
             chunk = distinct[first:first + self.prefill_rows]
             hidden, kv = self.prefill([prompts[i] for i in chunk], prefix)
             self.make_room(longest, kv, len(slots))
-            mine = [(slot, i, r) for slot, (i, r) in zip(slots, requests, strict=True) if i in chunk]
-            rows = torch.tensor([chunk.index(i) for _, i, _ in mine], device=self.device)
+            mine = [(slot, i, r, chunk.index(i)) for slot, (i, r) in zip(slots, requests, strict=True) if i in chunk]
+            rows = torch.tensor([j for *_, j in mine], device=self.device)  # each request's row of the pass
             tokens = self.next_token(project(self.head, hidden[rows])).tolist()
             columns = self.cache.layers[0].length
-            for (slot, i, r), t in zip(mine, tokens, strict=True):
-                n, j = self.virtual + len(prompts[i]), chunk.index(i)
+            for (slot, i, r, j), t in zip(mine, tokens, strict=True):
+                n = self.virtual + len(prompts[i])
                 for layer, (k, v) in zip(self.cache.layers, kv, strict=True):
                     layer.place(slot, k[j, :, :n], v[j, :, :n])
                 self.rows[slot], self.start[slot], self.position[slot], self.token[slot] = i * repeats + r, columns - n, n, t

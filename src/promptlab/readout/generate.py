@@ -48,22 +48,29 @@ class Generated:
     num_tokens: int  # tokens the model produced (up to and including EOS or the stop string)
 
 
+def holds_stop(tokenizer: PreTrainedTokenizerBase, new: Sequence[int], until: Sequence[str], tail: int) -> bool:
+    """Whether the text of the last ``tail`` generated tokens holds a stop string. Both decoders check a row at
+    every step, so a stop string that was not there a token ago ends in the last one: decoding only the tail keeps
+    the check from growing with the row."""
+    text = tokenizer.decode(list(new[-tail:]), skip_special_tokens=True)
+    return any(s in text for s in until)
+
+
 class StopOnGeneratedText(StoppingCriteria):
-    """Stop a row once its *generated* text contains a stop string.
+    """Stop a row once its *generated* text contains a stop string (``holds_stop``; ``generate`` keeps a row ended
+    once).
 
     Written here because transformers' ``stop_strings`` also matches text that starts inside the prompt:
     a chat prompt ends with a newline, so a "\n\n" stop string would end generation after one newline.
-    Only the last ``tail`` generated tokens are decoded, as ``GenerateReadout._finished`` does: a row is checked at
-    every step, so a stop string it holds ends in its last token (``generate`` keeps a row ended once).
     """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, prompt_len: int, until: Sequence[str], tail: int):
         self.tokenizer, self.prompt_len, self.until, self.tail = tokenizer, prompt_len, until, tail
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
-        start = max(self.prompt_len, input_ids.shape[1] - self.tail)
-        texts = self.tokenizer.batch_decode(input_ids[:, start:], skip_special_tokens=True)
-        return torch.tensor([any(s in t for s in self.until) for t in texts], device=input_ids.device)
+        rows = input_ids[:, self.prompt_len:].tolist()
+        return torch.tensor([holds_stop(self.tokenizer, row, self.until, self.tail) for row in rows],
+                            device=input_ids.device)
 
 
 class GenerateReadout:
@@ -163,12 +170,10 @@ class GenerateReadout:
         return decoder.run(prompts, repeats)
 
     def _finished(self, new: list[int]) -> bool:
-        """EOS, the token budget, or a stop string in the text of the last tokens (decoding only the tail keeps
-        this check from growing with the row: a stop string that was not there a token ago ends in the last one)."""
+        """EOS, the token budget, or a stop string in the text of the last tokens (``holds_stop``)."""
         if new[-1] == self.tokenizer.eos_token_id or len(new) >= self.config.max_new_tokens:
             return True
-        tail = self.tokenizer.decode(new[-self.tail:], skip_special_tokens=True) if self.until else ""
-        return any(s in tail for s in self.until)
+        return bool(self.until) and holds_stop(self.tokenizer, new, self.until, self.tail)
 
     def _decode(self, new: list[int]) -> Generated:
         eos, pad_id = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
