@@ -22,6 +22,7 @@ from promptlab.data import eval_items
 from promptlab.models.precision import bf16_linear_weights, resolve
 from promptlab.readout.model import pad
 
+DECODERS = ("generate", "static_compile", "generate_batch")  # generate first: the others are compared with its tokens
 # Why two decoders are measured in fp32 only (checked with transformers 5.23)
 UNDER_AUTOCAST = {
     "static_compile": "not run: the static cache is allocated in the model's dtype (fp32) and its index_copy_ "
@@ -53,9 +54,10 @@ def with_generate_batch(model, tok, prompts, config, batch: int) -> list[list[in
 def main() -> dict:
     p = parser(__doc__.split("\n\n")[0], "bench_field_decoders.json")
     p.add_argument("--examples", type=int, default=24)
-    p.add_argument("--decoders", default="generate,static_compile,generate_batch",
-                   help="comma-separated; generate first (the others are compared with its tokens)")
+    p.add_argument("--decoders", default=",".join(DECODERS), help="comma-separated, of " + ",".join(DECODERS))
     args = p.parse_args()
+    if unknown := set(args.decoders.split(",")) - set(DECODERS):
+        p.error(f"--decoders: unknown {', '.join(sorted(unknown))}; choose from {','.join(DECODERS)}")
     setup(args)
     cfg, pl = plan(args, "data=gsm8k", "method=zero_shot_cot", f"data.eval_limit={args.examples}")
     backbone = T.load_backbone(cfg.model, cfg.paths.cache_dir)
